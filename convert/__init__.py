@@ -1,0 +1,167 @@
+"""HF moondream checkpoint -> GGUF pair: the phi2 text model and the clip "mlp" mmproj (spec §5)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from gguf import GGUFValueType as T
+
+from moondream_cpp import gguf_check, spec
+from moondream_cpp.errors import CheckpointError
+
+from .checkpoint import Checkpoint, load_checkpoint
+from .gguf_out import OutTensor, atomic_path, scratch_path, write_gguf
+from .quantize import MMPROJ_TYPES, TEXT_TYPES, quantize
+from .tokenizer import read_vocab, vocab_keys
+
+_FILE_TYPE = {"f32": 0, "f16": 1}
+
+
+def _float_type(kind: str, ndim: int):
+    """1-D tensors stay f32 (norms, biases); 2-D+ follow the file type."""
+    return np.float32 if kind == "f32" or ndim < 2 else np.float16
+
+
+def text_tensors(ck: Checkpoint, kind: str) -> list[OutTensor]:
+    names = dict(spec.TEXT_TENSORS) | spec.expand(spec.TEXT_BLOCK_TENSORS, ck.text.n_layer)
+    out = []
+    for hf, gg in names.items():
+        shape = ck.tensors.shape(hf)
+        out.append(OutTensor(gg, shape, _float_type(kind, len(shape)), lambda hf=hf: ck.tensors.get(hf)))
+    return out
+
+
+def text_keys(ck: Checkpoint, kind: str) -> list[tuple]:
+    t, r = ck.text, ck.revision
+    vocab = read_vocab(ck.path, t.n_vocab)
+    return [
+        ("general.name", ck.name, T.STRING, None),
+        ("general.file_type", _FILE_TYPE[kind], T.UINT32, None),
+        ("phi2.context_length", t.n_ctx, T.UINT32, None),
+        ("phi2.embedding_length", t.n_embd, T.UINT32, None),
+        ("phi2.feed_forward_length", t.n_ff, T.UINT32, None),
+        ("phi2.block_count", t.n_layer, T.UINT32, None),
+        ("phi2.attention.head_count", t.n_head, T.UINT32, None),
+        ("phi2.attention.head_count_kv", t.n_head, T.UINT32, None),
+        ("phi2.attention.layer_norm_epsilon", t.eps, T.FLOAT32, None),
+        ("phi2.rope.dimension_count", t.rotary_dim, T.UINT32, None),
+        ("phi2.rope.freq_base", spec.ROPE_BASE, T.FLOAT32, None),
+        *vocab_keys(vocab),
+        (spec.MD_REVISION, r.name, T.STRING, None),
+        (spec.MD_IMAGE_MARKERS, r.image_markers, T.BOOL, None),
+        (spec.MD_ANSWER_PREFIX, r.answer_prefix, T.STRING, None),
+        (spec.MD_STOP_RULE, r.stop_rule, T.STRING, None),
+        (spec.MD_VISION_GELU, r.vision_gelu, T.STRING, None),
+        (spec.MD_VISION_EPS, r.vision_eps, T.FLOAT32, None),
+        (spec.MD_MAX_NEW_TOKENS, r.max_new_tokens, T.UINT32, None),
+        (spec.MD_SOURCE, str(ck.path.resolve().name), T.STRING, None),
+    ]
+
+
+def mmproj_tensors(ck: Checkpoint, kind: str) -> list[OutTensor]:
+    v = ck.vision
+    out = []
+    for hf, gg in spec.VISION_TENSORS.items():
+        shape = ck.tensors.shape(hf)
+        load = lambda hf=hf: ck.tensors.get(hf)  # noqa: E731
+        dtype = _float_type(kind, len(shape))
+        if gg == "v.patch_embd.weight":  # [D, 3*p*p] -> conv kernel [D, 3, p, p]; ggml's conv wants an f16 kernel
+            shape = (v.n_embd, 3, v.patch_size, v.patch_size)
+            load = lambda hf=hf, s=shape: ck.tensors.get(hf).reshape(s)  # noqa: E731
+            dtype = np.float16
+        out.append(OutTensor(gg, shape, dtype, load))
+    # the last block is written twice: mtmd runs block_count-1 blocks for "mlp" projectors (spec §5.2, pitfall P2)
+    blocks = list(range(v.n_layer)) + [v.n_layer - 1]
+    for gi, src in enumerate(blocks):
+        for hf_t, gg_t in spec.VISION_BLOCK_TENSORS.items():
+            hf = hf_t.format(i=src)
+            shape = ck.tensors.shape(hf)
+            if isinstance(gg_t, tuple):  # fused qkv rows [q; k; v] -> three tensors
+                part = (shape[0] // 3,) + tuple(shape[1:])
+                for j, g in enumerate(gg_t):
+                    out.append(OutTensor(g.format(i=gi), part, _float_type(kind, len(part)),
+                                         lambda hf=hf, j=j, n=part[0]: ck.tensors.get(hf)[j * n:(j + 1) * n]))
+            else:
+                out.append(OutTensor(gg_t.format(i=gi), shape, _float_type(kind, len(shape)),
+                                     lambda hf=hf: ck.tensors.get(hf)))
+    return out
+
+
+def mmproj_keys(ck: Checkpoint, kind: str) -> list[tuple]:
+    v = ck.vision
+    return [
+        ("general.name", ck.name, T.STRING, None),
+        ("general.description", f"image encoder for {ck.name}", T.STRING, None),
+        ("general.file_type", _FILE_TYPE[kind], T.UINT32, None),
+        ("clip.has_text_encoder", False, T.BOOL, None),
+        ("clip.has_vision_encoder", True, T.BOOL, None),
+        ("clip.has_llava_projector", True, T.BOOL, None),
+        ("clip.projector_type", "mlp", T.STRING, None),
+        ("clip.use_gelu", True, T.BOOL, None),
+        ("clip.vision.image_size", v.image_size, T.UINT32, None),
+        ("clip.vision.patch_size", v.patch_size, T.UINT32, None),
+        ("clip.vision.embedding_length", v.n_embd, T.UINT32, None),
+        ("clip.vision.feed_forward_length", v.n_ff, T.UINT32, None),
+        ("clip.vision.projection_dim", v.proj_out, T.UINT32, None),
+        ("clip.vision.attention.head_count", v.n_head, T.UINT32, None),
+        ("clip.vision.attention.layer_norm_epsilon", ck.revision.vision_eps, T.FLOAT32, None),
+        ("clip.vision.block_count", v.n_layer + 1, T.UINT32, None),
+        ("clip.vision.image_mean", [0.5, 0.5, 0.5], T.ARRAY, T.FLOAT32),
+        ("clip.vision.image_std", [0.5, 0.5, 0.5], T.ARRAY, T.FLOAT32),
+    ]
+
+
+@dataclass
+class Converted:
+    text: Path
+    mmproj: Path
+
+
+def _verify(path: Path, kind: str, expected: list[OutTensor]) -> None:
+    """Read the written file back: keys and their types, tensor set, shapes (before it gets its final name)."""
+    f = gguf_check.check_text(path).file if kind == "text" else gguf_check.check_mmproj(path).file
+    def squeeze(shape):  # llama.cpp's quantizer drops leading size-1 dims ([1, 729, 1152] -> [729, 1152])
+        shape = tuple(shape)
+        while len(shape) > 1 and shape[0] == 1:
+            shape = shape[1:]
+        return shape
+
+    want = {t.name: squeeze(t.shape) for t in expected}
+    got = {n: squeeze(s) for n, (s, _) in f.tensors.items()}
+    if want != got:
+        diff = sorted(set(want.items()) ^ set(got.items()))[:3]
+        raise CheckpointError(f"verification of {path.name} failed: tensors differ from the checkpoint, e.g. {diff}")
+
+
+def _write_one(final: Path, kind_name: str, arch: str, keys, tensors, qtype: str, on_tensor) -> Path:
+    with atomic_path(final) as tmp:
+        if qtype in ("f32", "f16"):
+            write_gguf(tmp, arch, keys, tensors, on_tensor)
+        else:
+            with scratch_path(final) as inter:  # the unquantized intermediate is never published
+                write_gguf(inter, arch, keys, tensors, on_tensor)
+                quantize(inter, tmp, qtype)
+        _verify(tmp, kind_name, tensors)
+    return final
+
+
+def convert(checkpoint_dir: str | Path, out_dir: str | Path, text_type: str = "f16", mmproj_type: str = "f16",
+            revision: str | None = None, name: str | None = None,
+            on_tensor: Callable[[str], None] | None = None) -> Converted:
+    """Convert an HF moondream checkpoint directory to `<name>-text-<type>.gguf` + `<name>-mmproj-<type>.gguf`."""
+    if text_type not in TEXT_TYPES:
+        raise CheckpointError(f"unknown text type {text_type!r}; choose one of {', '.join(TEXT_TYPES)}")
+    if mmproj_type not in MMPROJ_TYPES:
+        raise CheckpointError(f"unknown mmproj type {mmproj_type!r}; choose one of {', '.join(MMPROJ_TYPES)}")
+    ck = load_checkpoint(checkpoint_dir, revision)
+    out_dir = Path(out_dir)
+    name = name or ck.name
+    base_t = "f32" if text_type == "f32" else "f16"
+    base_m = "f32" if mmproj_type == "f32" else "f16"
+    text = _write_one(out_dir / f"{name}-text-{text_type}.gguf", "text", spec.ARCH_TEXT, text_keys(ck, base_t),
+                      text_tensors(ck, base_t), text_type, on_tensor)
+    mmproj = _write_one(out_dir / f"{name}-mmproj-{mmproj_type}.gguf", "mmproj", spec.ARCH_MMPROJ,
+                        mmproj_keys(ck, base_m), mmproj_tensors(ck, base_m), mmproj_type, on_tensor)
+    return Converted(text, mmproj)

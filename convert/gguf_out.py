@@ -1,0 +1,73 @@
+"""Stream tensors into a GGUF file one at a time, and publish files atomically."""
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+from gguf import GGUFWriter
+
+
+@dataclass
+class OutTensor:
+    name: str
+    shape: tuple[int, ...]  # PyTorch order; GGUF stores it reversed
+    dtype: type  # np.float32 or np.float16
+    load: Callable[[], np.ndarray]  # computes the float32 values only when written
+
+
+def write_gguf(path: Path, arch: str, keys: list[tuple], tensors: list[OutTensor],
+               on_tensor: Callable[[str], None] | None = None) -> None:
+    """Header and tensor infos first, then each tensor computed, written and freed: memory stays one tensor deep."""
+    w = GGUFWriter(path, arch)
+    for key, value, vtype, sub in keys:
+        if key != "general.architecture":
+            w.add_key_value(key, value, vtype, sub)
+    for t in tensors:
+        nbytes = int(np.prod(t.shape)) * np.dtype(t.dtype).itemsize
+        w.add_tensor_info(t.name, t.shape, np.dtype(t.dtype), nbytes)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    for t in tensors:
+        data = np.ascontiguousarray(t.load().astype(t.dtype, copy=False))
+        if data.shape != tuple(t.shape):
+            raise AssertionError(f"{t.name}: computed shape {data.shape} != declared {t.shape}")
+        w.write_tensor_data(data)
+        del data
+        if on_tensor:
+            on_tensor(t.name)
+    w.close()
+
+
+@contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """A temporary path beside `final`; renamed onto it only if the block succeeds, removed otherwise."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; the published file gets normal permissions
+        os.replace(tmp_path, final)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+@contextmanager
+def scratch_path(beside: Path) -> Iterator[Path]:
+    """A temporary file next to `beside`, always removed."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{beside.name}.", suffix=".partial", dir=beside.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+    finally:
+        Path(tmp).unlink(missing_ok=True)

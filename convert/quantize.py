@@ -1,0 +1,25 @@
+"""Quantize a GGUF with llama.cpp's own quantizer (text models and, through its dummy clip arch, mmproj files)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from moondream_cpp.errors import MoondreamError
+
+# type name -> llama_ftype (llama.h); f32/f16 are written directly by our writer
+LLAMA_FTYPES = {"q4_0": 2, "q8_0": 7, "q5_0": 8, "q4_k_m": 15, "q5_k_m": 17}
+TEXT_TYPES = ("f32", "f16", "q8_0", "q5_k_m", "q4_k_m", "q5_0", "q4_0")
+# SigLIP's 1152/4304-wide rows take no K-quant; llama.cpp falls back per tensor for the 32-block types
+MMPROJ_TYPES = ("f32", "f16", "q8_0", "q5_0", "q4_0")
+
+
+def quantize(src: Path, dst: Path, qtype: str, n_threads: int = 0) -> None:
+    from moondream_cpp.native import llama  # only quantized conversions need the native library
+
+    llama_cpp = llama()
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = LLAMA_FTYPES[qtype]
+    params.nthread = n_threads
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    if rc != 0:
+        raise MoondreamError(f"llama.cpp could not quantize {src.name} to {qtype} (code {rc})")

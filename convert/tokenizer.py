@@ -1,0 +1,69 @@
+"""GGUF tokenizer metadata (gpt2 BPE, pre-tokenizer phi-2) from a checkpoint's tokenizer.json (spec §4)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from gguf import GGUFValueType as T
+from gguf import TokenType
+
+from moondream_cpp import spec
+from moondream_cpp.errors import CheckpointError
+
+
+@dataclass
+class Vocab:
+    tokens: list[str]
+    types: list[int]
+    merges: list[str]
+    bos_id: int
+    n_real: int  # ids below this have a tokenizer entry; the rest pad the embedding matrix
+
+
+def read_vocab(checkpoint_dir: Path, n_rows: int) -> Vocab:
+    path = checkpoint_dir / "tokenizer.json"
+    if not path.exists():
+        raise CheckpointError(f"no tokenizer.json in {checkpoint_dir}: copy the checkpoint's tokenizer files too")
+    try:
+        tj = json.loads(path.read_text(encoding="utf-8"))
+        model = tj["model"]
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{path} is not a valid HF tokenizer file: {e}") from None
+    pre = tj.get("pre_tokenizer") or {}
+    if model.get("type") != "BPE" or pre.get("type") != "ByteLevel":
+        raise CheckpointError(f"{path}: expected a GPT-2 style byte-level BPE tokenizer (as phi-1.5's), got model "
+                              f"{model.get('type')!r} with pre-tokenizer {pre.get('type')!r}")
+    by_id: dict[int, tuple[str, int]] = {i: (t, TokenType.NORMAL) for t, i in model["vocab"].items()}
+    for added in tj.get("added_tokens", []):
+        # added tokens are stored as raw text (llama.cpp matches user-defined tokens verbatim, like HF does)
+        by_id[added["id"]] = (added["content"], TokenType.CONTROL if added.get("special") else TokenType.USER_DEFINED)
+    n_real = max(by_id) + 1
+    if n_real > n_rows:
+        raise CheckpointError(f"tokenizer has {n_real} tokens but the embedding matrix only {n_rows} rows")
+    tokens, types = [], []
+    for i in range(n_rows):
+        tok, typ = by_id.get(i, (f"[PAD{i}]", TokenType.UNUSED))
+        tokens.append(tok)
+        types.append(int(typ))
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    bos = next((i for i, (t, _) in by_id.items() if t == spec.BOS_TOKEN), None)
+    if bos is None:
+        raise CheckpointError(f"{path} has no {spec.BOS_TOKEN} token, which moondream uses as BOS and EOS")
+    return Vocab(tokens, types, merges, bos, n_real)
+
+
+def vocab_keys(v: Vocab) -> list[tuple]:
+    """(key, value, type, subtype) rows for the text GGUF."""
+    return [
+        ("tokenizer.ggml.model", "gpt2", T.STRING, None),
+        ("tokenizer.ggml.pre", "phi-2", T.STRING, None),  # GPT-2 regex; without it llama.cpp degrades (pitfall P4)
+        ("tokenizer.ggml.tokens", v.tokens, T.ARRAY, T.STRING),
+        ("tokenizer.ggml.token_type", v.types, T.ARRAY, T.INT32),
+        ("tokenizer.ggml.merges", v.merges, T.ARRAY, T.STRING),
+        ("tokenizer.ggml.bos_token_id", v.bos_id, T.UINT32, None),
+        ("tokenizer.ggml.eos_token_id", v.bos_id, T.UINT32, None),
+        ("tokenizer.ggml.unknown_token_id", v.bos_id, T.UINT32, None),
+        ("tokenizer.ggml.add_bos_token", True, T.BOOL, None),  # moondream always starts with BOS (pitfall P6)
+        ("tokenizer.ggml.add_eos_token", False, T.BOOL, None),
+    ]

@@ -1,0 +1,15 @@
+"""moondream-cpp: moondream on llama.cpp, faithful to the original model."""
+__version__ = "0.1.0"
+
+from .errors import MoondreamError  # noqa: E402
+
+
+def __getattr__(name):  # the runtime loads llama.cpp; keep `import moondream_cpp` light for the converter
+    if name in ("Moondream", "EncodedImage", "Answer"):
+        from . import runtime
+
+        return getattr(runtime, name)
+    raise AttributeError(name)
+
+
+__all__ = ["Moondream", "EncodedImage", "Answer", "MoondreamError", "__version__"]

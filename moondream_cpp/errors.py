@@ -1,0 +1,31 @@
+"""User-facing errors: each names the problem and what to do. The CLI prints them without a traceback."""
+
+
+class MoondreamError(Exception):
+    """A problem with the user's input or environment (never a bug in moondream-cpp)."""
+
+    exit_code = 1
+
+
+class ModelFileError(MoondreamError):
+    """A GGUF file is missing, truncated, of the wrong kind or inconsistent with its partner."""
+
+    exit_code = 3
+
+
+class CheckpointError(MoondreamError):
+    """An HF checkpoint directory cannot be converted (missing files, unknown or unsupported layout)."""
+
+    exit_code = 3
+
+
+class ImageError(MoondreamError):
+    """An image cannot be read or is unsafe to decode."""
+
+    exit_code = 4
+
+
+class PromptTooLongError(MoondreamError):
+    """The prompt (image + chat history + question) does not fit the context window."""
+
+    exit_code = 5

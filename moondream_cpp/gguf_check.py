@@ -1,0 +1,194 @@
+"""Validate GGUF files in Python before llama.cpp sees them: llama.cpp aborts the process on some bad files."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from gguf import GGUFValueType as T
+
+from . import spec
+from .errors import ModelFileError
+from .gguf_header import HeaderError, read_header
+
+# element types of the array keys that llama.cpp reads with a fixed type
+_ARRAY_ITEM = {
+    "tokenizer.ggml.tokens": T.STRING,
+    "tokenizer.ggml.token_type": T.INT32,
+    "tokenizer.ggml.merges": T.STRING,
+    "clip.vision.image_mean": T.FLOAT32,
+    "clip.vision.image_std": T.FLOAT32,
+    "clip.vision.feature_layer": T.INT32,
+}
+_KIND_OF_ARCH = {spec.ARCH_TEXT: "text", spec.ARCH_MMPROJ: "mmproj"}
+
+
+@dataclass
+class GGUFFile:
+    path: Path
+    arch: str
+    keys: dict
+    tensors: dict  # name -> (PyTorch-order shape, ggml type name)
+    size: int
+
+    def get(self, key, default=None):
+        return self.keys.get(key, default)
+
+
+@dataclass
+class TextInfo:
+    file: GGUFFile
+    n_embd: int
+    n_layer: int
+    n_vocab: int
+    n_ctx: int
+    revision: spec.Revision
+    has_our_metadata: bool
+    n_real_tokens: int
+    add_bos: bool
+    quant: str = field(default="")
+
+
+@dataclass
+class MmprojInfo:
+    file: GGUFFile
+    image_size: int
+    n_patches: int
+    n_embd_out: int
+    n_blocks_run: int
+
+
+def read_gguf(path: str | os.PathLike, expected_kind: str) -> GGUFFile:
+    """Parse header, keys and tensor table; check key types and that every tensor lies inside the file."""
+    path = Path(path)
+    flag = "--text" if expected_kind == "text" else "--mmproj"
+    if not path.exists():
+        raise ModelFileError(f"{path}: no such file (given as the {expected_kind} model)")
+    if path.is_dir():
+        raise ModelFileError(f"{path} is a directory; pass a .gguf file to {flag}, or the directory to --model")
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if size == 0:
+        raise ModelFileError(f"{path} is empty (0 bytes): the download or conversion did not finish; redo it")
+    if magic != b"GGUF":
+        raise ModelFileError(f"{path} is not a GGUF file (it starts with {magic!r}); pass a .gguf model file")
+    try:
+        header = read_header(path)
+    except (HeaderError, OSError, ValueError, UnicodeDecodeError) as e:
+        raise ModelFileError(f"{path} is corrupt or truncated ({e}); re-download or re-convert it") from None
+    keys = header.values
+    types = {k: [t for t in v if t is not None] for k, v in header.types.items()}
+    arch = keys.get("general.architecture")
+    if arch not in _KIND_OF_ARCH:
+        raise ModelFileError(f"{path} has architecture {arch!r}; moondream-cpp needs a phi2 text model and a clip "
+                             "mmproj")
+    kind = _KIND_OF_ARCH[arch]
+    if kind != expected_kind:
+        other = "--mmproj" if kind == "mmproj" else "--text"
+        raise ModelFileError(f"{path} is a {kind} file (arch {arch}) but was given as the {expected_kind} model; "
+                             f"pass it with {other}")
+    table = spec.TEXT_KEYS if kind == "text" else spec.MMPROJ_KEYS
+    for key, want in table.items():
+        if key not in types:
+            continue
+        got = types[key]
+        if got[0] != want or (want == T.ARRAY and key in _ARRAY_ITEM and (len(got) < 2 or got[1] != _ARRAY_ITEM[key])):
+            shown = "/".join(t.name for t in got)
+            raise ModelFileError(f"{path}: metadata key {key} has type {shown}, llama.cpp needs "
+                                 f"{want.name}{'/' + _ARRAY_ITEM[key].name if key in _ARRAY_ITEM else ''}; "
+                                 "the file was written by a broken converter: re-convert it with moondream-cpp convert")
+    required = spec.TEXT_REQUIRED if kind == "text" else spec.MMPROJ_REQUIRED
+    missing = [k for k in required if k not in keys]
+    if missing:
+        raise ModelFileError(f"{path}: required metadata missing: {', '.join(missing)}; re-convert the model")
+    tensors = {}
+    for t in header.tensors:
+        if t.offset + t.nbytes > size:
+            raise ModelFileError(f"{path} is truncated: tensor {t.name} ends past the end of the file "
+                                 f"({size} bytes); re-download or re-convert it")
+        tensors[t.name] = (tuple(reversed(t.ne)), t.ggml_type)
+    return GGUFFile(path, arch, keys, tensors, size)
+
+
+def _need(f: GGUFFile, names: list[str]) -> None:
+    missing = [n for n in names if n not in f.tensors]
+    if missing:
+        raise ModelFileError(f"{f.path}: missing tensor(s) {', '.join(missing[:4])}"
+                             f"{' ...' if len(missing) > 4 else ''}; the file is incomplete: re-convert it")
+
+
+def _shape(f: GGUFFile, name: str, want: tuple) -> None:
+    got = f.tensors[name][0]
+    if got != want:
+        raise ModelFileError(f"{f.path}: tensor {name} has shape {got}, expected {want}; the file is inconsistent")
+
+
+def check_text(path) -> TextInfo:
+    f = read_gguf(path, "text")
+    k = f.keys
+    n_embd, n_layer = int(k["phi2.embedding_length"]), int(k["phi2.block_count"])
+    n_ff = int(k["phi2.feed_forward_length"])
+    names = ["token_embd.weight", "output_norm.weight", "output_norm.bias", "output.weight", "output.bias"]
+    for i in range(n_layer):
+        names += [f"blk.{i}.attn_norm.weight", f"blk.{i}.attn_norm.bias", f"blk.{i}.attn_output.weight",
+                  f"blk.{i}.ffn_up.weight", f"blk.{i}.ffn_down.weight"]
+        if f"blk.{i}.attn_qkv.weight" not in f.tensors:
+            names += [f"blk.{i}.attn_q.weight", f"blk.{i}.attn_k.weight", f"blk.{i}.attn_v.weight"]
+    _need(f, names)
+    n_vocab = f.tensors["token_embd.weight"][0][0]
+    _shape(f, "token_embd.weight", (n_vocab, n_embd))
+    _shape(f, "output.weight", (n_vocab, n_embd))
+    _shape(f, "blk.0.ffn_up.weight", (n_ff, n_embd))
+    tokens = k["tokenizer.ggml.tokens"]
+    if len(tokens) != n_vocab:
+        raise ModelFileError(f"{f.path}: {len(tokens)} tokenizer tokens but {n_vocab} embedding rows; re-convert it")
+    types = k.get("tokenizer.ggml.token_type")
+    types = np.ones(len(tokens), np.int32) if types is None else np.asarray(types)
+    n_real = int(np.nonzero(types != 5)[0].max()) + 1  # UNUSED rows only pad the matrix
+    rev_name = k.get(spec.MD_REVISION) or spec.DEFAULT_REVISION
+    if rev_name not in spec.REVISIONS:
+        raise ModelFileError(f"{f.path}: unknown moondream revision {rev_name!r} in its metadata")
+    return TextInfo(f, n_embd, n_layer, n_vocab, int(k["phi2.context_length"]), spec.REVISIONS[rev_name],
+                    spec.MD_REVISION in k, n_real, bool(k.get("tokenizer.ggml.add_bos_token", False)),
+                    quant=f.tensors["blk.0.ffn_up.weight"][1])
+
+
+def check_mmproj(path) -> MmprojInfo:
+    f = read_gguf(path, "mmproj")
+    k = f.keys
+    if k["clip.projector_type"] != "mlp":
+        raise ModelFileError(f"{f.path}: projector type {k['clip.projector_type']!r}; moondream needs 'mlp'")
+    if not k.get("clip.has_vision_encoder"):
+        raise ModelFileError(f"{f.path} has no vision encoder")
+    n_blocks = int(k["clip.vision.block_count"])
+    width, n_ff = int(k["clip.vision.embedding_length"]), int(k["clip.vision.feed_forward_length"])
+    image, patch = int(k["clip.vision.image_size"]), int(k["clip.vision.patch_size"])
+    if patch <= 0 or image % patch:
+        raise ModelFileError(f"{f.path}: image size {image} is not a multiple of patch size {patch}")
+    names = ["v.patch_embd.weight", "v.position_embd.weight", "mm.0.weight", "mm.0.bias", "mm.2.weight", "mm.2.bias"]
+    for i in range(n_blocks):
+        names += [f"v.blk.{i}.{t}.weight" for t in ("ln1", "ln2", "attn_q", "attn_k", "attn_v", "attn_out",
+                                                      "ffn_up", "ffn_down")]
+    _need(f, names)
+    n_patches = (image // patch) ** 2
+    pos = f.tensors["v.position_embd.weight"][0]
+    if pos[-2] != n_patches or pos[-1] != width:
+        raise ModelFileError(f"{f.path}: position embeddings {pos} do not fit {n_patches} patches of width {width}")
+    _shape(f, "v.blk.0.attn_q.weight", (width, width))
+    layers = k.get("clip.vision.feature_layer")
+    layers = [] if layers is None else [int(x) for x in layers]
+    # without feature_layer, mtmd runs block_count-1 blocks (LLaVA habit); the duplicate-block layout relies on it
+    n_run = max(layers) if layers else n_blocks - 1
+    out = f.tensors["mm.2.weight"][0][0]
+    return MmprojInfo(f, image, n_patches, out, n_run)
+
+
+def check_pair(text_path, mmproj_path) -> tuple[TextInfo, MmprojInfo]:
+    text, mm = check_text(text_path), check_mmproj(mmproj_path)
+    if mm.n_embd_out != text.n_embd:
+        raise ModelFileError(f"these files do not belong together: {mm.file.path.name} projects images to width "
+                             f"{mm.n_embd_out} but {text.file.path.name} has width {text.n_embd}; use the mmproj "
+                             "converted from the same checkpoint")
+    return text, mm

@@ -1,0 +1,438 @@
+"""The moondream runtime: llama.cpp's mtmd for the image, the phi2 text model for the answer.
+
+The prompt is assembled here, token by token, exactly as the source revision was trained (spec §3.4): BOS, the image
+embeddings (with "<image>" markers for early revisions), then the chat history and question. Whatever prefix of that
+sequence is already in the KV cache is kept, so a follow-up question costs only its new tokens.
+"""
+from __future__ import annotations
+
+import codecs
+import ctypes
+import hashlib
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from . import gguf_check, spec
+from .errors import ModelFileError, MoondreamError, PromptTooLongError
+from .image import load_image, preprocess
+from .native import llama, mtmd
+
+
+@dataclass
+class EncodedImage:
+    """Projected image embeddings [n_patches, n_embd]; reusable across questions and conversations."""
+
+    embeddings: np.ndarray
+    key: str  # hash of the preprocessed pixels: equal images share cache entries
+    encode_ms: float = 0.0
+
+
+@dataclass
+class Answer:
+    text: str
+    tokens: list[int]
+    finish_reason: str  # "stop" (the revision's stop rule) or "length"
+    timings: dict = field(default_factory=dict)
+
+
+class Stream:
+    """Iterate for text pieces as they are generated; `.answer` holds the whole Answer afterwards."""
+
+    def __init__(self, gen: Iterator[str]):
+        self._gen = gen
+        self.answer: Answer | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        self.answer = yield from self._gen
+
+
+def default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def find_pair(directory: Path) -> tuple[Path, Path]:
+    """The one text + mmproj pair in a directory (files are told apart by their architecture, not their names)."""
+    texts, mmprojs = [], []
+    for p in sorted(directory.glob("*.gguf")):
+        try:
+            arch = gguf_check.read_gguf(p, "text").arch
+            texts.append(p)
+        except ModelFileError as e:
+            if "is a mmproj file" in str(e):
+                mmprojs.append(p)
+    if len(texts) != 1 or len(mmprojs) != 1:
+        raise ModelFileError(f"{directory} should hold exactly one text GGUF and one mmproj GGUF; found text: "
+                             f"{[p.name for p in texts]}, mmproj: {[p.name for p in mmprojs]}. Pass --text and "
+                             "--mmproj to choose")
+    del arch
+    return texts[0], mmprojs[0]
+
+
+class Moondream:
+    """A loaded GGUF pair. Use `Moondream.load(...)`; close() (or a with-block) frees the native memory."""
+
+    @classmethod
+    def load(cls, text_path: str | os.PathLike, mmproj_path: str | os.PathLike | None = None, *,
+             n_threads: int | None = None, n_ctx: int = 2048, n_gpu_layers: int = 0, mmproj_gpu: bool = True,
+             revision: str | None = None, flash_attn: bool = False) -> "Moondream":
+        """Load `text_path` + `mmproj_path`, or the pair in the directory `text_path`. Files are validated first."""
+        text_path = Path(text_path)
+        if mmproj_path is None:
+            if not text_path.is_dir():
+                raise ModelFileError(f"{text_path}: pass a model directory, or both the text and the mmproj file")
+            text_path, mmproj_path = find_pair(text_path)
+        text_info, mm_info = gguf_check.check_pair(text_path, mmproj_path)
+        if revision is not None and revision not in spec.REVISIONS:
+            raise MoondreamError(f"unknown revision {revision!r}; known: {', '.join(spec.REVISIONS)}")
+        if n_ctx < mm_info.n_patches + 16:
+            raise MoondreamError(f"n_ctx {n_ctx} cannot hold the {mm_info.n_patches} image positions and a question")
+        return cls(text_info, mm_info, n_threads or default_threads(), n_ctx, n_gpu_layers, mmproj_gpu, revision,
+                   flash_attn)
+
+    def __init__(self, text_info, mm_info, n_threads, n_ctx, n_gpu_layers, mmproj_gpu, revision, flash_attn):
+        L, M = llama(), mtmd()
+        self._L, self._M = L, M
+        self.text_info, self.mmproj_info = text_info, mm_info
+        self.revision = self._revision(text_info, revision)
+        self.n_threads, self.n_ctx = n_threads, n_ctx
+        self.image_size = mm_info.image_size
+        self.name = text_info.file.get("general.name") or text_info.file.path.stem
+
+        mp = L.llama_model_default_params()
+        mp.n_gpu_layers = n_gpu_layers
+        self._model = L.llama_model_load_from_file(str(text_info.file.path).encode(), mp)
+        if not self._model:
+            raise ModelFileError(f"llama.cpp could not load {text_info.file.path} (set MOONDREAM_CPP_LLAMA_LOG=1 to "
+                                 "see why)")
+        self._vocab = L.llama_model_get_vocab(self._model)
+        self.n_embd = L.llama_model_n_embd(self._model)
+        self.n_vocab = L.llama_vocab_n_tokens(self._vocab)
+
+        cp = L.llama_context_default_params()
+        cp.n_ctx = n_ctx
+        cp.n_batch = min(n_ctx, 1024)
+        cp.n_ubatch = min(n_ctx, 512)
+        cp.n_seq_max = 1
+        cp.n_threads = cp.n_threads_batch = n_threads
+        cp.flash_attn_type = 1 if flash_attn else 0  # off: faster decode at image-sized contexts on CPU
+        cp.no_perf = True
+        self._ctx = L.llama_init_from_model(self._model, cp)
+        if not self._ctx:
+            L.llama_model_free(self._model)
+            raise MoondreamError(f"llama.cpp could not create a context of {n_ctx} tokens (out of memory?)")
+        self._mem = L.llama_get_memory(self._ctx)
+        self._n_batch = cp.n_batch
+
+        mcp = M.mtmd_context_params_default()
+        mcp.use_gpu = bool(mmproj_gpu and n_gpu_layers != 0)
+        mcp.n_threads = n_threads
+        mcp.print_timings = False
+        mcp.warmup = False
+        self._mtmd = M.mtmd_init_from_file(str(mm_info.file.path).encode(), self._model, mcp)
+        if not self._mtmd:
+            self.close()
+            raise ModelFileError(f"llama.cpp could not load the mmproj {mm_info.file.path} (set "
+                                 "MOONDREAM_CPP_LLAMA_LOG=1 to see why)")
+
+        self.bos = int(text_info.file.get("tokenizer.ggml.bos_token_id", 50256))
+        self.eos = int(text_info.file.get("tokenizer.ggml.eos_token_id", self.bos))
+        self.n_real_tokens = text_info.n_real_tokens
+        if self.revision.stop_rule == "eos":
+            self.stop_ids = {self.eos}
+        else:  # HF generate stopped on ANY token of "<END>" (spec §3.5)
+            self.stop_ids = set(self.tokenize(spec.END_MARKER))
+        self._tok_batch = L.llama_batch_init(self._n_batch, 0, 1)
+        self._emb_batch = L.llama_batch_init(self._n_batch, self.n_embd, 1)
+        self._kv: list = []  # what the KV cache holds, position by position: token ids or (image key, index)
+
+    @staticmethod
+    def _revision(info, override):
+        if override:
+            return spec.REVISIONS[override]
+        rev = info.revision
+        k = info.file.keys
+        if spec.MD_IMAGE_MARKERS in k:  # files state their own format; it wins over the table
+            rev = spec.Revision(rev.name, bool(k[spec.MD_IMAGE_MARKERS]), k.get(spec.MD_ANSWER_PREFIX,
+                                rev.answer_prefix), k.get(spec.MD_STOP_RULE, rev.stop_rule),
+                                k.get(spec.MD_VISION_GELU, rev.vision_gelu), rev.vision_eps,
+                                int(k.get(spec.MD_MAX_NEW_TOKENS, rev.max_new_tokens)))
+        return rev
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        L, M = self._L, self._M
+        if getattr(self, "_mtmd", None):
+            M.mtmd_free(self._mtmd)
+            self._mtmd = None
+        for b in ("_tok_batch", "_emb_batch"):
+            if getattr(self, b, None) is not None:
+                L.llama_batch_free(getattr(self, b))
+                setattr(self, b, None)
+        if getattr(self, "_ctx", None):
+            L.llama_free(self._ctx)
+            self._ctx = None
+        if getattr(self, "_model", None):
+            L.llama_model_free(self._model)
+            self._model = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # ------------------------------------------------------------------ text
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of `text` (no BOS; special-token text is NOT parsed, so user text cannot inject control tokens)."""
+        data = text.encode("utf-8")
+        n_max = len(data) + 8
+        buf = (self._L.llama_token * n_max)()
+        n = self._L.llama_tokenize(self._vocab, data, len(data), buf, n_max, False, False)
+        if n < 0:
+            buf = (self._L.llama_token * -n)()
+            n = self._L.llama_tokenize(self._vocab, data, len(data), buf, -n, False, False)
+        return list(buf[:n])
+
+    def token_bytes(self, token: int) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = self._L.llama_token_to_piece(self._vocab, token, buf, 64, 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self._L.llama_token_to_piece(self._vocab, token, buf, -n, 0, False)
+        return buf.raw[:n]
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return b"".join(self.token_bytes(t) for t in tokens).decode("utf-8", "replace")
+
+    # ------------------------------------------------------------------ image
+    def encode_image(self, image) -> EncodedImage:
+        """Preprocess as moondream (stretch, bicubic) and run the vision tower + projector once."""
+        if isinstance(image, EncodedImage):
+            return image
+        pixels = preprocess(load_image(image), self.image_size)
+        key = hashlib.sha256(pixels.tobytes()).hexdigest()[:32]
+        M = self._M
+        t0 = time.perf_counter()
+        # handed over at exactly image_size, so mtmd's own letterboxing never applies (pitfall P3)
+        data = pixels.tobytes()
+        bitmap = M.mtmd_bitmap_init(self.image_size, self.image_size, (ctypes.c_ubyte * len(data)).from_buffer_copy(data))
+        chunks = M.mtmd_input_chunks_init()
+        try:
+            part = M.mtmd_input_part(text=None, bitmap=bitmap)
+            parts = (ctypes.POINTER(M.mtmd_input_part) * 1)(ctypes.pointer(part))
+            if M.mtmd_tokenize_from_parts(self._mtmd, chunks, parts, 1, False) != 0:
+                raise MoondreamError("mtmd could not prepare the image")
+            chunk = M.mtmd_input_chunks_get(chunks, 0)
+            n_tokens = M.mtmd_input_chunk_get_n_tokens(chunk)
+            if n_tokens != self.mmproj_info.n_patches:
+                raise MoondreamError(f"mtmd made {n_tokens} image tokens, expected {self.mmproj_info.n_patches}")
+            if M.mtmd_encode_chunk(self._mtmd, chunk) != 0:
+                raise MoondreamError("llama.cpp failed to encode the image")
+            ptr = M.mtmd_get_output_embd(self._mtmd)
+            emb = np.ctypeslib.as_array(ptr, shape=(n_tokens * self.n_embd,)).reshape(n_tokens, self.n_embd).copy()
+        finally:
+            M.mtmd_input_chunks_free(chunks)
+            M.mtmd_bitmap_free(bitmap)
+        return EncodedImage(emb, key, (time.perf_counter() - t0) * 1000)
+
+    # ------------------------------------------------------------------ prompt
+    def prompt_items(self, image: EncodedImage, question: str, history: Sequence[tuple[str, str]] = ()) -> list:
+        """The model input, position by position: token ids, and (image key, row) for each image embedding."""
+        hist = "".join(spec.TURN_FORMAT.format(question=q, answer=a) for q, a in history)
+        after = f"\n\n{hist}" + spec.QUESTION_FORMAT.format(question=question) + self.revision.answer_prefix
+        items: list = [self.bos]
+        if self.revision.image_markers:
+            items += self.tokenize(spec.IMAGE_MARKERS[0])
+            after = spec.IMAGE_MARKERS[1] + after
+        items += [(image.key, j) for j in range(image.embeddings.shape[0])]
+        items += self.tokenize(after)
+        return items
+
+    def _fill_tokens(self, toks: list[int], start: int, want_logits: bool):
+        b = self._tok_batch
+        b.n_tokens = len(toks)
+        for i, t in enumerate(toks):
+            b.token[i] = t
+            b.pos[i] = start + i
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = 0
+            b.logits[i] = False
+        b.logits[len(toks) - 1] = want_logits
+        return b
+
+    def _fill_embd(self, rows: np.ndarray, start: int, want_logits: bool):
+        b = self._emb_batch
+        n = rows.shape[0]
+        b.n_tokens = n
+        ctypes.memmove(b.embd, np.ascontiguousarray(rows, dtype=np.float32).ctypes.data, rows.nbytes)
+        for i in range(n):
+            b.pos[i] = start + i
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = 0
+            b.logits[i] = False
+        b.logits[n - 1] = want_logits
+        return b
+
+    def _decode(self, batch) -> None:
+        rc = self._L.llama_decode(self._ctx, batch)
+        if rc != 0:
+            self._kv = []
+            self._L.llama_memory_clear(self._mem, True)
+            raise MoondreamError(f"llama.cpp failed to decode (code {rc}); the context was reset")
+
+    def _evaluate(self, items: list, images: dict[str, EncodedImage]) -> int:
+        """Bring the KV cache to hold `items`, reusing the longest cached prefix. Returns how many were evaluated."""
+        if len(items) > self.n_ctx:
+            raise PromptTooLongError(f"the prompt needs {len(items)} positions but the context holds {self.n_ctx}; "
+                                     "ask a shorter question, clear the chat history, or load with a larger n_ctx")
+        keep = 0
+        for a, b in zip(self._kv, items):
+            if a != b:
+                break
+            keep += 1
+        keep = min(keep, len(items) - 1)  # always evaluate at least the last item: we need its logits
+        self._L.llama_memory_seq_rm(self._mem, 0, keep, -1)
+        del self._kv[keep:]
+        i = keep
+        while i < len(items):
+            is_img = isinstance(items[i], tuple)
+            j = i
+            while j < len(items) and j - i < self._n_batch and isinstance(items[j], tuple) == is_img:
+                j += 1
+            last = j == len(items)
+            if is_img:
+                key = items[i][0]
+                rows = images[key].embeddings[items[i][1]: items[j - 1][1] + 1]
+                self._decode(self._fill_embd(rows, i, last))
+            else:
+                self._decode(self._fill_tokens(items[i:j], i, last))
+            self._kv.extend(items[i:j])
+            i = j
+        return len(items) - keep
+
+    def _logits(self) -> np.ndarray:
+        ptr = self._L.llama_get_logits_ith(self._ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+
+    # ------------------------------------------------------------------ public API
+    def logits(self, image, question: str, history: Sequence[tuple[str, str]] = ()) -> np.ndarray:
+        """Next-token logits (float32, padding rows included) after the prompt: for evaluation and tests."""
+        enc = self.encode_image(image)
+        self._evaluate(self.prompt_items(enc, question, history), {enc.key: enc})
+        return self._logits().copy()
+
+    def query(self, image, question: str, *, stream: bool = False, max_tokens: int | None = None,
+              history: Sequence[tuple[str, str]] = (), temperature: float = 0.0, top_p: float = 1.0,
+              seed: int | None = None) -> Answer | Stream:
+        """Answer `question` about `image` (a path, bytes, PIL image, array or EncodedImage). Greedy by default."""
+        if not isinstance(question, str) or not question.strip():
+            raise MoondreamError("the question is empty; ask something about the image")
+        gen = self._generate(image, question, history, max_tokens, temperature, top_p, seed)
+        s = Stream(gen)
+        if stream:
+            return s
+        for _ in s:
+            pass
+        return s.answer
+
+    def caption(self, image, length: str = "normal", **kw) -> Answer | Stream:
+        if length not in spec.CAPTION_QUESTIONS:
+            raise MoondreamError(f"caption length must be one of {', '.join(spec.CAPTION_QUESTIONS)}")
+        return self.query(image, spec.CAPTION_QUESTIONS[length], **kw)
+
+    def _generate(self, image, question, history, max_tokens, temperature, top_p, seed):
+        t0 = time.perf_counter()
+        cached = isinstance(image, EncodedImage)
+        enc = self.encode_image(image)
+        t1 = time.perf_counter()
+        items = self.prompt_items(enc, question, history)
+        n_eval = self._evaluate(items, {enc.key: enc})
+        t2 = time.perf_counter()
+        rng = np.random.default_rng(seed)
+        limit = max_tokens if max_tokens is not None else self.revision.max_new_tokens
+        out: list[int] = []
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        cleaner = _AnswerCleaner()
+        finish = "length"
+        while len(out) < limit:
+            tok = self._sample(self._logits(), temperature, top_p, rng)
+            if tok in self.stop_ids:
+                finish = "stop"
+                break
+            out.append(tok)
+            piece = cleaner.feed(decoder.decode(self.token_bytes(tok)))
+            if piece:
+                yield piece
+            if len(self._kv) >= self.n_ctx:
+                break
+            self._decode(self._fill_tokens([tok], len(self._kv), True))
+            self._kv.append(tok)
+        tail = cleaner.feed(decoder.decode(b"", final=True))
+        if tail:
+            yield tail
+        t3 = time.perf_counter()
+        text = self.detokenize(out)
+        if self.revision.stop_rule == "end_marker":
+            text = re.sub("<$|<END$", "", text)
+        n_prompt = len(items)
+        return Answer(text.strip(), out, finish, {
+            "image_encode_ms": 0.0 if cached else round((t1 - t0) * 1000, 2),
+            "image_cached": cached,
+            "prompt_tokens": n_prompt,
+            "prompt_evaluated": n_eval,
+            "prompt_ms": round((t2 - t1) * 1000, 2),
+            "prompt_per_second": round(n_eval / max(t2 - t1, 1e-9), 2),
+            "generated_tokens": len(out),
+            "generation_ms": round((t3 - t2) * 1000, 2),
+            "generation_per_second": round(len(out) / max(t3 - t2, 1e-9), 2),
+        })
+
+    def _sample(self, logits: np.ndarray, temperature: float, top_p: float, rng) -> int:
+        real = logits[: self.n_real_tokens]  # padding rows have no token to print
+        if temperature <= 0:
+            return int(np.argmax(real))
+        z = real.astype(np.float64) / temperature
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        if top_p < 1.0:
+            order = np.argsort(-p)
+            cut = np.searchsorted(np.cumsum(p[order]), top_p) + 1
+            keep = order[:cut]
+            q = np.zeros_like(p)
+            q[keep] = p[keep]
+            p = q / q.sum()
+        return int(rng.choice(len(p), p=p))
+
+
+class _AnswerCleaner:
+    """Streams text as the final answer will read: leading whitespace dropped, trailing whitespace held back."""
+
+    def __init__(self):
+        self.started = False
+        self.pending = ""
+
+    def feed(self, s: str) -> str:
+        if not self.started:
+            s = s.lstrip()
+            if not s:
+                return ""
+            self.started = True
+        s = self.pending + s
+        stripped = s.rstrip()
+        self.pending = s[len(stripped):]
+        return stripped

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install moondream-cpp (editable) with a llama.cpp build that works on this machine.
+#   bash scripts/install.sh            # runtime only
+#   bash scripts/install.sh test,torch # plus test tools and the PyTorch reference
+# Your own CMAKE_ARGS (e.g. -DGGML_CUDA=on, -DGGML_METAL=on) are passed through to llama.cpp's build.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+py=${PYTHON:-python3}
+extras=${1:-}
+llama_version=0.3.36
+
+# GCC <= 12 miscompiles ggml's AMX tile-config setup (the first quantized matmul segfaults, llama.cpp #20824),
+# and -march=native turns AMX on wherever the CPU has it: switch AMX off for those compilers only.
+cflags=${CFLAGS:-}
+if [ "$(uname -m)" = x86_64 ] && command -v gcc >/dev/null; then
+  gcc_major=$(gcc -dumpversion | cut -d. -f1)
+  if [ "$gcc_major" -le 12 ]; then
+    cflags="$cflags -mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+  fi
+fi
+cmake_args=${CMAKE_ARGS:-}
+
+# pip's own wheel cache ignores build flags, so keep our builds in a folder keyed by them.
+key=$(printf '%s|%s|%s|%s' "$llama_version" "$cflags" "$cmake_args" "$(uname -m)" | sha1sum | cut -c1-12)
+wheels=${MOONDREAM_CPP_WHEELS:-${XDG_CACHE_HOME:-$HOME/.cache}/moondream-cpp/wheels}/$key
+wheel=$(ls "$wheels"/llama_cpp_python-$llama_version-*.whl 2>/dev/null | head -n1 || true)
+if [ -z "$wheel" ]; then
+  echo "Building llama-cpp-python $llama_version (about 5 minutes on 2 cores; once per build flags)" >&2
+  echo "  CFLAGS='$cflags' CMAKE_ARGS='$cmake_args'" >&2
+  mkdir -p "$wheels"
+  CFLAGS="$cflags" CXXFLAGS="$cflags" CMAKE_ARGS="$cmake_args" \
+    "$py" -m pip wheel --no-deps --no-cache-dir --no-binary llama-cpp-python -w "$wheels" "llama-cpp-python==$llama_version"
+  wheel=$(ls "$wheels"/llama_cpp_python-$llama_version-*.whl | head -n1)
+fi
+"$py" -m pip install --quiet --no-deps --force-reinstall "$wheel"
+"$py" -m pip install --quiet -e "$root${extras:+[$extras]}"
