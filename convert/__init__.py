@@ -67,10 +67,10 @@ def mmproj_tensors(ck: Checkpoint, kind: str) -> list[OutTensor]:
         shape = ck.tensors.shape(hf)
         load = lambda hf=hf: ck.tensors.get(hf)  # noqa: E731
         dtype = _float_type(kind, len(shape))
-        if gg == "v.patch_embd.weight":  # [D, 3*p*p] -> conv kernel [D, 3, p, p]; ggml's conv wants an f16 kernel
+        if gg == "v.patch_embd.weight":  # [D, 3*p*p] -> conv kernel [D, 3, p, p]
+            # the kernel's type is also the type the pixels are unfolded into: f32 keeps pixels exact
             shape = (v.n_embd, 3, v.patch_size, v.patch_size)
             load = lambda hf=hf, s=shape: ck.tensors.get(hf).reshape(s)  # noqa: E731
-            dtype = np.float16
         out.append(OutTensor(gg, shape, dtype, load))
     # the last block is written twice: mtmd runs block_count-1 blocks for "mlp" projectors (spec §5.2, pitfall P2)
     blocks = list(range(v.n_layer)) + [v.n_layer - 1]

@@ -137,6 +137,7 @@ class Moondream:
         mcp.n_threads = n_threads
         mcp.print_timings = False
         mcp.warmup = False
+        mcp.flash_attn_type = -1  # auto: flash attention speeds the vision tower up
         self._mtmd = M.mtmd_init_from_file(str(mm_info.file.path).encode(), self._model, mcp)
         if not self._mtmd:
             self.close()

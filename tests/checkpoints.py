@@ -41,7 +41,7 @@ def phi_tokenizer_json(vocab_gguf: Path = GPT2_VOCAB) -> dict:
 
 def make_checkpoint(out: Path, layout: str = "2024-04-02", seed: int = 0, v_embd: int = 128, v_layers: int = 3,
                     v_heads: int = 4, image_size: int = 112, t_embd: int = 256, t_layers: int = 2, t_heads: int = 4,
-                    sharpen: float = 2.5, n_candidates: int = 512, logit_scale: float = 1.0,
+                    sharpen: float = 2.5, v_sharpen: float = 1.5, n_candidates: int = 512, logit_scale: float = 1.0,
                     tokenizer: dict | None = None, dtype=np.float16) -> Path:
     """Write config.json, model.safetensors and tokenizer.json of a small moondream in the real HF layout."""
     rng = np.random.default_rng(seed)
@@ -72,7 +72,7 @@ def make_checkpoint(out: Path, layout: str = "2024-04-02", seed: int = 0, v_embd
         b = f"{V}blocks.{i}."
         norm(b + "norm1", v_embd)
         qkv, qkv_b = lin(3 * v_embd, v_embd)
-        qkv[: 2 * v_embd] *= sharpen
+        qkv[: 2 * v_embd] *= v_sharpen
         w[b + "attn.qkv.weight"], w[b + "attn.qkv.bias"] = qkv, qkv_b
         put(b + "attn.proj", v_embd, v_embd)
         norm(b + "norm2", v_embd)

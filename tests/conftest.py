@@ -1,0 +1,81 @@
+"""Shared fixtures: scaled-down checkpoints in both real layouts, converted once per test session."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+from checkpoints import GPT2_VOCAB, make_checkpoint  # noqa: E402
+
+LAYOUTS = ["moondream1", "2024-04-02"]
+
+
+def pytest_configure(config):
+    if not GPT2_VOCAB.exists():
+        raise pytest.UsageError(f"tests need {GPT2_VOCAB} (the shared/ folder beside the checkout)")
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("md")
+
+
+@pytest.fixture(scope="session")
+def checkpoint(workdir):
+    made = {}
+
+    def get(layout: str = "2024-04-02", **kw) -> Path:
+        key = (layout, tuple(sorted(kw.items())))
+        if key not in made:
+            made[key] = make_checkpoint(workdir / f"ck-{layout}-{len(made)}", layout=layout, **kw)
+        return made[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def converted(checkpoint, workdir):
+    """converted(layout, text_type, mmproj_type) -> (text.gguf, mmproj.gguf), each conversion done once."""
+    from moondream_cpp.convert import convert
+
+    done = {}
+
+    def get(layout="2024-04-02", text_type="f32", mmproj_type="f32"):
+        key = (layout, text_type, mmproj_type)
+        if key not in done:
+            out = convert(checkpoint(layout), workdir / f"gguf-{layout}", text_type, mmproj_type, name="tiny")
+            done[key] = (out.text, out.mmproj)
+        return done[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def reference(checkpoint):
+    from moondream_cpp.reference import ReferenceMoondream
+
+    refs = {}
+
+    def get(layout="2024-04-02"):
+        if layout not in refs:
+            refs[layout] = ReferenceMoondream(checkpoint(layout))
+        return refs[layout]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def photo() -> Image.Image:
+    """A non-square image with structure (gradients + shapes), so preprocessing and patch order matter."""
+    rng = np.random.default_rng(7)
+    h, w = 90, 150
+    y, x = np.mgrid[0:h, 0:w]
+    a = np.stack([x * 255 / w, y * 255 / h, (x + y) % 256], -1)
+    a[20:50, 30:70] = [255, 0, 0]
+    a[50:80, 100:140] = [0, 0, 255]
+    a += rng.normal(0, 20, a.shape)
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
