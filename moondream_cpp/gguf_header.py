@@ -4,7 +4,6 @@ gguf-py's GGUFReader takes seconds on a 50k-token vocabulary; this reads the sam
 """
 from __future__ import annotations
 
-import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,11 +41,13 @@ class Header:
 
 
 class _Cursor:
-    def __init__(self, buf):
-        self.buf, self.pos, self.size = buf, 0, len(buf)
+    def __init__(self, buf: bytes, complete: bool):
+        self.buf, self.pos, self.size, self.complete = buf, 0, len(buf), complete
 
-    def take(self, n: int) -> memoryview:
+    def take(self, n: int) -> bytes:
         if n < 0 or self.pos + n > self.size:
+            if not self.complete:
+                raise _ShortRead()
             raise HeaderError(f"header runs past the end of the file at byte {self.pos}")
         out = self.buf[self.pos: self.pos + n]
         self.pos += n
@@ -69,7 +70,7 @@ def _value(c: _Cursor, vtype: T):
     if vtype == T.ARRAY:
         sub = T(c.unpack("I"))
         n = c.unpack("Q")
-        if n > c.size:
+        if n > 1 << 31:
             raise HeaderError(f"array of {n} items cannot fit in the file")
         if sub == T.STRING:
             return [c.string() for _ in range(n)], sub
@@ -80,40 +81,55 @@ def _value(c: _Cursor, vtype: T):
     raise HeaderError(f"unknown value type {vtype}")
 
 
+class _ShortRead(HeaderError):
+    pass
+
+
 def read_header(path: Path) -> Header:
-    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        c = _Cursor(memoryview(mm))
+    """Parse the header from the file's first bytes, reading more only if the header is longer (big vocabularies)."""
+    size = Path(path).stat().st_size
+    n = 8 << 20
+    while True:
+        with open(path, "rb") as fh:
+            buf = fh.read(min(n, size))
         try:
-            if bytes(c.take(4)) != b"GGUF":
-                raise HeaderError("not a GGUF file")
-            version = c.unpack("I")
-            if version not in (2, 3):
-                raise HeaderError(f"unsupported GGUF version {version}")
-            n_tensors, n_kv = c.unpack("Q"), c.unpack("Q")
-            if n_tensors > 1_000_000 or n_kv > 1_000_000:
-                raise HeaderError("implausible tensor or key count")
-            types, values = {}, {}
-            for _ in range(n_kv):
-                key = c.string()
-                try:
-                    vtype = T(c.unpack("I"))
-                except ValueError:
-                    raise HeaderError(f"key {key} has an unknown value type") from None
-                values[key], sub = _value(c, vtype)
-                types[key] = (vtype, sub)
-            raw = []
-            for _ in range(n_tensors):
-                name = c.string()
-                n_dims = c.unpack("I")
-                if n_dims > 4:
-                    raise HeaderError(f"tensor {name} has {n_dims} dimensions")
-                ne = tuple(c.unpack("Q") for _ in range(n_dims))
-                gtype, offset = c.unpack("I"), c.unpack("Q")
-                raw.append((name, ne, gtype, offset))
-            align = int(values.get("general.alignment", 32))
-            data_start = -(-c.pos // align) * align
-        finally:
-            del c
+            return _parse(buf, complete=len(buf) == size)
+        except _ShortRead:
+            if len(buf) == size:
+                raise HeaderError("the header runs past the end of the file") from None
+            n *= 4
+
+
+def _parse(buf: bytes, complete: bool) -> Header:
+    c = _Cursor(buf, complete)
+    if bytes(c.take(4)) != b"GGUF":
+        raise HeaderError("not a GGUF file")
+    version = c.unpack("I")
+    if version not in (2, 3):
+        raise HeaderError(f"unsupported GGUF version {version}")
+    n_tensors, n_kv = c.unpack("Q"), c.unpack("Q")
+    if n_tensors > 1_000_000 or n_kv > 1_000_000:
+        raise HeaderError("implausible tensor or key count")
+    types, values = {}, {}
+    for _ in range(n_kv):
+        key = c.string()
+        try:
+            vtype = T(c.unpack("I"))
+        except ValueError:
+            raise HeaderError(f"key {key} has an unknown value type") from None
+        values[key], sub = _value(c, vtype)
+        types[key] = (vtype, sub)
+    raw = []
+    for _ in range(n_tensors):
+        name = c.string()
+        n_dims = c.unpack("I")
+        if n_dims > 4:
+            raise HeaderError(f"tensor {name} has {n_dims} dimensions")
+        ne = tuple(c.unpack("Q") for _ in range(n_dims))
+        gtype, offset = c.unpack("I"), c.unpack("Q")
+        raw.append((name, ne, gtype, offset))
+    align = int(values.get("general.alignment", 32))
+    data_start = -(-c.pos // align) * align
     tensors = []
     for name, ne, gtype, offset in raw:
         try:

@@ -40,15 +40,16 @@ def _open(source) -> tuple[Image.Image, str]:
 
 def load_image(source) -> Image.Image:
     """Decode `source` (path, bytes, PIL image or uint8 array) into an upright 8-bit RGB image, or raise ImageError."""
-    name = "image"
+    name = str(source) if isinstance(source, (str, os.PathLike)) else "image"
+    bomb = (f"{name} is over the {MAX_PIXELS / 1e6:.0f} megapixel limit (a decompression bomb?); shrink it, or raise "
+            "MOONDREAM_CPP_MAX_PIXELS")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img, name = _open(source)
             w, h = img.size
             if w * h > MAX_PIXELS:
-                raise ImageError(f"{name} is {w}x{h} = {w * h / 1e6:.0f} megapixels, over the {MAX_PIXELS / 1e6:.0f} MP "
-                                 "limit (a decompression bomb?); shrink it, or raise MOONDREAM_CPP_MAX_PIXELS")
+                raise ImageError(f"{w}x{h}: {bomb}")
             if getattr(img, "is_animated", False):
                 img.seek(0)  # animated GIF/PNG/WebP: the first frame
             img.load()
@@ -56,7 +57,9 @@ def load_image(source) -> Image.Image:
             return _to_rgb(img)
     except ImageError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(bomb) from None
+    except UnidentifiedImageError as e:
         raise ImageError(f"{name} is not a readable image ({e}); use a JPEG, PNG, GIF, WebP, BMP or TIFF file") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageError(f"{name} could not be decoded ({e}); the file may be truncated or corrupt") from None
