@@ -1,0 +1,69 @@
+"""The command line as a user runs it: real subprocesses."""
+import shutil
+import subprocess
+
+import pytest
+
+EXE = shutil.which("moondream-cpp")
+QUESTION = "What is in the image?"
+
+
+def run(*args, stdin=None, timeout=300):
+    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, input=stdin, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def cli_pair(checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli")
+    r = run("convert", checkpoint("2024-04-02"), "-o", out, "--text-type", "f16", "--mmproj-type", "f16",
+            "--name", "tiny")
+    assert r.returncode == 0, r.stderr
+    text, mmproj = out / "tiny-text-f16.gguf", out / "tiny-mmproj-f16.gguf"
+    assert r.stdout.split() == [str(text), str(mmproj)]
+    assert sorted(p.name for p in out.iterdir()) == [mmproj.name, text.name]  # no leftovers
+    return out, text, mmproj
+
+
+@pytest.fixture(scope="module")
+def photo_file(photo, tmp_path_factory):
+    p = tmp_path_factory.mktemp("img") / "photo.jpg"
+    photo.save(p, quality=95)
+    return p
+
+
+def test_chat_prints_the_reference_answer(cli_pair, photo_file, reference):
+    _, text, mmproj = cli_pair
+    from PIL import Image
+
+    _, want = reference("2024-04-02").generate(Image.open(photo_file), QUESTION, max_tokens=20)
+    r = run("chat", photo_file, "-p", QUESTION, "--text", text, "--mmproj", mmproj, "--max-tokens", 20)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == want + "\n"
+
+
+def test_chat_with_model_dir_and_questions_on_stdin(cli_pair, photo_file, reference):
+    out, _, _ = cli_pair
+    from PIL import Image
+
+    ref = reference("2024-04-02")
+    img = Image.open(photo_file)
+    _, a1 = ref.generate(img, QUESTION, max_tokens=12)
+    _, a2 = ref.generate(img, "Anything else?", max_tokens=12, history=[(QUESTION, a1)])
+    r = run("chat", photo_file, "--model", out, "--max-tokens", 12, stdin=f"{QUESTION}\nAnything else?\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [a1, a2]
+
+
+def test_convert_errors_are_clear(tmp_path):
+    r = run("convert", tmp_path / "nope", "-o", tmp_path / "out")
+    assert r.returncode == 3 and "not a directory" in r.stderr and "Traceback" not in r.stderr
+    r = run("convert", tmp_path, "-o", tmp_path / "out")
+    assert r.returncode == 3 and "no config.json" in r.stderr
+    r = run("chat", "x.png", "--max-tokens", "0")
+    assert r.returncode == 2
+
+
+def test_version_and_help():
+    assert run("--version").stdout.startswith("moondream-cpp ")
+    r = run("--help")
+    assert r.returncode == 0 and "Exit codes" in r.stdout

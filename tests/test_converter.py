@@ -1,0 +1,138 @@
+"""Converter behaviour: what it refuses, how it writes, what it records, and the published GGUF layout."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+from gguf import GGUFValueType as T
+from safetensors.numpy import load_file, save_file
+
+from moondream_cpp import Moondream, gguf_check, spec
+from moondream_cpp.convert import convert, mmproj_keys, mmproj_tensors, text_keys, text_tensors
+from moondream_cpp.convert.checkpoint import load_checkpoint
+from moondream_cpp.convert.gguf_out import write_gguf
+from moondream_cpp.errors import CheckpointError
+
+
+def copy_ck(src, dst, edit_tensors=None, edit_config=None):
+    shutil.copytree(src, dst)
+    if edit_tensors:
+        w = load_file(str(dst / "model.safetensors"))
+        edit_tensors(w)
+        save_file(w, str(dst / "model.safetensors"))
+    if edit_config:
+        cfg = json.loads((dst / "config.json").read_text())
+        edit_config(cfg)
+        (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def test_records_revision_metadata(converted):
+    for layout, markers, prefix, stop, gelu in [("moondream1", True, "Answer: ", "end_marker", "erf"),
+                                                 ("2024-04-02", False, "Answer:", "eos", "tanh")]:
+        text, mmproj = converted(layout, "f32", "f32")
+        k = gguf_check.check_text(text).file.keys
+        assert k[spec.MD_REVISION] == layout and k[spec.MD_IMAGE_MARKERS] == markers
+        assert k[spec.MD_ANSWER_PREFIX] == prefix and k[spec.MD_STOP_RULE] == stop and k[spec.MD_VISION_GELU] == gelu
+        assert k["tokenizer.ggml.pre"] == "phi-2" and k["tokenizer.ggml.add_bos_token"] is True
+        assert k["tokenizer.ggml.bos_token_id"] == k["tokenizer.ggml.eos_token_id"] == 50256
+        assert len(k["tokenizer.ggml.tokens"]) == 50304  # padded to the embedding rows
+        mm = gguf_check.check_mmproj(mmproj)
+        assert mm.file.keys["clip.vision.block_count"] == 4 and mm.n_blocks_run == 3  # 3 real blocks + duplicate
+        assert mm.file.keys["clip.vision.attention.layer_norm_epsilon"] == pytest.approx(
+            spec.REVISIONS[layout].vision_eps)
+
+
+def test_refuses_layouts_llama_cpp_cannot_run(checkpoint, tmp_path):
+    src = checkpoint("2024-04-02")
+    p = spec.PROJECTION_PREFIX
+
+    def jan(w):
+        w["vision_encoder.projection.mlp1.fc1.weight"] = w.pop(p + "fc1.weight")
+
+    with pytest.raises(CheckpointError, match="January-2024"):
+        load_checkpoint(copy_ck(src, tmp_path / "jan", jan))
+
+    def multicrop(w):
+        w[p + "fc1.weight"] = np.zeros((1024, 256), np.float16)
+
+    with pytest.raises(CheckpointError, match="multi-crop"):
+        load_checkpoint(copy_ck(src, tmp_path / "mc", multicrop))
+
+    def extra(w):
+        w["vision_encoder.encoder.model.visual.attn_pool.latent"] = np.zeros((1, 4), np.float16)
+
+    with pytest.raises(CheckpointError, match="does not know.*attn_pool"):
+        load_checkpoint(copy_ck(src, tmp_path / "extra", extra))
+
+    def missing(w):
+        del w["text_model.transformer.h.1.mlp.fc2.bias"]
+
+    with pytest.raises(CheckpointError, match="missing 1 tensor"):
+        load_checkpoint(copy_ck(src, tmp_path / "missing", missing))
+
+    with pytest.raises(CheckpointError, match="cannot tell which moondream revision.*--revision"):
+        load_checkpoint(copy_ck(src, tmp_path / "norev", edit_config=lambda c: c.pop("moondream_revision")))
+    assert load_checkpoint(tmp_path / "norev", revision="2024-03-13").revision.name == "2024-03-13"
+    with pytest.raises(CheckpointError, match="unknown text type"):
+        convert(src, tmp_path / "o", text_type="q3_k")
+
+
+def test_interrupted_conversion_leaves_nothing(checkpoint, tmp_path, monkeypatch):
+    import moondream_cpp.convert as conv
+
+    calls = {"n": 0}
+
+    def boom(name):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        conv.convert(checkpoint("2024-04-02"), tmp_path / "out", "q8_0", "f16", on_tensor=boom)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_reads_bf16_checkpoints(checkpoint, tmp_path):
+    src = checkpoint("2024-04-02")
+
+    def to_bf16(w):
+        name = "text_model.lm_head.linear.bias"
+        w[name] = (w[name].astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+
+    dst = copy_ck(src, tmp_path / "bf16", to_bf16)
+    raw = (tmp_path / "bf16" / "model.safetensors").read_bytes()
+    hdr = raw[8: 8 + int.from_bytes(raw[:8], "little")].replace(b'"U16"', b'"BF16"')
+    (dst / "model.safetensors").write_bytes(raw[:8] + hdr + raw[8 + len(hdr):])
+    got = load_checkpoint(dst).tensors.get("text_model.lm_head.linear.bias")
+    want = load_checkpoint(src).tensors.get("text_model.lm_head.linear.bias")
+    np.testing.assert_allclose(got, want, rtol=1e-2, atol=1e-2)
+
+
+def test_published_vikhyatk_layout_answers_like_the_reference(checkpoint, reference, photo, tmp_path):
+    """The 2024 vikhyatk/moondream2 files: no pre-tokenizer, add_bos false, no moondream keys, f16 patch kernel."""
+    ck = load_checkpoint(checkpoint("2024-04-02"))
+    ours = {k for k in spec.MOONDREAM_KEYS} | {"tokenizer.ggml.pre", "tokenizer.ggml.add_eos_token",
+                                               "phi2.rope.freq_base"}
+    keys = []
+    for k in text_keys(ck, "f16"):
+        if k[0] in ours:
+            continue
+        if k[0] == "tokenizer.ggml.add_bos_token":
+            k = (k[0], False, T.BOOL, None)
+        if k[0] == "tokenizer.ggml.token_type":  # pads written as USER_DEFINED in the published file
+            k = (k[0], [4 if t == 5 else t for t in k[1]], k[2], k[3])
+        keys.append(k)
+    write_gguf(tmp_path / "moondream2-text-model-f16.gguf", "phi2", keys, text_tensors(ck, "f16"))
+    mm_tensors = mmproj_tensors(ck, "f16")
+    for t in mm_tensors:
+        if t.name == "v.patch_embd.weight":
+            t.dtype = np.float16
+    mm_keys = [(k[0], 1e-6, k[2], k[3]) if k[0].endswith("layer_norm_epsilon") else k for k in mmproj_keys(ck, "f16")]
+    write_gguf(tmp_path / "moondream2-mmproj-f16.gguf", "clip", mm_keys, mm_tensors)
+
+    with Moondream.load(tmp_path, n_ctx=256) as md:
+        assert md.revision.name == spec.DEFAULT_REVISION and not md.text_info.has_our_metadata
+        assert md.prompt_items(md.encode_image(photo), "x")[0] == 50256  # BOS inserted all the same
+        ids, _ = reference("2024-04-02").generate(photo, "What is in the image?", max_tokens=16)
+        assert md.query(photo, "What is in the image?", max_tokens=16).tokens == ids
