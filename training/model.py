@@ -1,0 +1,125 @@
+"""A trainable moondream whose state_dict has exactly the HF checkpoint names (spec §1.2), batched for training."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Named(nn.Module):
+    """A bare container: attributes become dotted state_dict names."""
+
+    def __init__(self, **children):
+        super().__init__()
+        for k, v in children.items():
+            setattr(self, k, v)
+
+
+class VitBlock(nn.Module):
+    def __init__(self, d, heads, ff):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(d, eps=1e-5), nn.LayerNorm(d, eps=1e-5)
+        self.attn = Named(qkv=nn.Linear(d, 3 * d), proj=nn.Linear(d, d))
+        self.mlp = Named(fc1=nn.Linear(d, ff), fc2=nn.Linear(ff, d))
+
+    def forward(self, x):
+        B, N, D = x.shape
+        q, k, v = self.attn.qkv(self.norm1(x)).reshape(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, D)
+        x = x + self.attn.proj(a)
+        return x + self.mlp.fc2(F.gelu(self.mlp.fc1(self.norm2(x)), approximate="tanh"))
+
+
+class PhiBlock(nn.Module):
+    def __init__(self, d, heads, ff, rotary):
+        super().__init__()
+        self.heads, self.rotary = heads, rotary
+        self.ln = nn.LayerNorm(d, eps=1e-5)
+        self.mixer = Named(Wqkv=nn.Linear(d, 3 * d), out_proj=nn.Linear(d, d))
+        self.mlp = Named(fc1=nn.Linear(d, ff), fc2=nn.Linear(ff, d))
+
+    def rope(self, x, cos, sin):
+        r = self.rotary
+        x1, x2, rest = x[..., : r // 2], x[..., r // 2: r], x[..., r:]
+        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest], -1)
+
+    def forward(self, x, cos, sin):
+        B, T, D = x.shape
+        h = self.ln(x)
+        q, k, v = self.mixer.Wqkv(h).reshape(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        q, k = self.rope(q, cos, sin), self.rope(k, cos, sin)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, D)
+        return x + self.mixer.out_proj(a) + self.mlp.fc2(F.gelu(self.mlp.fc1(h), approximate="tanh"))
+
+
+class TrainableMoondream(nn.Module):
+    def __init__(self, vocab, image_size=112, patch=14, v_dim=96, v_layers=4, v_heads=4, t_dim=192, t_layers=4,
+                 t_heads=6, n_ctx=512):
+        super().__init__()
+        self.patch, self.image_size = patch, image_size
+        n_pos = (image_size // patch) ** 2
+        visual = Named(patch_embed=Named(linear=nn.Linear(3 * patch * patch, v_dim)),
+                       blocks=nn.ModuleList(VitBlock(v_dim, v_heads, 4 * v_dim) for _ in range(v_layers)),
+                       norm=nn.LayerNorm(v_dim, eps=1e-5))
+        visual.pos_embed = nn.Parameter(torch.randn(1, n_pos, v_dim) * 0.02)
+        self.vision_encoder = Named(encoder=Named(model=Named(visual=visual)),
+                                    projection=Named(mlp=Named(fc1=nn.Linear(v_dim, 4 * t_dim),
+                                                               fc2=nn.Linear(4 * t_dim, t_dim))))
+        self.rotary = (t_dim // t_heads) // 2
+        self.text_model = Named(
+            transformer=Named(embd=Named(wte=nn.Embedding(vocab, t_dim)),
+                              h=nn.ModuleList(PhiBlock(t_dim, t_heads, 4 * t_dim, self.rotary)
+                                              for _ in range(t_layers))),
+            lm_head=Named(ln=nn.LayerNorm(t_dim, eps=1e-5), linear=nn.Linear(t_dim, vocab)))
+        inv = 1.0 / (10000.0 ** (torch.arange(0, self.rotary, 2).float() / self.rotary))
+        f = torch.outer(torch.arange(n_ctx).float(), inv)
+        self.register_buffer("cos", f.cos(), persistent=False)
+        self.register_buffer("sin", f.sin(), persistent=False)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+
+    def encode_images(self, pixels):  # uint8 [B, S, S, 3] (already stretched) -> [B, n_pos, t_dim]
+        v = self.vision_encoder.encoder.model.visual
+        x = pixels.float().div(255).sub(0.5).div(0.5).permute(0, 3, 1, 2)
+        B, p = x.shape[0], self.patch
+        g = self.image_size // p
+        x = x.reshape(B, 3, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(B, g * g, 3 * p * p)
+        x = v.patch_embed.linear(x) + v.pos_embed
+        for blk in v.blocks:
+            x = blk(x)
+        x = v.norm(x)
+        mlp = self.vision_encoder.projection.mlp
+        return mlp.fc2(F.gelu(mlp.fc1(x), approximate="tanh"))
+
+    def forward(self, pixels, bos, before_ids, after_ids):
+        """Logits for [BOS] [image] after_ids, batched (after_ids right-padded). before_ids unused (no markers)."""
+        tm = self.text_model
+        img = self.encode_images(pixels)
+        B = img.shape[0]
+        x = torch.cat([tm.transformer.embd.wte(torch.full((B, 1), bos, dtype=torch.long)), img,
+                       tm.transformer.embd.wte(after_ids)], 1)
+        T = x.shape[1]
+        cos, sin = self.cos[:T], self.sin[:T]
+        for blk in tm.transformer.h:
+            x = blk(x, cos, sin)
+        return tm.lm_head.linear(tm.lm_head.ln(x))
+
+    def n_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+
+def init_scale_check(model):  # pragma: no cover - debugging aid
+    return {n: float(p.std()) for n, p in model.named_parameters() if p.ndim > 1}
+
+
+__all__ = ["TrainableMoondream", "math"]

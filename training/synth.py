@@ -1,0 +1,243 @@
+"""Deterministic synthetic visual question answering: shapes, colours, sizes, counts, positions, text to read.
+
+    python -m training.synth --seed 1234 --n 1000 --out data/heldout   # images + questions.jsonl (VQA format)
+
+The same seed gives the same images and questions on every machine (PIL's bundled font, numpy's PCG64).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+COLORS = {"red": (220, 30, 30), "green": (30, 170, 50), "blue": (30, 70, 220), "yellow": (235, 200, 20),
+          "purple": (140, 40, 180), "orange": (245, 130, 20)}
+SHAPES = ["circle", "square", "triangle"]
+CHARS = "ABCDEFGHJKLMNPRSTUVWXYZ2345679"  # no look-alikes (I/1, O/0/Q, 8/B)
+STYLES_TRAIN = ["solid", "hgradient", "vgradient", "noise"]
+STYLES_ALL = STYLES_TRAIN + ["stripes", "dark"]  # the last two are never seen in training
+QUESTION_TYPES = ["color", "shape", "count", "yesno", "position", "size", "text"]
+NUMBER = {0: "0", 1: "1", 2: "2", 3: "3"}
+
+TEMPLATES = {
+    "color": ["What color is the {o}?", "What colour is the {o}?", "Which color is the {o}?",
+              "What is the color of the {o}?"],
+    "shape": ["What shape is the {c} object?", "What is the {c} shape?", "Which shape is {c}?",
+              "What kind of shape is the {c} one?"],
+    "count": ["How many {s}s are there?", "How many {s}s are in the image?", "Count the {s}s.",
+              "What is the number of {s}s?"],
+    "count_all": ["How many shapes are there?", "How many objects are in the image?", "Count the shapes."],
+    "yesno": ["Is there {a} {c} {s}?", "Is there {a} {c} {s} in the image?", "Do you see {a} {c} {s}?",
+              "Does the image contain {a} {c} {s}?"],
+    "lr": ["Is the {o} on the left or the right?", "Is the {o} on the left or right side?",
+           "Which side is the {o} on, left or right?"],
+    "tb": ["Is the {o} at the top or the bottom?", "Is the {o} in the top or bottom half?",
+           "Is the {o} near the top or the bottom?"],
+    "larger": ["Which is larger, the {a} or the {b}?", "Which is bigger: the {a} or the {b}?",
+               "Which one is larger, the {a} or the {b}?"],
+    "smaller": ["Which is smaller, the {a} or the {b}?", "Which is smaller: the {a} or the {b}?"],
+    "letter": ["What letter is written?", "What letter is shown in the image?", "Which letter do you see?",
+               "Read the letter in the image."],
+    "digit": ["What number is written?", "What digit is shown in the image?", "Which number do you see?",
+              "Read the number in the image."],
+}
+CAPTION_QUESTIONS = {"normal": "Describe this image.", "short": "Describe this image in one sentence."}
+
+
+@dataclass
+class Obj:
+    shape: str
+    color: str
+    big: bool
+    cx: float  # centre, as a fraction of width / height
+    cy: float
+    r: float  # radius in pixels
+
+    def name(self, objs):
+        if sum(o.shape == self.shape for o in objs) == 1:
+            return self.shape
+        if sum(o.shape == self.shape and o.color == self.color for o in objs) == 1:
+            return f"{self.color} {self.shape}"
+        return None
+
+
+def _background(rng, w, h, style):
+    if style == "dark":
+        base = rng.integers(20, 70, 3)
+        return np.broadcast_to(base, (h, w, 3)).astype(np.float64) + rng.normal(0, 4, (h, w, 3))
+    base = rng.integers(200, 256, 3).astype(np.float64)
+    if style == "solid":
+        a = np.broadcast_to(base, (h, w, 3)).astype(np.float64)
+    elif style in ("hgradient", "vgradient"):
+        other = rng.integers(170, 256, 3).astype(np.float64)
+        t = np.linspace(0, 1, w if style == "hgradient" else h)
+        ramp = base[None] * (1 - t[:, None]) + other[None] * t[:, None]
+        a = np.broadcast_to(ramp[None], (h, w, 3)) if style == "hgradient" else np.broadcast_to(ramp[:, None], (h, w, 3))
+        a = a.astype(np.float64)
+    elif style == "noise":
+        a = base + rng.normal(0, 12, (h, w, 3))
+    else:  # stripes
+        other = rng.integers(170, 230, 3).astype(np.float64)
+        period = int(rng.integers(6, 16))
+        mask = ((np.arange(w)[None, :] + np.arange(h)[:, None]) // period) % 2
+        a = np.where(mask[..., None] == 1, other, base)
+    return a
+
+
+def _draw_shape(d: ImageDraw.ImageDraw, o: Obj, w, h):
+    x, y, r = o.cx * w, o.cy * h, o.r
+    fill = COLORS[o.color]
+    if o.shape == "circle":
+        d.ellipse([x - r, y - r, x + r, y + r], fill=fill)
+    elif o.shape == "square":
+        s = r * 0.9
+        d.rectangle([x - s, y - s, x + s, y + s], fill=fill)
+    else:
+        d.polygon([(x, y - r), (x - r * 1.05, y + r * 0.8), (x + r * 1.05, y + r * 0.8)], fill=fill)
+
+
+def _place(rng, n, w, h):
+    objs = []
+    m = min(w, h)
+    for _ in range(200):
+        if len(objs) == n:
+            break
+        big = bool(rng.random() < 0.5)
+        r = m * (rng.uniform(0.2, 0.26) if big else rng.uniform(0.09, 0.13))
+        cx, cy = rng.uniform(r / w + 0.02, 1 - r / w - 0.02), rng.uniform(r / h + 0.02, 1 - r / h - 0.02)
+        if all(np.hypot((cx - o.cx) * w, (cy - o.cy) * h) > (r + o.r) * 1.15 for o in objs):
+            objs.append(Obj(str(rng.choice(SHAPES)), str(rng.choice(list(COLORS))), big, cx, cy, r))
+    return objs
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def caption(objs) -> str:
+    parts = [f"{'a large' if o.big else 'a small'} {o.color} {o.shape}" for o in sorted(objs, key=lambda o: o.cx)]
+    if len(parts) == 1:
+        body = parts[0]
+    else:
+        body = ", ".join(parts[:-1]) + " and " + parts[-1]
+    return body[0].upper() + body[1:] + "."
+
+
+def make_image(rng, styles=STYLES_TRAIN):
+    """One image with its facts: ('shapes', objs) or ('text', char)."""
+    w, h = int(rng.integers(80, 321)), int(rng.integers(80, 321))
+    style = str(rng.choice(styles))
+    bg = _background(rng, w, h, style)
+    img = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
+    d = ImageDraw.Draw(img)
+    if rng.random() < 0.2:
+        ch = str(rng.choice(list(CHARS)))
+        size = int(min(w, h) * rng.uniform(0.45, 0.7))
+        font = ImageFont.load_default(size=size)
+        box = d.textbbox((0, 0), ch, font=font)
+        tw, th = box[2] - box[0], box[3] - box[1]
+        x = rng.uniform(0, max(1, w - tw)) - box[0]
+        y = rng.uniform(0, max(1, h - th)) - box[1]
+        color = (240, 240, 240) if style == "dark" else tuple(int(c) for c in rng.integers(0, 60, 3))
+        d.text((x, y), ch, fill=color, font=font)
+        return img, ("text", ch)
+    objs = _place(rng, int(rng.integers(1, 4)), w, h)
+    for o in objs:
+        _draw_shape(d, o, w, h)
+    return img, ("shapes", objs)
+
+
+def questions(rng, facts, n=3, with_captions=True):
+    """Up to n (type, question, answer) triples about the image."""
+    kind, info = facts
+    if kind == "text":
+        t = "digit" if info.isdigit() else "letter"
+        return [("text", str(rng.choice(TEMPLATES[t])), info)]
+    objs: list[Obj] = info
+    out = []
+    cands = []
+    for o in objs:
+        nm = o.name(objs)
+        if sum(p.shape == o.shape for p in objs) == 1:
+            cands.append(("color", str(rng.choice(TEMPLATES["color"])).format(o=o.shape), o.color))
+        if sum(p.color == o.color for p in objs) == 1:
+            cands.append(("shape", str(rng.choice(TEMPLATES["shape"])).format(c=o.color), o.shape))
+        if nm and (o.cx < 0.4 or o.cx > 0.6):
+            cands.append(("position", str(rng.choice(TEMPLATES["lr"])).format(o=nm), "left" if o.cx < 0.5 else "right"))
+        if nm and (o.cy < 0.4 or o.cy > 0.6):
+            cands.append(("position", str(rng.choice(TEMPLATES["tb"])).format(o=nm), "top" if o.cy < 0.5 else "bottom"))
+    s = str(rng.choice(SHAPES))
+    cands.append(("count", str(rng.choice(TEMPLATES["count"])).format(s=s), NUMBER[sum(o.shape == s for o in objs)]))
+    cands.append(("count", str(rng.choice(TEMPLATES["count_all"])), NUMBER[len(objs)]))
+    present = {(o.color, o.shape) for o in objs}
+    if rng.random() < 0.5:
+        c, sh = sorted(present)[int(rng.integers(len(present)))]
+        cands.append(("yesno", str(rng.choice(TEMPLATES["yesno"])).format(a=_article(c), c=c, s=sh), "yes"))
+    else:
+        absent = [(c, sh) for c in COLORS for sh in SHAPES if (c, sh) not in present]
+        c, sh = absent[int(rng.integers(len(absent)))]
+        cands.append(("yesno", str(rng.choice(TEMPLATES["yesno"])).format(a=_article(c), c=c, s=sh), "no"))
+    uniq = [o for o in objs if sum(p.shape == o.shape for p in objs) == 1]
+    for i, a in enumerate(uniq):
+        for b in uniq[i + 1:]:
+            if a.big != b.big:
+                big, small = (a, b) if a.big else (b, a)
+                first, second = (a, b) if rng.random() < 0.5 else (b, a)
+                if rng.random() < 0.6:
+                    q = str(rng.choice(TEMPLATES["larger"])).format(a=first.shape, b=second.shape)
+                    cands.append(("size", q, big.shape))
+                else:
+                    q = str(rng.choice(TEMPLATES["smaller"])).format(a=first.shape, b=second.shape)
+                    cands.append(("size", q, small.shape))
+    # spread over types rather than over candidates, so every type is well represented
+    by_type: dict[str, list] = {}
+    for c in cands:
+        by_type.setdefault(c[0], []).append(c)
+    types = list(by_type)
+    rng.shuffle(types)
+    for t in types[:n]:
+        lst = by_type[t]
+        out.append(lst[int(rng.integers(len(lst)))])
+    if with_captions and rng.random() < 0.25:
+        length = "short" if rng.random() < 0.5 else "normal"
+        out.append(("caption", CAPTION_QUESTIONS[length], caption(objs)))
+    return out
+
+
+def write_dataset(out: Path, seed: int, n: int, styles=STYLES_ALL) -> Path:
+    """n held-out questions (one per image), images as PNG, questions.jsonl in the VQA format."""
+    rng = np.random.default_rng(seed)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    i = 0
+    while len(rows) < n:
+        img, facts = make_image(rng, styles)
+        qs = [q for q in questions(rng, facts, n=1, with_captions=False)]
+        if not qs:
+            continue
+        t, q, a = qs[0]
+        path = out / "images" / f"{i:05d}.png"
+        img.save(path)
+        rows.append({"image": f"images/{path.name}", "question": q, "answers": [a], "type": t})
+        i += 1
+    jsonl = out / "questions.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return jsonl
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seed", type=int, required=True)
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--train-styles-only", action="store_true")
+    a = ap.parse_args()
+    print(write_dataset(a.out, a.seed, a.n, STYLES_TRAIN if a.train_styles_only else STYLES_ALL))
+
+
+if __name__ == "__main__":
+    main()
