@@ -68,8 +68,14 @@ def load_model(model: Optional[Path], text: Optional[Path], mmproj: Optional[Pat
         return Moondream.load(model, **kw)
     if text or mmproj:
         raise MoondreamError("pass both --text and --mmproj (or --model DIR holding the pair)")
-    raise MoondreamError("no model given: pass --model DIR (a folder with a text + mmproj GGUF pair) or "
-                         "--text T.gguf --mmproj M.gguf; `moondream-cpp convert` makes a pair from a checkpoint")
+    from moondream_cpp.gguf_models import DEMO_NOTICE, demo_pair
+
+    text, mmproj = demo_pair()
+    if not text.exists():
+        raise MoondreamError("no model given and the bundled demo model is missing from this install: pass --model "
+                             "DIR (a folder with a text + mmproj GGUF pair) or --text T.gguf --mmproj M.gguf")
+    typer.echo(DEMO_NOTICE, err=True)
+    return Moondream.load(text, mmproj, **kw)
 
 
 @app.command()
@@ -103,6 +109,73 @@ def chat(
         sys.stdout.flush()
         if interactive:
             history.append((q, s.answer.text))
+
+
+@app.command("eval")
+def eval_cmd(
+    data: Path = typer.Argument(..., help="JSON lines: {image, question, answers[, type]} (image paths relative "
+                                "to the file)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Directory holding a text + mmproj pair."),
+    text: Optional[Path] = typer.Option(None, "--text", help="Text model GGUF."),
+    mmproj: Optional[Path] = typer.Option(None, "--mmproj", help="Vision projector (mmproj) GGUF."),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="Evaluate the PyTorch reference model on "
+                                             "this HF checkpoint directory instead (needs the [torch] extra)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N questions."),
+    max_tokens: int = typer.Option(32, "--max-tokens", min=1, help="Answer length limit."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    predictions: Optional[Path] = typer.Option(None, "--predictions", help="Also write every prediction here "
+                                               "(JSON lines)."),
+    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads."),
+):
+    """Score a model on VQA-format questions: VQAv2 normalisation, min(matches/3,1) accuracy, per type."""
+    import json
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from moondream_cpp.evaluate import evaluate, read_jsonl
+
+    rows = read_jsonl(data, limit)
+    if reference is not None:
+        try:
+            from moondream_cpp.reference import ReferenceMoondream
+        except ImportError:
+            raise MoondreamError("--reference needs PyTorch: pip install 'moondream-cpp[torch]'") from None
+        from moondream_cpp.image import load_image
+
+        ref = ReferenceMoondream(reference)
+
+        def answer(img, q):
+            return ref.generate(load_image(img), q, max_tokens=max_tokens)[1]
+        name = f"reference:{reference}"
+    else:
+        md = load_model(model, text, mmproj, n_threads=threads)
+
+        def answer(img, q):
+            return md.query(img, q, max_tokens=max_tokens).text
+        name = md.name
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeRemainingColumn(), console=_stderr(), transient=True) as bar:
+        task = bar.add_task("evaluating", total=len(rows))
+        rep = evaluate(answer, rows, progress=lambda: bar.advance(task))
+    for img, why in rep.skipped:
+        typer.echo(f"skipped {img}: {why}", err=True)
+    if predictions:
+        predictions.write_text("".join(json.dumps(r) + "\n" for r in rep.rows))
+    if as_json:
+        typer.echo(json.dumps({"model": name, **rep.to_json()}, indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{name} on {data.name}")
+    for col in ("type", "n", "VQA acc %", "exact %"):
+        t.add_column(col, justify="right" if col != "type" else "left")
+    for ty, r in rep.by_type.items():
+        t.add_row(ty, str(r["n"]), f"{r['vqa']:.1f}", f"{r['exact']:.1f}")
+    if rep.overall:
+        t.add_row("overall", str(rep.overall["n"]), f"{rep.overall['vqa']:.1f}", f"{rep.overall['exact']:.1f}",
+                  style="bold")
+    Console().print(t)
 
 
 def _read_questions():

@@ -1,0 +1,19 @@
+"""Known models (registry.json, data) and the bundled demo model."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+HERE = Path(__file__).parent
+REGISTRY = json.loads((HERE / "registry.json").read_text())
+
+
+def demo_pair() -> tuple[Path, Path]:
+    """The bundled demo model's text + mmproj GGUF files (shipped in the package, no download)."""
+    entry = REGISTRY["moondream-demo"]
+    return HERE / entry["dir"] / entry["text"], HERE / entry["dir"] / entry["mmproj"]
+
+
+DEMO_NOTICE = ("Using the bundled demo model: a 2.7M-parameter moondream trained on synthetic shapes, colours and "
+               "letters (not the real moondream). For real moondream, convert an HF checkpoint (vikhyatk/moondream2 "
+               "2024-05-08 or earlier) with `moondream-cpp convert CHECKPOINT_DIR -o DIR` and pass --model DIR.")

@@ -2,11 +2,17 @@
 # Install moondream-cpp (editable) with a llama.cpp build that works on this machine.
 #   bash scripts/install.sh            # runtime only
 #   bash scripts/install.sh test,torch # plus test tools and the PyTorch reference
+# Installs into the active virtual environment, else into .venv/ in the checkout (made if missing).
 # Your own CMAKE_ARGS (e.g. -DGGML_CUDA=on, -DGGML_METAL=on) are passed through to llama.cpp's build.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-py=${PYTHON:-python3}
 extras=${1:-}
+if [ -n "${VIRTUAL_ENV:-}" ]; then
+  py="$VIRTUAL_ENV/bin/python"
+else
+  [ -x "$root/.venv/bin/python" ] || "${PYTHON:-python3}" -m venv "$root/.venv"
+  py="$root/.venv/bin/python"
+fi
 llama_version=0.3.36
 
 # GCC <= 12 miscompiles ggml's AMX tile-config setup (the first quantized matmul segfaults, llama.cpp #20824),
@@ -33,4 +39,7 @@ if [ -z "$wheel" ]; then
   wheel=$(ls "$wheels"/llama_cpp_python-$llama_version-*.whl | head -n1)
 fi
 "$py" -m pip install --quiet --no-deps --force-reinstall "$wheel"
+# the reference model's torch: the CPU build (a plain `pip install torch` may pull gigabytes of CUDA libraries)
+case ",$extras," in *,torch,*) "$py" -m pip install --quiet "${TORCH_SPEC:-torch==2.13.0}" ;; esac
 "$py" -m pip install --quiet -e "$root${extras:+[$extras]}"
+echo "installed into $(dirname "$py") (llama.cpp: $("$py" -c 'import llama_cpp; print(llama_cpp.llama_print_system_info().decode().strip())'))" >&2
