@@ -47,6 +47,8 @@ def read_vocab(checkpoint_dir: Path, n_rows: int) -> Vocab:
         tokens.append(tok)
         types.append(int(typ))
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    if not merges:
+        raise CheckpointError(f"{path} has no BPE merges; a GPT-2 style tokenizer needs its merges list")
     bos = next((i for i, (t, _) in by_id.items() if t == spec.BOS_TOKEN), None)
     if bos is None:
         raise CheckpointError(f"{path} has no {spec.BOS_TOKEN} token, which moondream uses as BOS and EOS")

@@ -96,7 +96,9 @@ def make_checkpoint(out: Path, layout: str = "2024-04-02", seed: int = 0, v_embd
     # LM head: a few hundred ordinary tokens carry large, well separated logits; the rest (BOS/EOS, pads) stay far below
     head = rng.normal(0, 0.05, (n_vocab, t_embd))
     bias = np.full(n_vocab, -30.0)
-    cand = rng.choice(np.arange(256, 50000), n_candidates, replace=False)
+    pool = np.arange(256, min(50000, n_real)) if n_real > 1000 else np.arange(n_real - 1)  # ordinary tokens only
+    n_candidates = min(n_candidates, len(pool))
+    cand = rng.choice(pool, n_candidates, replace=False)
     head[cand] = rng.normal(0, logit_scale, (n_candidates, t_embd))
     bias[cand] = rng.normal(0, 1.0, n_candidates)
     w["text_model.lm_head.linear.weight"], w["text_model.lm_head.linear.bias"] = head, bias
@@ -116,3 +118,21 @@ def make_checkpoint(out: Path, layout: str = "2024-04-02", seed: int = 0, v_embd
     (out / "config.json").write_text(json.dumps(config, indent=1))
     (out / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False))
     return out
+
+
+def byte_tokenizer_json() -> dict:
+    """The smallest GPT-2 style tokenizer: the 256 byte symbols and <|endoftext|>, no merges."""
+    from tokenizers import pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {ch: i for i, ch in enumerate(alphabet)}
+    vocab["\u0120t"] = len(vocab)  # one merge ("Ġ t"): llama.cpp's BPE needs at least one
+    byte_level = dict(type="ByteLevel", add_prefix_space=False, trim_offsets=True, use_regex=True)
+    return {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [dict(id=len(vocab), content=spec.BOS_TOKEN, single_word=False, lstrip=False, rstrip=False,
+                              normalized=False, special=True)],
+        "normalizer": None, "pre_tokenizer": byte_level, "post_processor": byte_level, "decoder": byte_level,
+        "model": dict(type="BPE", dropout=None, unk_token=None, continuing_subword_prefix="", end_of_word_suffix="",
+                      fuse_unk=False, byte_fallback=False, vocab=vocab, merges=["\u0120 t"]),
+    }

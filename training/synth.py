@@ -19,7 +19,9 @@ COLORS = {"red": (220, 30, 30), "green": (30, 170, 50), "blue": (30, 70, 220), "
 SHAPES = ["circle", "square", "triangle"]
 CHARS = "ABCDEFGHJKLMNPRSTUVWXYZ2345679"  # no look-alikes (I/1, O/0/Q, 8/B)
 STYLES_TRAIN = ["solid", "hgradient", "vgradient", "noise"]
-STYLES_ALL = STYLES_TRAIN + ["stripes", "dark"]  # the last two are never seen in training
+STYLES_UNSEEN = ["stripes", "dark"]  # never seen in training
+STYLES_ALL = STYLES_TRAIN + STYLES_UNSEEN
+STYLE_SETS = {"train": STYLES_TRAIN, "unseen": STYLES_UNSEEN, "all": STYLES_ALL}
 QUESTION_TYPES = ["color", "shape", "count", "yesno", "position", "size", "text"]
 NUMBER = {0: "0", 1: "1", 2: "2", 3: "3"}
 
@@ -234,9 +236,10 @@ def main():
     ap.add_argument("--seed", type=int, required=True)
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--train-styles-only", action="store_true")
+    ap.add_argument("--styles", choices=list(STYLE_SETS), default="all",
+                    help="backgrounds: those seen in training, unseen ones (stripes, dark), or all")
     a = ap.parse_args()
-    print(write_dataset(a.out, a.seed, a.n, STYLES_TRAIN if a.train_styles_only else STYLES_ALL))
+    print(write_dataset(a.out, a.seed, a.n, STYLE_SETS[a.styles]))
 
 
 if __name__ == "__main__":

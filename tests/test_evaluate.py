@@ -1,0 +1,44 @@
+"""The VQA metric against known answers of the official VQAv2 normalisation, and the eval command end to end."""
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from moondream_cpp.evaluate import evaluate, normalize_answer, vqa_score
+
+
+@pytest.mark.parametrize("raw,norm", [
+    ("Two", "2"), ("the red circle.", "red circle"), ("Yes!", "yes"), ("an apple", "apple"), ("ten", "10"),
+    ("none", "0"), ("dont know", "don't know"), ("3.5", "3.5"), ("1,000", "1000"), ("left-hand", "left hand"),
+    ("  RED\n", "red"), ("t-shirt?", "t shirt"),
+])
+def test_normalisation(raw, norm):
+    assert normalize_answer(raw) == norm
+
+
+def test_scores():
+    assert vqa_score("two", ["2"] * 10) == 1.0
+    assert vqa_score("2", ["2", "2", "3", "3", "3", "3", "3", "3", "3", "3"]) == pytest.approx(2 / 3)
+    assert vqa_score("red", ["red"]) == 1.0 and vqa_score("blue", ["red"]) == 0.0
+    rep = evaluate(lambda img, q: {"a": "Red.", "b": "3"}[img],
+                   [{"image": "a", "question": "?", "answers": ["red"], "type": "color"},
+                    {"image": "b", "question": "?", "answers": ["2"], "type": "count"}])
+    assert rep.by_type == {"color": {"n": 1, "vqa": 100.0, "exact": 100.0},
+                           "count": {"n": 1, "vqa": 0.0, "exact": 0.0}}
+    assert rep.overall["vqa"] == 50.0
+
+
+def test_eval_command_skips_unreadable_images(converted, photo, tmp_path):
+    text, mmproj = converted("2024-04-02", "f32", "f32")
+    photo.save(tmp_path / "ok.png")
+    (tmp_path / "bad.png").write_text("not an image")
+    rows = [{"image": "ok.png", "question": "What?", "answers": ["x"], "type": "t"},
+            {"image": "bad.png", "question": "What?", "answers": ["x"], "type": "t"}]
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = subprocess.run([shutil.which("moondream-cpp"), "eval", str(tmp_path / "q.jsonl"), "--text", str(text),
+                        "--mmproj", str(mmproj), "--json", "--max-tokens", "4"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["overall"]["n"] == 1 and len(out["skipped"]) == 1 and "bad.png" in r.stderr
