@@ -51,21 +51,27 @@ def make_data(seed, n_images, styles):
     return pixels, qa
 
 
-def encode_examples(tok, qa, rng, p_history=0.15):
-    """(image index, prompt ids after the image, target ids incl. EOS); some carry a previous turn as history."""
+def encode_examples(tok, qa, rng):
+    """One training sequence per image: all its questions as a moondream chat (history format), each answer
+    followed by an EOS target. Returns (image index, input ids after the image, labels) per image."""
     by_img: dict[int, list] = {}
-    for row in qa:
-        by_img.setdefault(row[0], []).append(row)
+    for i, t, q, a in qa:
+        by_img.setdefault(i, []).append((q, a))
     eos = tok.token_to_id(BOS)
     out = []
-    for i, t, q, a in qa:
-        hist = ""
-        others = [r for r in by_img[i] if r[2] != q]
-        if others and rng.random() < p_history:
-            _, _, q0, a0 = others[int(rng.integers(len(others)))]
-            hist = spec.TURN_FORMAT.format(question=q0, answer=a0)
-        prompt = "\n\n" + hist + spec.QUESTION_FORMAT.format(question=q) + "Answer:"
-        out.append((i, tok.encode(prompt).ids, tok.encode(" " + a).ids + [eos]))
+    for i, pairs in by_img.items():
+        order = rng.permutation(len(pairs))
+        ids, labels = [], []
+        for n, j in enumerate(order):
+            q, a = pairs[j]
+            # the first turn opens with "\n\n" after the image; later ones follow "Answer: a\n\n" (TURN_FORMAT)
+            prompt = tok.encode("\n\n" + spec.QUESTION_FORMAT.format(question=q)
+                                + "Answer:").ids
+            answer = tok.encode(" " + a).ids
+            ids += prompt + answer
+            # position k predicts token k+1: the answer tokens, then EOS where the answer ends
+            labels += [-100] * (len(prompt) - 1) + answer + [eos]
+        out.append((i, ids, labels[: len(ids)]))
     return out
 
 
@@ -77,14 +83,12 @@ def batches(examples, batch_size, rng):
 
 
 def collate(batch, pixels, pad_id):
-    n = max(len(p) + len(t) for _, p, t in batch)
+    n = max(len(ids) for _, ids, _ in batch)
     ids = torch.full((len(batch), n), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), n), -100, dtype=torch.long)
-    for r, (_, p, t) in enumerate(batch):
-        seq = p + t
-        ids[r, : len(seq)] = torch.tensor(seq)
-        # logits at position k predict token k+1; the targets start right after the prompt
-        labels[r, len(p) - 1: len(p) - 1 + len(t)] = torch.tensor(t)
+    for r, (_, x, y) in enumerate(batch):
+        ids[r, : len(x)] = torch.tensor(x)
+        labels[r, : len(y)] = torch.tensor(y)
     img = torch.from_numpy(pixels[[i for i, _, _ in batch]])
     return img, ids, labels
 
@@ -115,10 +119,14 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--images", type=int, default=40000)
     ap.add_argument("--steps", type=int, default=4000)
-    ap.add_argument("--batch", type=int, default=48)
+    ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--vocab", type=int, default=640)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--v-dim", type=int, default=128)
+    ap.add_argument("--v-layers", type=int, default=4)
+    ap.add_argument("--t-dim", type=int, default=128)
+    ap.add_argument("--t-layers", type=int, default=4)
     ap.add_argument("--eval-every", type=int, default=500)
     a = ap.parse_args()
     torch.manual_seed(a.seed)
@@ -132,10 +140,11 @@ def main():
     examples = encode_examples(tok, qa, rng)
     val_px, val_qa = make_data(a.seed + 10_000, 300, synth.STYLES_TRAIN)
     val_qa = [r for r in val_qa if r[1] != "caption"][:300]
-    print(f"data: {len(pixels)} images, {len(examples)} questions, vocab {tok.get_vocab_size()} "
+    print(f"data: {len(pixels)} images, {len(qa)} questions in {len(examples)} chats, vocab {tok.get_vocab_size()} "
           f"(padded {n_vocab}), {time.time() - t0:.0f}s", flush=True)
 
-    model = TrainableMoondream(n_vocab, image_size=IMAGE_SIZE)
+    model = TrainableMoondream(n_vocab, image_size=IMAGE_SIZE, v_dim=a.v_dim, v_layers=a.v_layers, t_dim=a.t_dim,
+                               t_layers=a.t_layers, t_heads=a.t_dim // 32)
     print(f"model: {model.n_params() / 1e6:.2f}M parameters", flush=True)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
