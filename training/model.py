@@ -8,6 +8,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def sincos_2d(grid: int, dim: int) -> torch.Tensor:
+    """2-D sine/cosine position embeddings [1, grid*grid, dim]: an init that gives patches their place at once."""
+    q = dim // 4
+    omega = 1.0 / (100.0 ** (torch.arange(q).float() / q))
+    y, x = torch.meshgrid(torch.arange(grid).float(), torch.arange(grid).float(), indexing="ij")
+    out = [f(c.reshape(-1, 1) * omega) for c in (x, y) for f in (torch.sin, torch.cos)]
+    return torch.cat(out, 1)[None] * 0.5
+
+
 class Named(nn.Module):
     """A bare container: attributes become dotted state_dict names."""
 
@@ -64,7 +73,7 @@ class TrainableMoondream(nn.Module):
         visual = Named(patch_embed=Named(linear=nn.Linear(3 * patch * patch, v_dim)),
                        blocks=nn.ModuleList(VitBlock(v_dim, v_heads, 4 * v_dim) for _ in range(v_layers)),
                        norm=nn.LayerNorm(v_dim, eps=1e-5))
-        visual.pos_embed = nn.Parameter(torch.randn(1, n_pos, v_dim) * 0.02)
+        visual.pos_embed = nn.Parameter(sincos_2d(image_size // patch, v_dim))
         self.vision_encoder = Named(encoder=Named(model=Named(visual=visual)),
                                     projection=Named(mlp=Named(fc1=nn.Linear(v_dim, 4 * t_dim),
                                                                fc2=nn.Linear(4 * t_dim, t_dim))))

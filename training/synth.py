@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 COLORS = {"red": (220, 30, 30), "green": (30, 170, 50), "blue": (30, 70, 220), "yellow": (235, 200, 20),
           "purple": (140, 40, 180), "orange": (245, 130, 20)}
 SHAPES = ["circle", "square", "triangle"]
-CHARS = "ABCDEFGHJKLMNPRSTUVWXYZ2345679"  # no look-alikes (I/1, O/0/Q, 8/B)
+CHARS = "ACEFHKLMNRTXY234579"  # a few clearly distinct glyphs (no I/1, O/0, 8/B, S/5 look-alikes)
 STYLES_TRAIN = ["solid", "hgradient", "vgradient", "noise"]
 STYLES_UNSEEN = ["stripes", "dark"]  # never seen in training
 STYLES_ALL = STYLES_TRAIN + STYLES_UNSEEN
@@ -120,8 +120,17 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
+def _where(o: Obj) -> str:
+    if o.cx < 0.4 or o.cx > 0.6:
+        return "on the left" if o.cx < 0.5 else "on the right"
+    if o.cy < 0.4 or o.cy > 0.6:
+        return "at the top" if o.cy < 0.5 else "at the bottom"
+    return "in the middle"
+
+
 def caption(objs) -> str:
-    parts = [f"{'a large' if o.big else 'a small'} {o.color} {o.shape}" for o in sorted(objs, key=lambda o: o.cx)]
+    parts = [f"{'a large' if o.big else 'a small'} {o.color} {o.shape} {_where(o)}"
+             for o in sorted(objs, key=lambda o: o.cx)]
     if len(parts) == 1:
         body = parts[0]
     else:
@@ -146,7 +155,7 @@ def make_image(rng, styles=STYLES_TRAIN):
     bg = _background(rng, w, h, style)
     img = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
     d = ImageDraw.Draw(img)
-    if rng.random() < 0.2:
+    if rng.random() < 0.25:
         ch = str(rng.choice(list(CHARS)))
         size = int(min(w, h) * rng.uniform(0.45, 0.7))
         font = ImageFont.load_default(size=size)
@@ -168,7 +177,11 @@ def questions(rng, facts, n=3, with_captions=True):
     kind, info = facts
     if kind == "text":
         t = "digit" if info.isdigit() else "letter"
-        return [("text", str(rng.choice(TEMPLATES[t])), info)]
+        out = [("text", str(rng.choice(TEMPLATES[t])), info)]
+        if with_captions and rng.random() < 0.5:
+            length = "short" if rng.random() < 0.5 else "normal"
+            out.append(("caption", CAPTION_QUESTIONS[length], f"The {t if t == 'letter' else 'number'} {info}."))
+        return out
     objs: list[Obj] = info
     out = []
     cands = []
