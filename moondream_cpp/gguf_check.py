@@ -163,7 +163,7 @@ def check_mmproj(path) -> MmprojInfo:
     if not k.get("clip.has_vision_encoder"):
         raise ModelFileError(f"{f.path} has no vision encoder")
     n_blocks = int(k["clip.vision.block_count"])
-    width, n_ff = int(k["clip.vision.embedding_length"]), int(k["clip.vision.feed_forward_length"])
+    width = int(k["clip.vision.embedding_length"])
     image, patch = int(k["clip.vision.image_size"]), int(k["clip.vision.patch_size"])
     if patch <= 0 or image % patch:
         raise ModelFileError(f"{f.path}: image size {image} is not a multiple of patch size {patch}")

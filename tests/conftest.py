@@ -12,6 +12,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from checkpoints import GPT2_VOCAB, make_checkpoint  # noqa: E402
 
 LAYOUTS = ["moondream1", "2024-04-02"]
+# the console script of the environment running the tests (CI does not put .venv/bin on PATH)
+CLI = str(Path(sys.executable).with_name("moondream-cpp"))
 
 
 def pytest_configure(config):

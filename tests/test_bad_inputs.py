@@ -1,5 +1,4 @@
 """Every bad input gets a clear MoondreamError naming the problem; llama.cpp never sees it; the process lives on."""
-import shutil
 import subprocess
 import sys
 
@@ -13,6 +12,7 @@ from moondream_cpp.convert import mmproj_keys, mmproj_tensors
 from moondream_cpp.convert.checkpoint import load_checkpoint
 from moondream_cpp.convert.gguf_out import write_gguf
 from moondream_cpp.errors import ImageError, ModelFileError, MoondreamError, PromptTooLongError
+from conftest import CLI
 
 
 @pytest.fixture(scope="module")
@@ -182,13 +182,12 @@ def test_question_longer_than_context(md):
 def test_cli_reports_errors_without_traceback(pair, tmp_path):
     notimg = tmp_path / "x.png"
     notimg.write_text("nope")
-    exe = shutil.which("moondream-cpp")
     cases = [
         ([str(notimg), "-p", "hi", "--text", str(pair[0]), "--mmproj", str(pair[1])], 4, "not a readable image"),
         ([str(notimg), "-p", "hi", "--text", str(pair[1]), "--mmproj", str(pair[0])], 3, "given as the text model"),
         ([str(notimg), "-p", "hi"], 1, "no model given"),
     ]
     for args, code, msg in cases:
-        r = subprocess.run([exe, "chat", *args], capture_output=True, text=True, timeout=120)
+        r = subprocess.run([CLI, "chat", *args], capture_output=True, text=True, timeout=120)
         assert r.returncode == code, r.stderr
         assert msg in r.stderr and "Traceback" not in r.stderr and r.stdout == ""

@@ -1,15 +1,14 @@
 """The command line as a user runs it: real subprocesses."""
-import shutil
 import subprocess
 
 import pytest
+from conftest import CLI
 
-EXE = shutil.which("moondream-cpp")
 QUESTION = "What is in the image?"
 
 
 def run(*args, stdin=None, timeout=300):
-    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, input=stdin, timeout=timeout)
+    return subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, input=stdin, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -1,19 +1,17 @@
 """The bundled demo model: really answers (checked against ground truth), with no download, through the CLI."""
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from PIL import Image
 
+from conftest import CLI
 from moondream_cpp import Moondream
 from moondream_cpp.gguf_models import REGISTRY, demo_pair
 
 ROOT = Path(__file__).resolve().parents[1]
-EXE = shutil.which("moondream-cpp")
 sys.path.insert(0, str(ROOT))
 from training import synth  # noqa: E402
 
@@ -37,7 +35,7 @@ def test_readme_first_command_prints_the_right_answer():
     image, question = chat[2], re.search(r'-p "([^"]+)"', first).group(1)
     truth = {(r["image"], r["question"]): r["answers"][0]
              for r in map(json.loads, (ROOT / "examples" / "questions.jsonl").read_text().splitlines())}
-    r = subprocess.run([EXE, "chat", image, "-p", question], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    r = subprocess.run([CLI, "chat", image, "-p", question], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == truth[(Path(image).name, question)]
     assert "bundled demo model" in r.stderr and "moondream-cpp convert" in r.stderr
@@ -45,7 +43,7 @@ def test_readme_first_command_prints_the_right_answer():
 
 def test_fifty_heldout_questions_through_the_cli(tmp_path):
     data = synth.write_dataset(tmp_path, HELDOUT_SEED, 50)
-    r = subprocess.run([EXE, "eval", str(data), "--json"], capture_output=True, text=True, timeout=600)
+    r = subprocess.run([CLI, "eval", str(data), "--json"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     print("demo model on 50 held-out questions:", report["overall"], report["by_type"])

@@ -1,11 +1,11 @@
 """The VQA metric against known answers of the official VQAv2 normalisation, and the eval command end to end."""
 import json
-import shutil
 import subprocess
 
 import pytest
 
 from moondream_cpp.evaluate import evaluate, normalize_answer, vqa_score
+from conftest import CLI
 
 
 @pytest.mark.parametrize("raw,norm", [
@@ -36,9 +36,27 @@ def test_eval_command_skips_unreadable_images(converted, photo, tmp_path):
     rows = [{"image": "ok.png", "question": "What?", "answers": ["x"], "type": "t"},
             {"image": "bad.png", "question": "What?", "answers": ["x"], "type": "t"}]
     (tmp_path / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    r = subprocess.run([shutil.which("moondream-cpp"), "eval", str(tmp_path / "q.jsonl"), "--text", str(text),
+    r = subprocess.run([CLI, "eval", str(tmp_path / "q.jsonl"), "--text", str(text),
                         "--mmproj", str(mmproj), "--json", "--max-tokens", "4"], capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["overall"]["n"] == 1 and len(out["skipped"]) == 1 and "bad.png" in r.stderr
+
+
+def test_eval_reference_and_gguf_agree(converted, checkpoint, photo, tmp_path):
+    """The same questions through the PyTorch reference (--reference) and the GGUF pair give the same predictions."""
+    text, mmproj = converted("2024-04-02", "f32", "f32")
+    photo.save(tmp_path / "ok.png")
+    rows = [{"image": "ok.png", "question": q, "answers": ["x"], "type": "t"} for q in ("What?", "Where?")]
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    preds = {}
+    for name, args in {"gguf": ["--text", str(text), "--mmproj", str(mmproj)],
+                       "ref": ["--reference", str(checkpoint("2024-04-02"))]}.items():
+        out = tmp_path / f"{name}.jsonl"
+        r = subprocess.run([CLI, "eval", str(tmp_path / "q.jsonl"), *args, "--json",
+                            "--max-tokens", "6", "--predictions", str(out)], capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr
+        preds[name] = [json.loads(x)["prediction"] for x in out.read_text().splitlines()]
+    assert preds["gguf"] == preds["ref"] and all(preds["gguf"])

@@ -134,3 +134,12 @@ def test_checkpoint_is_decisive_enough_to_catch_mistakes(models, reference, phot
     boxed = Image.new("RGB", (s, s), (122, 116, 104))  # pitfall P3: llama.cpp's own letterboxing
     boxed.paste(photo, (0, 0))
     assert rel_logits(md.logits(boxed, QUESTION)[:n], want) > 50 * TOL["f32"]
+
+
+def test_sampling_options(models, photo):
+    md = models("2024-04-02", "f32")
+    greedy = md.query(photo, QUESTION, max_tokens=12).tokens
+    assert md.query(photo, QUESTION, max_tokens=12, temperature=1.0, top_p=1e-6, seed=1).tokens == greedy
+    a = md.query(photo, QUESTION, max_tokens=12, temperature=5.0, seed=7).tokens
+    assert a == md.query(photo, QUESTION, max_tokens=12, temperature=5.0, seed=7).tokens  # seeded: reproducible
+    assert a != greedy  # a hot temperature leaves the greedy path

@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_layout_and_plain_install(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
                         str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     wheel = next(tmp_path.glob("moondream_cpp-*.whl"))

@@ -69,7 +69,6 @@ class TrainableMoondream(nn.Module):
                  t_heads=6, n_ctx=512):
         super().__init__()
         self.patch, self.image_size = patch, image_size
-        n_pos = (image_size // patch) ** 2
         visual = Named(patch_embed=Named(linear=nn.Linear(3 * patch * patch, v_dim)),
                        blocks=nn.ModuleList(VitBlock(v_dim, v_heads, 4 * v_dim) for _ in range(v_layers)),
                        norm=nn.LayerNorm(v_dim, eps=1e-5))
