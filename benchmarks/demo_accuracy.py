@@ -34,6 +34,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--n-split", type=int, default=300, help="questions in the seen/unseen-background splits")
     a = ap.parse_args()
     text, mmproj = demo_pair()
     ck = text.parent / "checkpoint"
@@ -42,7 +43,8 @@ def main():
         tmp = Path(tmp)
         sets = {}
         for styles in ("all", "train", "unseen"):
-            sets[styles] = read_jsonl(synth.write_dataset(tmp / styles, a.seed, a.n, synth.STYLE_SETS[styles]))
+            n = a.n if styles == "all" else a.n_split
+            sets[styles] = read_jsonl(synth.write_dataset(tmp / styles, a.seed, n, synth.STYLE_SETS[styles]))
         out["f16"] = {s: run_gguf(text, mmproj, rows) for s, rows in sets.items()}
         for q in ("q8_0", "q5_k_m", "q4_k_m"):
             pair = convert(ck, tmp / q, q, "q8_0" if q == "q8_0" else "f16", name="demo")

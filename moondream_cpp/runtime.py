@@ -93,6 +93,7 @@ class Moondream:
         text_info, mm_info = gguf_check.check_pair(text_path, mmproj_path)
         if revision is not None and revision not in spec.REVISIONS:
             raise MoondreamError(f"unknown revision {revision!r}; known: {', '.join(spec.REVISIONS)}")
+        n_ctx = min(n_ctx, text_info.n_ctx)  # never past the positions the model was trained on
         if n_ctx < mm_info.n_patches + 16:
             raise MoondreamError(f"n_ctx {n_ctx} cannot hold the {mm_info.n_patches} image positions and a question")
         return cls(text_info, mm_info, n_threads or default_threads(), n_ctx, n_gpu_layers, mmproj_gpu, revision,

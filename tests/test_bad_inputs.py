@@ -185,7 +185,7 @@ def test_cli_reports_errors_without_traceback(pair, tmp_path):
     cases = [
         ([str(notimg), "-p", "hi", "--text", str(pair[0]), "--mmproj", str(pair[1])], 4, "not a readable image"),
         ([str(notimg), "-p", "hi", "--text", str(pair[1]), "--mmproj", str(pair[0])], 3, "given as the text model"),
-        ([str(notimg), "-p", "hi"], 1, "no model given"),
+        ([str(notimg), "-p", "hi", "--text", str(pair[0])], 1, "pass both --text and --mmproj"),
     ]
     for args, code, msg in cases:
         r = subprocess.run([CLI, "chat", *args], capture_output=True, text=True, timeout=120)
