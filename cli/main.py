@@ -93,8 +93,11 @@ def chat(
     revision: Optional[str] = typer.Option(None, help="Override the prompt format of the file's revision."),
 ):
     """Ask questions about an image: one with -p, else interactively (one question per line on stdin)."""
+    from moondream_cpp.image import load_image
+
+    picture = load_image(image)  # a bad image is reported before the model takes time to load
     md = load_model(model, text, mmproj, n_threads=threads, n_ctx=n_ctx, revision=revision)
-    enc = md.encode_image(image)
+    enc = md.encode_image(picture)
     history: list[tuple[str, str]] = []
     interactive = prompt is None
     questions = [prompt] if prompt is not None else _read_questions()
