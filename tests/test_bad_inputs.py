@@ -182,10 +182,12 @@ def test_question_longer_than_context(md):
 def test_cli_reports_errors_without_traceback(pair, tmp_path):
     notimg = tmp_path / "x.png"
     notimg.write_text("nope")
+    img = tmp_path / "ok.png"
+    Image.new("RGB", (30, 20), (9, 9, 9)).save(img)
     cases = [
         ([str(notimg), "-p", "hi", "--text", str(pair[0]), "--mmproj", str(pair[1])], 4, "not a readable image"),
-        ([str(notimg), "-p", "hi", "--text", str(pair[1]), "--mmproj", str(pair[0])], 3, "given as the text model"),
-        ([str(notimg), "-p", "hi", "--text", str(pair[0])], 1, "pass both --text and --mmproj"),
+        ([str(img), "-p", "hi", "--text", str(pair[1]), "--mmproj", str(pair[0])], 3, "given as the text model"),
+        ([str(img), "-p", "hi", "--text", str(pair[0])], 1, "pass both --text and --mmproj"),
     ]
     for args, code, msg in cases:
         r = subprocess.run([CLI, "chat", *args], capture_output=True, text=True, timeout=120)
