@@ -16,7 +16,11 @@ def test_wheel_layout_and_plain_install(tmp_path):
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"moondream_cpp"}
     for must in ["moondream_cpp/convert/__init__.py", "moondream_cpp/cli/main.py", "moondream_cpp/spec.py",
-                 "moondream_cpp/reference/model.py", "moondream_cpp/gguf_models/__init__.py"]:
+                 "moondream_cpp/reference/model.py", "moondream_cpp/gguf_models/__init__.py",
+                 "moondream_cpp/gguf_models/registry.json",
+                 "moondream_cpp/gguf_models/demo/moondream-demo-text-f16.gguf",
+                 "moondream_cpp/gguf_models/demo/moondream-demo-mmproj-f16.gguf",
+                 "moondream_cpp/gguf_models/demo/checkpoint/model.safetensors"]:
         assert must in names
     target = tmp_path / "site"
     r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
