@@ -93,6 +93,15 @@ def chat(
     revision: Optional[str] = typer.Option(None, help="Override the prompt format of the file's revision."),
 ):
     """Ask questions about an image: one with -p, else interactively (one question per line on stdin)."""
+    try:
+        _chat(image, prompt, model, text, mmproj, max_tokens, temperature, threads, n_ctx, revision)
+    except KeyboardInterrupt:  # click would turn it into "Aborted!" with exit code 1
+        sys.stdout.write("\n")
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130)
+
+
+def _chat(image, prompt, model, text, mmproj, max_tokens, temperature, threads, n_ctx, revision):
     from moondream_cpp.image import load_image
 
     picture = load_image(image)  # a bad image is reported before the model takes time to load

@@ -66,3 +66,16 @@ def test_version_and_help():
     assert run("--version").stdout.startswith("moondream-cpp ")
     r = run("--help")
     assert r.returncode == 0 and "Exit codes" in r.stdout
+
+
+@pytest.mark.parametrize("delay", [0.8, 2.5])  # while loading, and while waiting for a question
+def test_ctrl_c_leaves_cleanly(delay, photo_file):
+    import signal
+    import time
+
+    p = subprocess.Popen([CLI, "chat", str(photo_file)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "interrupted" in err and "Traceback" not in err
