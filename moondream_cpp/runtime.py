@@ -20,6 +20,7 @@ import numpy as np
 
 from . import gguf_check, spec
 from .errors import ModelFileError, MoondreamError, PromptTooLongError
+from .gguf_header import HeaderError, read_header
 from .image import load_image, preprocess
 from .native import llama, mtmd
 
@@ -60,20 +61,19 @@ def default_threads() -> int:
 
 
 def find_pair(directory: Path) -> tuple[Path, Path]:
-    """The one text + mmproj pair in a directory (files are told apart by their architecture, not their names)."""
-    texts, mmprojs = [], []
+    """The one text + mmproj pair in a directory, told apart by architecture (validation follows in check_pair)."""
+    by_arch: dict[str, list[Path]] = {spec.ARCH_TEXT: [], spec.ARCH_MMPROJ: []}
     for p in sorted(directory.glob("*.gguf")):
         try:
-            arch = gguf_check.read_gguf(p, "text").arch
-            texts.append(p)
-        except ModelFileError as e:
-            if "is a mmproj file" in str(e):
-                mmprojs.append(p)
+            arch = read_header(p).values.get("general.architecture")
+        except (HeaderError, OSError):
+            arch = None  # unreadable: not a candidate
+        by_arch.setdefault(arch, []).append(p)
+    texts, mmprojs = by_arch[spec.ARCH_TEXT], by_arch[spec.ARCH_MMPROJ]
     if len(texts) != 1 or len(mmprojs) != 1:
         raise ModelFileError(f"{directory} should hold exactly one text GGUF and one mmproj GGUF; found text: "
                              f"{[p.name for p in texts]}, mmproj: {[p.name for p in mmprojs]}. Pass --text and "
                              "--mmproj to choose")
-    del arch
     return texts[0], mmprojs[0]
 
 

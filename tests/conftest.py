@@ -21,6 +21,18 @@ def pytest_configure(config):
         raise pytest.UsageError(f"tests need {GPT2_VOCAB} (the shared/ folder beside the checkout)")
 
 
+def rel(a, b) -> float:
+    """Relative error ||a - b|| / ||b||."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def rel_logits(a, b) -> float:
+    """Relative error of logits up to a constant shift (softmax ignores it), so a shared bias cannot hide errors."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return rel(a - a.mean(), b - b.mean())
+
+
 @pytest.fixture(scope="session")
 def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("md")

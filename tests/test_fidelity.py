@@ -3,21 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import LAYOUTS
+from conftest import LAYOUTS, rel, rel_logits
 from moondream_cpp import Moondream
 
 QUESTION = "What is in the image?"
 TOL = {"f32": 1e-3, "f16": 1e-2}
-
-
-def rel(a, b):
-    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
-
-
-def rel_logits(a, b):
-    """Relative error of logits up to a constant shift (softmax ignores it), so a shared bias cannot hide errors."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return rel(a - a.mean(), b - b.mean())
 
 
 def reference_greedy(ref, image, question, n):
