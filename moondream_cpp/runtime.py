@@ -87,6 +87,8 @@ class Moondream:
         """Load `text_path` + `mmproj_path`, or the pair in the directory `text_path`. Files are validated first."""
         text_path = Path(text_path)
         if mmproj_path is None:
+            if not text_path.exists():
+                raise ModelFileError(f"{text_path}: no such model directory or file")
             if not text_path.is_dir():
                 raise ModelFileError(f"{text_path}: pass a model directory, or both the text and the mmproj file")
             text_path, mmproj_path = find_pair(text_path)
