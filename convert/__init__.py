@@ -135,21 +135,38 @@ def _verify(path: Path, kind: str, expected: list[OutTensor]) -> None:
         raise CheckpointError(f"verification of {path.name} failed: tensors differ from the checkpoint, e.g. {diff}")
 
 
-def _write_one(final: Path, kind_name: str, arch: str, keys, tensors, qtype: str, on_tensor) -> Path:
+Progress = Callable[[str, int, "int | None"], None]  # (what, done, total or None when unknown)
+
+
+def _write_one(final: Path, kind_name: str, arch: str, keys, tensors, qtype: str, on_tensor,
+               on_progress: Progress | None) -> Path:
+    done = [0]
+
+    def tick(name):
+        done[0] += 1
+        if on_tensor:
+            on_tensor(name)
+        if on_progress:
+            on_progress(f"writing {final.name}", done[0], len(tensors))
+
     with atomic_path(final) as tmp:
         if qtype in ("f32", "f16"):
-            write_gguf(tmp, arch, keys, tensors, on_tensor)
+            write_gguf(tmp, arch, keys, tensors, tick)
         else:
             with scratch_path(final) as inter:  # the unquantized intermediate is never published
-                write_gguf(inter, arch, keys, tensors, on_tensor)
+                write_gguf(inter, arch, keys, tensors, tick)
+                if on_progress:
+                    on_progress(f"quantizing {final.name} ({qtype})", 0, None)
                 quantize(inter, tmp, qtype)
+        if on_progress:
+            on_progress(f"verifying {final.name}", 0, None)
         _verify(tmp, kind_name, tensors)
     return final
 
 
 def convert(checkpoint_dir: str | Path, out_dir: str | Path, text_type: str = "f16", mmproj_type: str = "f16",
             revision: str | None = None, name: str | None = None,
-            on_tensor: Callable[[str], None] | None = None) -> Converted:
+            on_tensor: Callable[[str], None] | None = None, on_progress: Progress | None = None) -> Converted:
     """Convert an HF moondream checkpoint directory to `<name>-text-<type>.gguf` + `<name>-mmproj-<type>.gguf`."""
     if text_type not in TEXT_TYPES:
         raise CheckpointError(f"unknown text type {text_type!r}; choose one of {', '.join(TEXT_TYPES)}")
@@ -161,7 +178,7 @@ def convert(checkpoint_dir: str | Path, out_dir: str | Path, text_type: str = "f
     base_t = "f32" if text_type == "f32" else "f16"
     base_m = "f32" if mmproj_type == "f32" else "f16"
     text = _write_one(out_dir / f"{name}-text-{text_type}.gguf", "text", spec.ARCH_TEXT, text_keys(ck, base_t),
-                      text_tensors(ck, base_t), text_type, on_tensor)
+                      text_tensors(ck, base_t), text_type, on_tensor, on_progress)
     mmproj = _write_one(out_dir / f"{name}-mmproj-{mmproj_type}.gguf", "mmproj", spec.ARCH_MMPROJ,
-                        mmproj_keys(ck, base_m), mmproj_tensors(ck, base_m), mmproj_type, on_tensor)
+                        mmproj_keys(ck, base_m), mmproj_tensors(ck, base_m), mmproj_type, on_tensor, on_progress)
     return Converted(text, mmproj)

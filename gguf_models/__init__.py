@@ -14,6 +14,7 @@ def demo_pair() -> tuple[Path, Path]:
     return HERE / entry["dir"] / entry["text"], HERE / entry["dir"] / entry["mmproj"]
 
 
-DEMO_NOTICE = ("Using the bundled demo model: a 1.9M-parameter moondream trained on synthetic shapes, colours and "
-               "letters (not the real moondream). For real moondream, convert an HF checkpoint (vikhyatk/moondream2 "
-               "2024-05-08 or earlier) with `moondream-cpp convert CHECKPOINT_DIR -o DIR` and pass --model DIR.")
+DEMO_NOTICE = ("Using the bundled demo model: a tiny moondream trained on synthetic shapes, colours and letters (not "
+               "the real moondream). For real moondream: `moondream-cpp pull moondream2` (or convert an HF "
+               "checkpoint, vikhyatk/moondream2 2024-05-08 or earlier, with `moondream-cpp convert CHECKPOINT_DIR "
+               "-o DIR`) and pass --model.")

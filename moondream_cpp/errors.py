@@ -29,3 +29,21 @@ class PromptTooLongError(MoondreamError):
     """The prompt (image + chat history + question) does not fit the context window."""
 
     exit_code = 5
+
+
+class DownloadError(MoondreamError):
+    """A pull failed: no network, offline mode, a missing file on the hub, or a checksum mismatch."""
+
+    exit_code = 6
+
+
+class DiskFullError(MoondreamError):
+    """No space left (or a file-size limit) while writing a model."""
+
+    exit_code = 7
+
+
+class UnknownModelError(MoondreamError):
+    """A --model name that is neither a path nor a known model, or a known model not downloaded yet."""
+
+    exit_code = 8

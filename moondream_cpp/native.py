@@ -4,6 +4,9 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import signal
+import threading
+from contextlib import contextmanager
 
 log = logging.getLogger("moondream_cpp.llama")
 _state = {"ready": False}
@@ -35,3 +38,20 @@ def mtmd():
         mtmd_cpp.mtmd_helper_log_set(_state["callback"], ctypes.c_void_p(0))
         _state["mtmd_ready"] = True
     return mtmd_cpp
+
+
+@contextmanager
+def deferred_interrupt():
+    """Hold Ctrl-C until the block ends. llama.cpp calls back into Python to log; a KeyboardInterrupt raised inside
+    that ctypes callback would be swallowed (with a traceback on stderr), so native loading defers it instead."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    hit = []
+    old = signal.signal(signal.SIGINT, lambda *_: hit.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if hit:
+        raise KeyboardInterrupt

@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -22,7 +23,7 @@ from . import gguf_check, spec
 from .errors import ModelFileError, MoondreamError, PromptTooLongError
 from .gguf_header import HeaderError, read_header
 from .image import load_image, preprocess
-from .native import llama, mtmd
+from .native import deferred_interrupt, llama, mtmd
 
 
 @dataclass
@@ -83,7 +84,8 @@ class Moondream:
     @classmethod
     def load(cls, text_path: str | os.PathLike, mmproj_path: str | os.PathLike | None = None, *,
              n_threads: int | None = None, n_ctx: int = 2048, n_gpu_layers: int = 0, mmproj_gpu: bool = True,
-             revision: str | None = None, flash_attn: bool = False) -> "Moondream":
+             revision: str | None = None, flash_attn: bool = False,
+             image_cache_mb: float = 128) -> "Moondream":
         """Load `text_path` + `mmproj_path`, or the pair in the directory `text_path`. Files are validated first."""
         text_path = Path(text_path)
         if mmproj_path is None:
@@ -98,10 +100,12 @@ class Moondream:
         n_ctx = min(n_ctx, text_info.n_ctx)  # never past the positions the model was trained on
         if n_ctx < mm_info.n_patches + 16:
             raise MoondreamError(f"n_ctx {n_ctx} cannot hold the {mm_info.n_patches} image positions and a question")
-        return cls(text_info, mm_info, n_threads or default_threads(), n_ctx, n_gpu_layers, mmproj_gpu, revision,
-                   flash_attn)
+        with deferred_interrupt():
+            return cls(text_info, mm_info, n_threads or default_threads(), n_ctx, n_gpu_layers, mmproj_gpu,
+                       revision, flash_attn, image_cache_mb)
 
-    def __init__(self, text_info, mm_info, n_threads, n_ctx, n_gpu_layers, mmproj_gpu, revision, flash_attn):
+    def __init__(self, text_info, mm_info, n_threads, n_ctx, n_gpu_layers, mmproj_gpu, revision, flash_attn,
+                 image_cache_mb=128):
         L, M = llama(), mtmd()
         self._L, self._M = L, M
         self.text_info, self.mmproj_info = text_info, mm_info
@@ -157,6 +161,9 @@ class Moondream:
         self._tok_batch = L.llama_batch_init(self._n_batch, 0, 1)
         self._emb_batch = L.llama_batch_init(self._n_batch, self.n_embd, 1)
         self._kv: list = []  # what the KV cache holds, position by position: token ids or (image key, index)
+        # recently encoded images by pixel hash, least recently used first, bounded by their embeddings' bytes
+        self._images: OrderedDict[str, EncodedImage] = OrderedDict()
+        self.image_cache_bytes = int(image_cache_mb * 2**20)
 
     @staticmethod
     def _revision(info, override):
@@ -225,11 +232,30 @@ class Moondream:
 
     # ------------------------------------------------------------------ image
     def encode_image(self, image) -> EncodedImage:
-        """Preprocess as moondream (stretch, bicubic) and run the vision tower + projector once."""
+        """Preprocess as moondream (stretch, bicubic) and run the vision tower + projector, once per distinct image:
+        recently used images come from an LRU cache (`image_cache_mb`)."""
+        return self._encode(image)[0]
+
+    def _encode(self, image) -> tuple[EncodedImage, bool]:
+        """(the encoded image, whether it came from the cache)."""
         if isinstance(image, EncodedImage):
-            return image
+            return image, True
         pixels = preprocess(load_image(image), self.image_size)
         key = hashlib.sha256(pixels.tobytes()).hexdigest()[:32]
+        if key in self._images:
+            self._images.move_to_end(key)
+            return self._images[key], True
+        with deferred_interrupt():
+            enc = self._run_vision(pixels, key)
+        self._images[key] = enc
+        while sum(e.embeddings.nbytes for e in self._images.values()) > self.image_cache_bytes and len(self._images) > 1:
+            self._images.popitem(last=False)
+        return enc, False
+
+    def clear_image_cache(self) -> None:
+        self._images.clear()
+
+    def _run_vision(self, pixels: np.ndarray, key: str) -> EncodedImage:
         M = self._M
         t0 = time.perf_counter()
         # handed over at exactly image_size, so mtmd's own letterboxing never applies (pitfall P3)
@@ -361,8 +387,7 @@ class Moondream:
 
     def _generate(self, image, question, history, max_tokens, temperature, top_p, seed):
         t0 = time.perf_counter()
-        cached = isinstance(image, EncodedImage)
-        enc = self.encode_image(image)
+        enc, cached = self._encode(image)
         t1 = time.perf_counter()
         items = self.prompt_items(enc, question, history)
         n_eval = self._evaluate(items, {enc.key: enc})

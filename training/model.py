@@ -109,7 +109,7 @@ class TrainableMoondream(nn.Module):
         mlp = self.vision_encoder.projection.mlp
         return mlp.fc2(F.gelu(mlp.fc1(x), approximate="tanh"))
 
-    def forward(self, pixels, bos, before_ids, after_ids):
+    def forward(self, pixels, bos, before_ids, after_ids, return_image=False):
         """Logits for [BOS] [image] after_ids, batched (after_ids right-padded). before_ids unused (no markers)."""
         tm = self.text_model
         img = self.encode_images(pixels)
@@ -120,14 +120,40 @@ class TrainableMoondream(nn.Module):
         cos, sin = self.cos[:T], self.sin[:T]
         for blk in tm.transformer.h:
             x = blk(x, cos, sin)
-        return tm.lm_head.linear(tm.lm_head.ln(x))
+        logits = tm.lm_head.linear(tm.lm_head.ln(x))
+        return (logits, img) if return_image else logits
 
     def n_params(self):
         return sum(p.numel() for p in self.parameters())
 
 
-def init_scale_check(model):  # pragma: no cover - debugging aid
-    return {n: float(p.std()) for n, p in model.named_parameters() if p.ndim > 1}
+class AuxHeads(nn.Module):
+    """Training-only readouts on the projected image tokens (what the text model sees), never saved: per patch the
+    colour / shape / size class of the object under it, per image the counts and the glyph. Dense targets teach the
+    vision tower in minutes what the answer loss alone teaches it in hours."""
+
+    def __init__(self, dim, n_colors, n_shapes, n_chars, max_count=3):
+        super().__init__()
+        self.patch = nn.Linear(dim, (n_colors + 1) + (n_shapes + 2) + 3)
+        self.image = nn.Linear(dim, (n_shapes + 1) * (max_count + 1) + (n_chars + 1))
+        self.sizes = (n_colors + 1, n_shapes + 2, 3)
+        self.n_counts, self.n_count_cls = n_shapes + 1, max_count + 1
+
+    def loss(self, tokens, t, stats: dict | None = None):  # tokens [B, N, D]; t: dict of target tensors
+        pc, ps, pz = self.patch(tokens).split(self.sizes, -1)
+        g = self.image(tokens.mean(1))
+        counts = g[:, : self.n_counts * self.n_count_cls].reshape(-1, self.n_counts, self.n_count_cls)
+        parts = {"color": (pc, t["color"]), "shape": (ps, t["shape"]), "size": (pz, t["size"]),
+                 "counts": (counts, t["counts"]), "char": (g[:, self.n_counts * self.n_count_cls:], t["char"])}
+        loss = 0.0
+        for k, (x, y) in parts.items():
+            x, y = x.reshape(-1, x.shape[-1]), y.reshape(-1)
+            loss = loss + F.cross_entropy(x, y)
+            if stats is not None:  # accuracy on the cells that hold something (patches) or on every image
+                keep = y > 0 if k in ("color", "shape", "size") else torch.ones_like(y, dtype=torch.bool)
+                hit = (x.argmax(-1) == y)[keep].float()
+                stats.setdefault(k, []).append(float(hit.mean()) if hit.numel() else 1.0)
+        return loss
 
 
-__all__ = ["TrainableMoondream", "math"]
+__all__ = ["TrainableMoondream", "AuxHeads", "math"]

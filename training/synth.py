@@ -18,8 +18,8 @@ COLORS = {"red": (220, 30, 30), "green": (30, 170, 50), "blue": (30, 70, 220), "
           "purple": (140, 40, 180), "orange": (245, 130, 20)}
 SHAPES = ["circle", "square", "triangle"]
 CHARS = "ACEFHKLMNRTXY234579"  # a few clearly distinct glyphs (no I/1, O/0, 8/B, S/5 look-alikes)
-STYLES_TRAIN = ["solid", "hgradient", "vgradient", "noise"]
-STYLES_UNSEEN = ["stripes", "dark"]  # never seen in training
+STYLES_TRAIN = ["solid", "hgradient", "vgradient", "noise", "dark", "checker", "radial"]
+STYLES_UNSEEN = ["stripes", "rings"]  # textures never seen in training: the generalisation check
 STYLES_ALL = STYLES_TRAIN + STYLES_UNSEEN
 STYLE_SETS = {"train": STYLES_TRAIN, "unseen": STYLES_UNSEEN, "all": STYLES_ALL}
 QUESTION_TYPES = ["color", "shape", "count", "yesno", "position", "size", "text"]
@@ -69,25 +69,35 @@ class Obj:
 
 def _background(rng, w, h, style):
     if style == "dark":
-        base = rng.integers(20, 70, 3)
-        return np.broadcast_to(base, (h, w, 3)).astype(np.float64) + rng.normal(0, 4, (h, w, 3))
+        base = rng.integers(15, 75, 3).astype(np.float64)
+        return base + rng.normal(0, 4, (h, w, 3))
     base = rng.integers(200, 256, 3).astype(np.float64)
+    other = rng.integers(170, 256, 3).astype(np.float64)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     if style == "solid":
-        a = np.broadcast_to(base, (h, w, 3)).astype(np.float64)
-    elif style in ("hgradient", "vgradient"):
-        other = rng.integers(170, 256, 3).astype(np.float64)
-        t = np.linspace(0, 1, w if style == "hgradient" else h)
-        ramp = base[None] * (1 - t[:, None]) + other[None] * t[:, None]
-        a = np.broadcast_to(ramp[None], (h, w, 3)) if style == "hgradient" else np.broadcast_to(ramp[:, None], (h, w, 3))
-        a = a.astype(np.float64)
-    elif style == "noise":
-        a = base + rng.normal(0, 12, (h, w, 3))
-    else:  # stripes
-        other = rng.integers(170, 230, 3).astype(np.float64)
-        period = int(rng.integers(6, 16))
-        mask = ((np.arange(w)[None, :] + np.arange(h)[:, None]) // period) % 2
-        a = np.where(mask[..., None] == 1, other, base)
-    return a
+        return np.broadcast_to(base, (h, w, 3)).astype(np.float64)
+    if style in ("hgradient", "vgradient"):
+        t = (xx / max(1, w - 1)) if style == "hgradient" else (yy / max(1, h - 1))
+        return base * (1 - t[..., None]) + other * t[..., None]
+    if style == "noise":
+        return base + rng.normal(0, 12, (h, w, 3))
+    if style == "radial":
+        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+        t = np.clip(np.hypot(xx - cx, yy - cy) / max(w, h), 0, 1)
+        return base * (1 - t[..., None]) + other * t[..., None]
+    if style == "checker":
+        cell = int(rng.integers(10, 40))
+        mask = ((xx // cell + yy // cell) % 2)[..., None]
+        return np.where(mask == 1, other, base)
+    if style == "rings":
+        cx, cy, period = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(8, 20)
+        mask = ((np.hypot(xx - cx, yy - cy) // period) % 2)[..., None]
+        return np.where(mask == 1, other, base)
+    # stripes
+    other = rng.integers(170, 230, 3).astype(np.float64)
+    period = int(rng.integers(6, 16))
+    mask = (((xx + yy) // period) % 2)[..., None]
+    return np.where(mask == 1, other, base)
 
 
 def _draw_shape(d: ImageDraw.ImageDraw, o: Obj, w, h):
@@ -109,7 +119,7 @@ def _place(rng, n, w, h):
         if len(objs) == n:
             break
         big = bool(rng.random() < 0.5)
-        r = m * (rng.uniform(0.2, 0.26) if big else rng.uniform(0.09, 0.13))
+        r = m * (rng.uniform(0.21, 0.27) if big else rng.uniform(0.10, 0.14))
         cx, cy = rng.uniform(r / w + 0.02, 1 - r / w - 0.02), rng.uniform(r / h + 0.02, 1 - r / h - 0.02)
         if all(np.hypot((cx - o.cx) * w, (cy - o.cy) * h) > (r + o.r) * 1.15 for o in objs):
             objs.append(Obj(str(rng.choice(SHAPES)), str(rng.choice(list(COLORS))), big, cx, cy, r))
@@ -148,33 +158,97 @@ def draw_scene(w: int, h: int, objs: list[Obj], style: str = "solid", seed: int 
     return img
 
 
-def make_image(rng, styles=STYLES_TRAIN):
-    """One image with its facts: ('shapes', objs) or ('text', char)."""
-    w, h = int(rng.integers(80, 321)), int(rng.integers(80, 321))
+@dataclass
+class Scene:
+    """What is in an image: shapes (objs) or one glyph (char, with its pixel box), and the image size."""
+
+    w: int
+    h: int
+    objs: list
+    char: str | None = None
+    box: tuple | None = None  # (x0, y0, x1, y1) of the glyph
+
+    @property
+    def kind(self):
+        return "text" if self.char else "shapes"
+
+
+def image_size(rng, lo=80, hi=360):
+    """Sizes of photos, not only squares: the long side lo..hi px, aspect up to 2:1 either way."""
+    long_side = int(rng.integers(lo, hi + 1))
+    aspect = float(np.exp(rng.uniform(0, np.log(2.0))))
+    short = max(48, int(round(long_side / aspect)))
+    return (long_side, short) if rng.random() < 0.5 else (short, long_side)
+
+
+def make_image(rng, styles=STYLES_TRAIN, size=(80, 360)):
+    """One image and its Scene."""
+    w, h = image_size(rng, *size)
     style = str(rng.choice(styles))
     bg = _background(rng, w, h, style)
     img = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
     d = ImageDraw.Draw(img)
     if rng.random() < 0.25:
         ch = str(rng.choice(list(CHARS)))
-        size = int(min(w, h) * rng.uniform(0.45, 0.7))
-        font = ImageFont.load_default(size=size)
+        size_px = int(min(w, h) * rng.uniform(0.45, 0.7))
+        font = ImageFont.load_default(size=size_px)
         box = d.textbbox((0, 0), ch, font=font)
         tw, th = box[2] - box[0], box[3] - box[1]
         x = rng.uniform(0, max(1, w - tw)) - box[0]
         y = rng.uniform(0, max(1, h - th)) - box[1]
-        color = (240, 240, 240) if style == "dark" else tuple(int(c) for c in rng.integers(0, 60, 3))
+        if style == "dark":
+            color = tuple(int(c) for c in rng.integers(200, 256, 3))
+        else:
+            color = tuple(int(c) for c in rng.integers(0, 60, 3))
         d.text((x, y), ch, fill=color, font=font)
-        return img, ("text", ch)
+        return img, Scene(w, h, [], ch, (x + box[0], y + box[1], x + box[2], y + box[3]))
     objs = _place(rng, int(rng.integers(1, 4)), w, h)
     for o in objs:
         _draw_shape(d, o, w, h)
-    return img, ("shapes", objs)
+    return img, Scene(w, h, objs)
+
+
+def _inside(o: Obj, px, py, w, h):
+    """Which of the pixel points (px, py) the shape covers, as _draw_shape draws it."""
+    x, y, r = o.cx * w, o.cy * h, o.r
+    if o.shape == "circle":
+        return (px - x) ** 2 + (py - y) ** 2 <= r * r
+    if o.shape == "square":
+        return (np.abs(px - x) <= 0.9 * r) & (np.abs(py - y) <= 0.9 * r)
+    top, base, half = y - r, y + 0.8 * r, 1.05 * r
+    t = (py - top) / (base - top)  # 0 at the apex, 1 at the base
+    return (t >= 0) & (t <= 1) & (np.abs(px - x) <= half * t)
+
+
+def patch_targets(scene: Scene, grid: int, sub: int = 4) -> dict:
+    """Training targets per image patch (grid x grid, row-major): the colour, shape and size class of the object
+    covering most of the patch (0 = none; shape 4 = glyph), and per-image counts and glyph class."""
+    n = grid * sub
+    u = (np.arange(n) + 0.5) / n
+    px, py = np.meshgrid(u * scene.w, u * scene.h)
+    color = np.zeros((grid, grid), np.int64)
+    shape = np.zeros((grid, grid), np.int64)
+    size = np.zeros((grid, grid), np.int64)
+    best = np.full((grid, grid), 0.2)  # a patch needs a fifth of its area covered to belong to an object
+    for o in scene.objs:
+        cover = _inside(o, px, py, scene.w, scene.h).reshape(grid, sub, grid, sub).mean((1, 3))
+        win = cover > best
+        best = np.where(win, cover, best)
+        color[win] = 1 + list(COLORS).index(o.color)
+        shape[win] = 1 + SHAPES.index(o.shape)
+        size[win] = 2 if o.big else 1
+    if scene.char:
+        x0, y0, x1, y1 = scene.box
+        cover = ((px >= x0) & (px <= x1) & (py >= y0) & (py <= y1)).reshape(grid, sub, grid, sub).mean((1, 3))
+        shape[cover > 0.2] = 4
+    counts = [sum(o.shape == s for o in scene.objs) for s in SHAPES] + [len(scene.objs)]
+    return {"color": color.reshape(-1), "shape": shape.reshape(-1), "size": size.reshape(-1),
+            "counts": np.array(counts), "char": 1 + CHARS.index(scene.char) if scene.char else 0}
 
 
 def questions(rng, facts, n=3, with_captions=True):
-    """Up to n (type, question, answer) triples about the image."""
-    kind, info = facts
+    """Up to n (type, question, answer) triples about the image (a Scene)."""
+    kind, info = facts.kind, (facts.char or facts.objs)
     if kind == "text":
         t = "digit" if info.isdigit() else "letter"
         out = [("text", str(rng.choice(TEMPLATES[t])), info)]

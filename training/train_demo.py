@@ -1,9 +1,11 @@
 """Train the bundled demo model: a few-million-parameter moondream on synthetic VQA, on CPU, reproducibly.
 
-    python -m training.train_demo --out gguf_models/demo          # about 55 minutes on 2 cores
+    python -m training.train_demo --out gguf_models/demo          # under an hour on 2 cores
 
 Writes the HF-layout checkpoint (config.json, model.safetensors, tokenizer.json) to OUT/checkpoint and the GGUF pair
-made by our own converter to OUT.
+made by our own converter to OUT. The recipe (docs/demo-model.md): every image is one moondream chat holding several
+of its questions (history format, EOS after each answer), and training-only heads on the image tokens learn per-patch
+colour/shape/size and per-image counts and glyphs alongside the answers, so the vision tower learns fast.
 """
 from __future__ import annotations
 
@@ -16,17 +18,20 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from moondream_cpp import spec
+from moondream_cpp.image import preprocess
 
 from . import synth
-from .model import TrainableMoondream
+from .model import AuxHeads, TrainableMoondream
 
 IMAGE_SIZE = 112
+PATCH = 14
+GRID = IMAGE_SIZE // PATCH
 BOS = spec.BOS_TOKEN
+TARGETS = ("color", "shape", "size", "counts", "char")
 
 
 def build_tokenizer(texts, vocab_size) -> Tokenizer:
@@ -39,78 +44,116 @@ def build_tokenizer(texts, vocab_size) -> Tokenizer:
     return tok
 
 
-def make_data(seed, n_images, styles):
-    rng = np.random.default_rng(seed)
-    pixels = np.zeros((n_images, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
-    qa = []
-    for i in range(n_images):
-        img, facts = synth.make_image(rng, styles)
-        pixels[i] = np.asarray(img.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.BICUBIC))
-        for t, q, a in synth.questions(rng, facts, n=3):
-            qa.append((i, t, q, a))
-    return pixels, qa
+class Data:
+    """Images stretched to the model's input as moondream does, their scenes and per-patch targets."""
+
+    def __init__(self, seed, n_images, styles):
+        rng = np.random.default_rng(seed)
+        self.pixels = np.zeros((n_images, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+        self.scenes = []
+        tg = []
+        for i in range(n_images):
+            img, scene = synth.make_image(rng, styles)
+            self.pixels[i] = preprocess(img, IMAGE_SIZE)
+            self.scenes.append(scene)
+            tg.append(synth.patch_targets(scene, GRID))
+        self.targets = {k: np.stack([t[k] for t in tg]) for k in TARGETS}
+
+    def __len__(self):
+        return len(self.scenes)
 
 
-def encode_examples(tok, qa, rng):
-    """One training sequence per image: all its questions as a moondream chat (history format), each answer
-    followed by an EOS target. Returns (image index, input ids after the image, labels) per image."""
-    by_img: dict[int, list] = {}
-    for i, t, q, a in qa:
-        by_img.setdefault(i, []).append((q, a))
+def chat(tok, pairs):
+    """A moondream chat over `pairs` (history format): input ids after the image, and labels (answers + EOS)."""
     eos = tok.token_to_id(BOS)
-    out = []
-    for i, pairs in by_img.items():
-        order = rng.permutation(len(pairs))
-        ids, labels = [], []
-        for n, j in enumerate(order):
-            q, a = pairs[j]
-            # the first turn opens with "\n\n" after the image; later ones follow "Answer: a\n\n" (TURN_FORMAT)
-            prompt = tok.encode("\n\n" + spec.QUESTION_FORMAT.format(question=q)
-                                + "Answer:").ids
-            answer = tok.encode(" " + a).ids
-            ids += prompt + answer
-            # position k predicts token k+1: the answer tokens, then EOS where the answer ends
-            labels += [-100] * (len(prompt) - 1) + answer + [eos]
-        out.append((i, ids, labels[: len(ids)]))
-    return out
+    ids, labels = [], []
+    for q, a in pairs:
+        # the first turn opens with "\n\n" after the image; later ones follow "Answer: a\n\n" (TURN_FORMAT)
+        prompt = tok.encode("\n\n" + spec.QUESTION_FORMAT.format(question=q) + "Answer:").ids
+        answer = tok.encode(" " + a).ids
+        ids += prompt + answer
+        # position k predicts token k+1: the answer tokens, then EOS where the answer ends
+        labels += [-100] * (len(prompt) - 1) + answer + [eos]
+    return ids, labels[: len(ids)]
 
 
-def batches(examples, batch_size, rng):
-    while True:
-        order = rng.permutation(len(examples))
-        for s in range(0, len(order) - batch_size + 1, batch_size):
-            yield [examples[j] for j in order[s: s + batch_size]]
+def sample_chat(rng, scene, per_image):
+    qs = synth.questions(rng, scene, n=per_image)
+    order = rng.permutation(len(qs))
+    return [(qs[j][1], qs[j][2]) for j in order]
 
 
-def collate(batch, pixels, pad_id):
-    n = max(len(ids) for _, ids, _ in batch)
-    ids = torch.full((len(batch), n), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), n), -100, dtype=torch.long)
-    for r, (_, x, y) in enumerate(batch):
+def collate(tok, data, idx, rng, per_image, pad_id):
+    chats = [chat(tok, sample_chat(rng, data.scenes[i], per_image)) for i in idx]
+    n = max(len(x) for x, _ in chats)
+    ids = torch.full((len(idx), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(idx), n), -100, dtype=torch.long)
+    for r, (x, y) in enumerate(chats):
         ids[r, : len(x)] = torch.tensor(x)
         labels[r, : len(y)] = torch.tensor(y)
-    img = torch.from_numpy(pixels[[i for i, _, _ in batch]])
-    return img, ids, labels
+    targets = {k: torch.from_numpy(v[idx]) for k, v in data.targets.items()}
+    return torch.from_numpy(data.pixels[idx]), ids, labels, targets
 
 
 @torch.no_grad()
-def greedy_accuracy(model, tok, pixels, qa, max_new=24):
+def greedy_accuracy(model, tok, data, n_questions, seed=0, max_new=24):
+    """First-turn greedy answers (as a user asks) against the truth, per question type."""
     model.eval()
+    rng = np.random.default_rng(seed)
     eos = tok.token_to_id(BOS)
-    right = {}
-    for i, t, q, a in qa:
+    right: dict[str, list] = {}
+    for i in range(min(n_questions, len(data))):
+        qs = synth.questions(rng, data.scenes[i], n=1, with_captions=False)
+        t, q, a = qs[0]
         ids = tok.encode("\n\n" + spec.QUESTION_FORMAT.format(question=q) + "Answer:").ids
         out = []
         for _ in range(max_new):
-            logits = model(torch.from_numpy(pixels[i: i + 1]), eos, None, torch.tensor([ids + out]))
+            logits = model(torch.from_numpy(data.pixels[i: i + 1]), eos, None, torch.tensor([ids + out]))
             nxt = int(logits[0, -1].argmax())
             if nxt == eos:
                 break
             out.append(nxt)
-        got = tok.decode(out).strip()
-        right.setdefault(t, []).append(got.lower() == a.lower())
+        right.setdefault(t, []).append(tok.decode(out).strip().lower() == a.lower())
     model.train()
-    return {t: float(np.mean(v)) for t, v in right.items()}
+    acc = {t: round(float(np.mean(v)), 3) for t, v in sorted(right.items())}
+    acc["overall"] = round(float(np.mean([x for v in right.values() for x in v])), 3)
+    return acc
+
+
+def _schedule(opt, steps, warm):
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * (
+        0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
+
+
+def _optimizer(named, lr):
+    return torch.optim.AdamW([{"params": [p for _, p in named if p.ndim >= 2], "weight_decay": 0.05},
+                              {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0}],
+                             lr=lr, betas=(0.9, 0.98))
+
+
+def pretrain_vision(model, aux, data, a, rng):
+    """Stage 1: the vision tower + projector alone on the per-patch / per-image targets (cheap: no text)."""
+    named = [(n, p) for n, p in model.named_parameters() if n.startswith("vision_encoder")] + \
+        [("aux." + n, p) for n, p in aux.named_parameters()]
+    opt = _optimizer(named, a.lr)
+    sched = _schedule(opt, a.vision_steps, 100)
+    t0, stats = time.time(), {}
+    for step in range(1, a.vision_steps + 1):
+        idx = np.sort(rng.choice(len(data), a.vision_batch, replace=False))
+        targets = {k: torch.from_numpy(v[idx]) for k, v in data.targets.items()}
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
+            tokens = model.encode_images(torch.from_numpy(data.pixels[idx]))
+        loss = aux.loss(tokens.float(), targets, stats)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
+        opt.step()
+        sched.step()
+        if step % 100 == 0:
+            acc = " ".join(f"{k} {np.mean(v):.3f}" for k, v in stats.items())
+            print(f"vision step {step} aux {loss.item():.4f} acc: {acc} {(time.time() - t0) / step:.2f}s/step",
+                  flush=True)
+            stats = {}
 
 
 def main():
@@ -118,61 +161,78 @@ def main():
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--images", type=int, default=60000)
-    ap.add_argument("--steps", type=int, default=6500)
+    ap.add_argument("--steps", type=int, default=6000)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--per-image", type=int, default=4, help="questions per training chat")
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--aux", type=float, default=0.5, help="weight of the per-patch / per-image training heads")
     ap.add_argument("--vocab", type=int, default=640)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--v-dim", type=int, default=128)
     ap.add_argument("--v-layers", type=int, default=4)
     ap.add_argument("--t-dim", type=int, default=128)
     ap.add_argument("--t-layers", type=int, default=4)
+    ap.add_argument("--vision-steps", type=int, default=3000, help="stage 1: vision tower alone on its targets")
+    ap.add_argument("--vision-batch", type=int, default=64)
+    ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast (fast on CPUs with AVX512-BF16/AMX)")
     ap.add_argument("--eval-every", type=int, default=500)
     a = ap.parse_args()
     torch.manual_seed(a.seed)
     torch.set_num_threads(a.threads)
     rng = np.random.default_rng(a.seed)
     t0 = time.time()
-    pixels, qa = make_data(a.seed, a.images, synth.STYLES_TRAIN)
-    texts = [q for _, _, q, _ in qa] + [" " + ans for _, _, _, ans in qa] + ["\n\nQuestion: x\n\nAnswer: y\n\n"] * 50
+    data = Data(a.seed, a.images, synth.STYLES_TRAIN)
+    texts = []
+    for s in data.scenes[:20000]:
+        for _, q, ans in synth.questions(rng, s, n=8):
+            texts += [q, " " + ans]
+    texts += ["\n\nQuestion: x\n\nAnswer: y\n\n"] * 50
     tok = build_tokenizer(texts, a.vocab)
     n_vocab = -(-tok.get_vocab_size() // 64) * 64
-    examples = encode_examples(tok, qa, rng)
-    val_px, val_qa = make_data(a.seed + 10_000, 300, synth.STYLES_TRAIN)
-    val_qa = [r for r in val_qa if r[1] != "caption"][:300]
-    print(f"data: {len(pixels)} images, {len(qa)} questions in {len(examples)} chats, vocab {tok.get_vocab_size()} "
-          f"(padded {n_vocab}), {time.time() - t0:.0f}s", flush=True)
+    val = Data(a.seed + 10_000, 400, synth.STYLES_TRAIN)
+    print(f"data: {len(data)} images, vocab {tok.get_vocab_size()} (padded {n_vocab}), {time.time() - t0:.0f}s",
+          flush=True)
 
     model = TrainableMoondream(n_vocab, image_size=IMAGE_SIZE, v_dim=a.v_dim, v_layers=a.v_layers, t_dim=a.t_dim,
                                t_layers=a.t_layers, t_heads=a.t_dim // 32)
+    aux = AuxHeads(a.t_dim, len(synth.COLORS), len(synth.SHAPES), len(synth.CHARS))
     print(f"model: {model.n_params() / 1e6:.2f}M parameters", flush=True)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=a.lr, betas=(0.9, 0.98))
-    warm = 200
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * (
-        0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / a.steps)))))
+    if a.vision_steps:
+        pretrain_vision(model, aux, data, a, rng)
+    params = list(model.named_parameters()) + [("aux." + n, p) for n, p in aux.named_parameters()]
+    opt = _optimizer(params, a.lr)
+    sched = _schedule(opt, a.steps, 200)
+    stats: dict = {}
     bos = tok.token_to_id(BOS)
-    it = batches(examples, a.batch, rng)
+    n_img = 1 + GRID * GRID
+    order, pos = rng.permutation(len(data)), 0
     t_train = time.time()
     for step in range(1, a.steps + 1):
-        img, ids, labels = collate(next(it), pixels, bos)
-        logits = model(img, bos, None, ids)
-        text_logits = logits[:, 1 + (IMAGE_SIZE // 14) ** 2:]
-        loss = F.cross_entropy(text_logits.reshape(-1, n_vocab), labels.reshape(-1), ignore_index=-100)
+        if pos + a.batch > len(order):
+            order, pos = rng.permutation(len(data)), 0
+        idx = np.sort(order[pos: pos + a.batch])
+        pos += a.batch
+        img, ids, labels, targets = collate(tok, data, idx, rng, a.per_image, bos)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
+            logits, tokens = model(img, bos, None, ids, return_image=True)
+            qa_loss = F.cross_entropy(logits[:, n_img:].float().reshape(-1, n_vocab), labels.reshape(-1),
+                                      ignore_index=-100)
+            aux_loss = aux.loss(tokens.float(), targets, stats)
+        loss = qa_loss + a.aux * aux_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
         opt.step()
         sched.step()
         if step % 50 == 0:
             el = time.time() - t_train
-            print(f"step {step} loss {loss.item():.4f} lr {sched.get_last_lr()[0]:.2e} {el / step:.2f}s/step "
-                  f"eta {el / step * (a.steps - step) / 60:.1f} min", flush=True)
+            acc = " ".join(f"{k} {np.mean(v):.3f}" for k, v in stats.items())
+            stats = {}
+            print(f"step {step} qa {qa_loss.item():.4f} aux {aux_loss.item():.4f} ({acc}) lr "
+                  f"{sched.get_last_lr()[0]:.2e} {el / step:.2f}s/step eta {el / step * (a.steps - step) / 60:.1f} min",
+                  flush=True)
         if step % a.eval_every == 0 or step == a.steps:
-            acc = greedy_accuracy(model, tok, val_px, val_qa[:150])
-            print(f"step {step} val accuracy {acc}", flush=True)
+            print(f"step {step} val accuracy {greedy_accuracy(model, tok, val, 300)}", flush=True)
     save(model, tok, a, n_vocab)
     print(f"done in {(time.time() - t0) / 60:.1f} min", flush=True)
 
@@ -193,14 +253,15 @@ def save(model, tok, a, n_vocab):
         "vision_config": {"num_heads": model.vision_encoder.encoder.model.visual.blocks[0].heads},
         "training": {"seed": a.seed, "images": a.images, "steps": a.steps, "batch": a.batch, "lr": a.lr,
                      "command": "python -m training.train_demo " + " ".join(
-                         f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items())},
+                         f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items()
+                         if not isinstance(v, bool)) + "".join(
+                         f" --{k}" for k, v in vars(a).items() if v is True)},
     }
     (ck / "config.json").write_text(json.dumps(config, indent=1))
     from moondream_cpp.convert import convert
 
-    for t in ["f16"]:
-        out = convert(ck, a.out, t, t, name="moondream-demo")
-        print("wrote", out.text, out.mmproj, flush=True)
+    out = convert(ck, a.out, "f16", "f16", name="moondream-demo")
+    print("wrote", out.text, out.mmproj, flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,111 @@
+"""The typer app and what its commands share: model loading by --model NAME/DIR or --text/--mmproj, stderr output."""
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from moondream_cpp import __version__
+from moondream_cpp.errors import MoondreamError
+
+EXIT_CODES = """Exit codes: 0 ok; 1 other user error; 2 bad command line; 3 bad model file or checkpoint;
+4 unreadable image; 5 prompt longer than the context; 6 download failed (network, offline, checksum);
+7 disk full; 8 unknown model name or model not downloaded; 130 interrupted."""
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help=f"Run moondream, the tiny vision-language model, on llama.cpp.\n\n{EXIT_CODES}")
+
+# options shared by every command that runs a model
+MODEL = typer.Option(None, "--model", "-m", help="A model name (`moondream-cpp list`), optionally NAME:QUANT, or a "
+                     "directory holding a text + mmproj GGUF pair. Default: the bundled demo model.")
+TEXT = typer.Option(None, "--text", help="Text model GGUF (with --mmproj).")
+MMPROJ = typer.Option(None, "--mmproj", help="Vision projector (mmproj) GGUF (with --text).")
+THREADS = typer.Option(None, "--threads", min=1, help="CPU threads (default: all available).")
+N_CTX = typer.Option(2048, "--n-ctx", min=64, help="Context size in tokens.")
+MAX_TOKENS = typer.Option(None, "--max-tokens", min=1, help="Answer length limit (default: the revision's).")
+JSON = typer.Option(False, "--json", help="Print JSON instead of plain text.")
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"moondream-cpp {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")):
+    pass
+
+
+def stderr():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def note(msg: str) -> None:
+    sys.stderr.write(msg + "\n")
+    sys.stderr.flush()
+
+
+def print_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def load_model(model: Optional[str], text: Optional[Path], mmproj: Optional[Path], **kw):
+    """The model a command runs: --text/--mmproj, else --model (name or directory), else the bundled demo."""
+    from moondream_cpp import Moondream
+    from moondream_cpp.store import resolve
+
+    if text and mmproj:
+        return Moondream.load(text, mmproj, **kw)
+    if text or mmproj:
+        raise MoondreamError("pass both --text and --mmproj (or --model NAME_OR_DIR)")
+    if model:
+        first, second = resolve(model)
+        return Moondream.load(first, second, **kw)
+    from moondream_cpp.gguf_models import DEMO_NOTICE, demo_pair
+
+    text, mmproj = demo_pair()
+    if not text.exists():
+        raise MoondreamError("no model given and the bundled demo model is missing from this install: pass --model "
+                             "NAME_OR_DIR or --text T.gguf --mmproj M.gguf")
+    note(DEMO_NOTICE)
+    return Moondream.load(text, mmproj, **kw)
+
+
+def timings_line(t: dict) -> str:
+    """One human line of an answer's timings (for --verbose)."""
+    img = "image: cached (not re-encoded)" if t.get("image_cached") else f"image: encoded in {t.get('image_encode_ms', 0):.1f} ms"
+    return (f"[{img} | prompt: {t.get('prompt_tokens', 0)} tokens, {t.get('prompt_evaluated', 0)} evaluated at "
+            f"{t.get('prompt_per_second', 0):.1f} tok/s | generation: {t.get('generated_tokens', 0)} tokens at "
+            f"{t.get('generation_per_second', 0):.1f} tok/s]")
+
+
+@contextmanager
+def conversion_progress():
+    """A progress bar on stderr fed by convert's on_progress(what, done, total) callback; it appears at the first
+    call, so download bars printed before it (huggingface_hub's) are left alone."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    state = {}
+
+    def update(what: str, done: int, total):
+        if "bar" not in state:
+            state["bar"] = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                    TimeElapsedColumn(), console=stderr(), transient=True)
+            state["bar"].start()
+            state["task"] = state["bar"].add_task(what, total=total)
+        state["bar"].update(state["task"], description=what, completed=done, total=total)
+
+    try:
+        yield update
+    finally:
+        if "bar" in state:
+            state["bar"].stop()

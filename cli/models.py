@@ -1,0 +1,108 @@
+"""Model management: `pull`, `list`, `rm`, `info` (thin over moondream_cpp.store and gguf_check)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from moondream_cpp.errors import MoondreamError
+
+from .app import JSON, app, conversion_progress, note, print_json
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+@app.command()
+def pull(
+    name: str = typer.Argument(..., help="A registry model (see `moondream-cpp list --all`), optionally NAME:QUANT."),
+    quant: Optional[str] = typer.Option(None, "--quant", "-q", help="f16, q8_0, q5_k_m or q4_k_m (default: the "
+                                        "model's own)."),
+):
+    """Download a model (resumable, checksum-verified), converting and quantizing it where needed."""
+    from moondream_cpp import store
+
+    with conversion_progress() as on_progress:
+        m = store.pull(name, quant, on_step=lambda s: note(f"{name}: {s}"), on_progress=on_progress)
+    note(f"{m.ref}: {_size(m.size)} in {m.directory}")
+    typer.echo(m.ref)
+
+
+@app.command("list")
+def list_cmd(
+    show_all: bool = typer.Option(False, "--all", "-a", help="Also list registry models not downloaded yet."),
+    as_json: bool = JSON,
+):
+    """Show the models on this machine (the store and the bundled demo), with their sizes."""
+    from moondream_cpp import store
+    from moondream_cpp.gguf_models import demo_pair
+
+    rows = []
+    text, mmproj = demo_pair()
+    if text.exists():
+        rows.append({"model": "moondream-demo", "size": text.stat().st_size + mmproj.stat().st_size,
+                     "where": str(text.parent), "local": True})
+    local = store.local_models()
+    rows += [{"model": m.ref, "size": m.size, "where": str(m.directory), "local": True} for m in local]
+    if show_all:
+        have = {m.name for m in local}
+        for name, e in store.registry().items():
+            if e["kind"] != "bundled" and name not in have:
+                rows.append({"model": name, "size": None, "where": f"{e['repo']}@{e['revision']}", "local": False,
+                             "quants": e.get("quants", [])})
+    if as_json:
+        print_json(rows)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"models ({store.models_dir()})")
+    for col in ("model", "size", "where"):
+        t.add_column(col, justify="right" if col == "size" else "left")
+    for r in rows:
+        t.add_row(r["model"], _size(r["size"]) if r["local"] else "not downloaded", r["where"])
+    Console().print(t)
+
+
+@app.command()
+def rm(name: str = typer.Argument(..., help="NAME (every quant) or NAME:QUANT.")):
+    """Delete a downloaded model from the store."""
+    from moondream_cpp import store
+
+    for m in store.remove(name):
+        note(f"removed {m.ref} ({_size(m.size) if m.text.exists() else 'freed'})")
+
+
+@app.command()
+def info(
+    model: str = typer.Argument(..., help="A model name, a directory with a GGUF pair, or one GGUF file."),
+    as_json: bool = JSON,
+):
+    """Print a GGUF pair's metadata: architecture, revision, prompt format, stop rule, types and sizes."""
+    from moondream_cpp.model_info import describe
+
+    d = describe(model)
+    if as_json:
+        print_json(d)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=str(model), show_header=False)
+    t.add_column("key")
+    t.add_column("value")
+    for part, fields in d.items():
+        if not isinstance(fields, dict):
+            t.add_row(part, str(fields))
+            continue
+        for k, v in fields.items():
+            t.add_row(f"{part}.{k}", _size(v) if k == "bytes" else str(v))
+    Console().print(t)

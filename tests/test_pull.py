@@ -1,0 +1,187 @@
+"""`pull`, `list`, `rm`, `info` against a fake Hugging Face hub on loopback (HF_ENDPOINT), as real subprocesses:
+downloads verified by checksum, a corrupted download, a cut connection, a killed pull that resumes, no network,
+offline mode and a full disk."""
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import CLI
+from fakehub import FakeHub
+from moondream_cpp.gguf_models import demo_pair
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXT, MMPROJ = demo_pair()
+CK = TEXT.parent / "checkpoint"
+CK_FILES = ["config.json", "model.safetensors", "tokenizer.json"]
+
+
+def registry(text_sha=None):
+    return {
+        "demo-gguf": {"kind": "gguf", "repo": "test/demo-gguf", "revision": "v1",
+                      "files": {"text": {"name": TEXT.name, "size": TEXT.stat().st_size, "sha256": text_sha},
+                                "mmproj": {"name": MMPROJ.name, "size": None, "sha256": None}},
+                      "quants": ["f16", "q8_0"], "default_quant": "f16"},
+        "demo-ck": {"kind": "checkpoint", "repo": "test/demo-ck", "revision": "v1", "moondream_revision": "2024-04-02",
+                    "files": CK_FILES, "quants": ["f16", "q8_0"], "default_quant": "q8_0"},
+    }
+
+
+@pytest.fixture
+def hub():
+    with FakeHub() as h:
+        h.add("test/demo-gguf", "v1", TEXT.name, TEXT.read_bytes())
+        h.add("test/demo-gguf", "v1", MMPROJ.name, MMPROJ.read_bytes())
+        for f in CK_FILES:
+            h.add("test/demo-ck", "v1", f, (CK / f).read_bytes())
+        yield h
+
+
+@pytest.fixture
+def home(tmp_path):
+    h = tmp_path / "home"
+    h.mkdir()
+    (h / "registry.json").write_text(json.dumps(registry()))
+    return h
+
+
+def env(home, hub_url):
+    e = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    e.update(MOONDREAM_CPP_HOME=str(home), HF_ENDPOINT=hub_url, HF_HOME=str(home / "hf"), HOME=str(home))
+    return e
+
+
+def run(*args, home, hub_url, extra=None, preexec=None, timeout=300):
+    e = env(home, hub_url)
+    e.update(extra or {})
+    return subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, env=e, timeout=timeout,
+                          cwd=ROOT, preexec_fn=preexec)
+
+
+def listed(home, hub_url):
+    r = run("list", "--json", home=home, hub_url=hub_url)
+    assert r.returncode == 0, r.stderr
+    return {row["model"]: row for row in json.loads(r.stdout)}
+
+
+def test_pull_a_published_pair_use_it_offline_then_remove_it(hub, home):
+    r = run("pull", "demo-gguf", home=home, hub_url=hub.url)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "demo-gguf:f16"
+    got = listed(home, hub.url)
+    assert got["demo-gguf:f16"]["size"] == TEXT.stat().st_size + MMPROJ.stat().st_size
+    stored = Path(got["demo-gguf:f16"]["where"])
+    assert (stored / TEXT.name).read_bytes() == TEXT.read_bytes()  # verified, byte for byte
+    n = len(hub.requests)
+    r = run("chat", ROOT / "examples" / "shapes.png", "-m", "demo-gguf", "-p", "What color is the circle?",
+            home=home, hub_url=hub.url)
+    assert (r.returncode, r.stdout) == (0, "red\n"), r.stderr
+    info = json.loads(run("info", "demo-gguf", "--json", home=home, hub_url=hub.url).stdout)
+    assert info["text"]["arch"] == "phi2" and info["mmproj"]["projector"] == "mlp"
+    assert info["text"]["revision"] == "2024-04-02" and info["mmproj"]["image_tokens"] == 64
+    assert len(hub.requests) == n  # only pull touches the network
+    assert all("/resolve/" in path for _, path, _ in hub.requests)  # ...and only for the files: no telemetry
+    r = run("rm", "demo-gguf", home=home, hub_url=hub.url)
+    assert r.returncode == 0, r.stderr
+    assert "demo-gguf:f16" not in listed(home, hub.url)
+    r = run("chat", ROOT / "examples" / "shapes.png", "-m", "demo-gguf", "-p", "?", home=home, hub_url=hub.url)
+    assert r.returncode == 8 and "not downloaded yet" in r.stderr and "moondream-cpp pull demo-gguf" in r.stderr
+
+
+def test_pull_a_checkpoint_converts_and_quantizes_it(hub, home):
+    r = run("pull", "demo-ck", "--quant", "q8_0", home=home, hub_url=hub.url)
+    assert r.returncode == 0, r.stderr
+    info = json.loads(run("info", "demo-ck:q8_0", "--json", home=home, hub_url=hub.url).stdout)
+    assert info["text"]["weights"] == "Q8_0"
+    r = run("query", ROOT / "examples" / "shapes.png", "How many shapes are there?", "-m", "demo-ck:q8_0",
+            home=home, hub_url=hub.url)
+    assert (r.returncode, r.stdout) == (0, "3\n"), r.stderr
+    store = home / "models"
+    assert sorted(p.name for p in store.iterdir()) == ["demo-ck"]  # the work area is gone
+
+
+def test_a_corrupted_download_is_refused_and_leaves_no_model(hub, home):
+    hub.files[("test/demo-gguf", "v1", MMPROJ.name)].corrupt = True
+    r = run("pull", "demo-gguf", home=home, hub_url=hub.url)
+    assert r.returncode == 6
+    assert "checksum mismatch" in r.stderr and MMPROJ.name in r.stderr and "Traceback" not in r.stderr
+    assert "demo-gguf:f16" not in listed(home, hub.url)
+    assert not list((home / "models").rglob("*.part")) and not list((home / "models").rglob("manifest.json"))
+    hub.files[("test/demo-gguf", "v1", MMPROJ.name)].corrupt = False  # the hub is fixed: pull again works
+    assert run("pull", "demo-gguf", home=home, hub_url=hub.url).returncode == 0
+
+
+def test_a_registry_checksum_wins_over_the_hub(hub, home):
+    (home / "registry.json").write_text(json.dumps(registry(text_sha="0" * 64)))
+    r = run("pull", "demo-gguf", home=home, hub_url=hub.url)
+    assert r.returncode == 6 and "checksum mismatch" in r.stderr and "0" * 64 in r.stderr
+
+
+def test_a_cut_connection_resumes_where_it_stopped(hub, home):
+    hub.files[("test/demo-gguf", "v1", TEXT.name)].cut_after = 1536 * 1024  # after the first 1 MiB step
+    r = run("pull", "demo-gguf", home=home, hub_url=hub.url)
+    assert r.returncode == 0, r.stderr
+    ranges = [rng for m, p, rng in hub.requests if m == "GET" and p.endswith(TEXT.name)]
+    assert ranges == [None, f"bytes={1 << 20}-"]  # the retry asked for the rest only
+    stored = Path(listed(home, hub.url)["demo-gguf:f16"]["where"])
+    assert (stored / TEXT.name).read_bytes() == TEXT.read_bytes()
+
+
+def test_a_killed_pull_resumes_on_the_next_run(hub, home):
+    hub.files[("test/demo-gguf", "v1", TEXT.name)].trickle = 0.1  # 64 KiB every 0.1 s
+    proc = subprocess.Popen([CLI, "pull", "demo-gguf"], env=env(home, hub.url), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, cwd=ROOT)
+    part = home / "models" / ".partial" / "demo-gguf" / "src" / (TEXT.name + ".part")
+    deadline = time.time() + 60
+    while not (part.exists() and part.stat().st_size > 0) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    kept = part.stat().st_size
+    assert 0 < kept < TEXT.stat().st_size
+    hub.files[("test/demo-gguf", "v1", TEXT.name)].trickle = 0
+    r = run("pull", "demo-gguf", home=home, hub_url=hub.url)
+    assert r.returncode == 0, r.stderr
+    last = [rng for m, p, rng in hub.requests if m == "GET" and p.endswith(TEXT.name)][-1]
+    assert last == f"bytes={kept}-"  # the second run asked only for what the first had not received
+    stored = Path(listed(home, hub.url)["demo-gguf:f16"]["where"])
+    assert (stored / TEXT.name).read_bytes() == TEXT.read_bytes()
+
+
+def test_no_network_offline_mode_and_unknown_names(home):
+    with socket.socket() as s:  # a port with nobody listening
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    r = run("pull", "demo-gguf", home=home, hub_url=closed, timeout=120)
+    assert r.returncode == 6 and "could not download" in r.stderr and "Traceback" not in r.stderr
+    r = run("pull", "demo-gguf", home=home, hub_url=closed, extra={"HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 6 and "HF_HUB_OFFLINE" in r.stderr
+    r = run("pull", "no-such-model", home=home, hub_url=closed)
+    assert r.returncode == 8 and "unknown model name 'no-such-model'" in r.stderr and "moondream2" in r.stderr
+    r = run("pull", "demo-gguf", "--quant", "q3", home=home, hub_url=closed)
+    assert r.returncode == 1 and "q3" in r.stderr
+    r = run("rm", "demo-gguf", home=home, hub_url=closed)
+    assert r.returncode == 8 and "not in the model store" in r.stderr
+
+
+def _file_size_limit(limit):
+    def set_limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG, as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return set_limit
+
+
+def test_a_full_disk_is_reported_and_leaves_no_model(hub, home, tmp_path):
+    r = run("pull", "demo-gguf", home=home, hub_url=hub.url, preexec=_file_size_limit(512 * 1024))
+    assert r.returncode == 7, r.stderr
+    assert "no space left" in r.stderr and "MOONDREAM_CPP_HOME" in r.stderr and "Traceback" not in r.stderr
+    assert "demo-gguf:f16" not in listed(home, hub.url)
+    r = run("convert", CK, "-o", tmp_path / "out", home=home, hub_url=hub.url, preexec=_file_size_limit(256 * 1024))
+    assert r.returncode == 7 and "no space left" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.gguf"))
