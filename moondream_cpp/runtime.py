@@ -85,7 +85,7 @@ class Moondream:
     def load(cls, text_path: str | os.PathLike, mmproj_path: str | os.PathLike | None = None, *,
              n_threads: int | None = None, n_ctx: int = 2048, n_gpu_layers: int = 0, mmproj_gpu: bool = True,
              revision: str | None = None, flash_attn: bool = False,
-             image_cache_mb: float = 128) -> "Moondream":
+             image_cache_mb: float = 128, state_cache_mb: float = 512) -> "Moondream":
         """Load `text_path` + `mmproj_path`, or the pair in the directory `text_path`. Files are validated first."""
         text_path = Path(text_path)
         if mmproj_path is None:
@@ -102,10 +102,10 @@ class Moondream:
             raise MoondreamError(f"n_ctx {n_ctx} cannot hold the {mm_info.n_patches} image positions and a question")
         with deferred_interrupt():
             return cls(text_info, mm_info, n_threads or default_threads(), n_ctx, n_gpu_layers, mmproj_gpu,
-                       revision, flash_attn, image_cache_mb)
+                       revision, flash_attn, image_cache_mb, state_cache_mb)
 
     def __init__(self, text_info, mm_info, n_threads, n_ctx, n_gpu_layers, mmproj_gpu, revision, flash_attn,
-                 image_cache_mb=128):
+                 image_cache_mb=128, state_cache_mb=512):
         L, M = llama(), mtmd()
         self._L, self._M = L, M
         self.text_info, self.mmproj_info = text_info, mm_info
@@ -164,6 +164,10 @@ class Moondream:
         # recently encoded images by pixel hash, least recently used first, bounded by their embeddings' bytes
         self._images: OrderedDict[str, EncodedImage] = OrderedDict()
         self.image_cache_bytes = int(image_cache_mb * 2**20)
+        # KV states of recent image prefixes (BOS + image): switching back to an image skips its prefill too
+        self._states: OrderedDict[str, tuple[list, ctypes.Array]] = OrderedDict()
+        self.state_cache_bytes = int(state_cache_mb * 2**20)
+        self.last_prefix_restored = False
 
     @staticmethod
     def _revision(info, override):
@@ -254,6 +258,7 @@ class Moondream:
 
     def clear_image_cache(self) -> None:
         self._images.clear()
+        self._states.clear()
 
     def _run_vision(self, pixels: np.ndarray, key: str) -> EncodedImage:
         M = self._M
@@ -336,6 +341,10 @@ class Moondream:
                 break
             keep += 1
         keep = min(keep, len(items) - 1)  # always evaluate at least the last item: we need its logits
+        prefix = 1 + max((n for n, it in enumerate(items) if isinstance(it, tuple)), default=-1)
+        self.last_prefix_restored = False
+        if 0 < prefix < len(items) and keep < prefix and self._restore(items[:prefix]):
+            keep = prefix
         self._L.llama_memory_seq_rm(self._mem, 0, keep, -1)
         del self._kv[keep:]
         i = keep
@@ -353,7 +362,43 @@ class Moondream:
                 self._decode(self._fill_tokens(items[i:j], i, last))
             self._kv.extend(items[i:j])
             i = j
+            if i == prefix:
+                self._save_prefix()
         return len(items) - keep
+
+    # ------------------------------------------------------------------ image-prefix KV states (LRU by bytes)
+    def _save_prefix(self) -> None:
+        if self.state_cache_bytes <= 0:
+            return
+        L = self._L
+        n = L.llama_state_seq_get_size(self._ctx, 0)
+        if n <= 0 or n > self.state_cache_bytes:
+            return
+        buf = (ctypes.c_uint8 * n)()
+        if L.llama_state_seq_get_data(self._ctx, buf, n, 0) != n:
+            return
+        key = self._kv[-1][0]
+        self._states[key] = (list(self._kv), buf)
+        self._states.move_to_end(key)
+        while sum(len(b) for _, b in self._states.values()) > self.state_cache_bytes:
+            self._states.popitem(last=False)
+
+    def _restore(self, prefix: list) -> bool:
+        """Load the saved KV state of this image prefix into the context, if one is cached."""
+        hit = self._states.get(prefix[-1][0])
+        if hit is None or hit[0] != prefix:
+            return False
+        self._L.llama_memory_seq_rm(self._mem, 0, 0, -1)
+        self._kv = []
+        buf = hit[1]
+        if self._L.llama_state_seq_set_data(self._ctx, buf, len(buf), 0) != len(buf):
+            self._L.llama_memory_seq_rm(self._mem, 0, 0, -1)
+            del self._states[prefix[-1][0]]
+            return False
+        self._states.move_to_end(prefix[-1][0])
+        self._kv = list(prefix)
+        self.last_prefix_restored = True
+        return True
 
     def _logits(self) -> np.ndarray:
         ptr = self._L.llama_get_logits_ith(self._ctx, -1)
@@ -422,6 +467,7 @@ class Moondream:
         return Answer(text.strip(), out, finish, {
             "image_encode_ms": 0.0 if cached else round((t1 - t0) * 1000, 2),
             "image_cached": cached,
+            "prefix_restored": self.last_prefix_restored,
             "prompt_tokens": n_prompt,
             "prompt_evaluated": n_eval,
             "prompt_ms": round((t2 - t1) * 1000, 2),

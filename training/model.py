@@ -127,6 +127,70 @@ class TrainableMoondream(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+@torch.no_grad()
+def mimetic_init(blocks, alpha=(0.7, 0.4), beta=(0.7, 0.4), seed=0):
+    """Mimetic initialisation of self-attention (Trockman & Kolter, ICML 2023): W_q^T W_k ~ a Z + b I and
+    W_v^T W_o^T ~ a Z - b I, so a ViT trained from scratch starts with the local, position-keyed attention that
+    pretrained ViTs show. It speeds up small-data ViT training a lot; only the initial weights change."""
+    g = torch.Generator().manual_seed(seed)
+
+    def factor(a, b, sign, d):
+        m = a * torch.randn(d, d, generator=g) / math.sqrt(d) + sign * b * torch.eye(d)
+        u, sv, vt = torch.linalg.svd(m)
+        r = sv.sqrt()
+        return r[:, None] * u.T, r[:, None] * vt  # left.T @ right == m
+
+    for blk in blocks:
+        d = blk.attn.proj.weight.shape[0]
+        wq, wk = factor(alpha[0], beta[0], 1.0, d)  # q.k = x Wq^T Wk x^T
+        wv, wo_t = factor(alpha[1], beta[1], -1.0, d)  # out = x Wv^T Wo^T
+        blk.attn.qkv.weight.copy_(torch.cat([wq, wk, wv], 0))
+        blk.attn.proj.weight.copy_(wo_t.T)
+
+
+class LocalHead(nn.Module):
+    """Training-only: the vision tower's token-local parts (patch embedding, the first blocks' MLPs) applied as a
+    convolution at a small stride, read out per window. One image then yields hundreds of shifted patch views, so the
+    patch features learn outlines at every offset (the translation invariance a ViT otherwise needs much data for)."""
+
+    def __init__(self, model, n_colors, n_shapes, n_chars, n_mlps=2, stride=4):
+        super().__init__()
+        self.visual = model.vision_encoder.encoder.model.visual
+        self.n_mlps, self.stride = n_mlps, stride
+        d = self.visual.norm.normalized_shape[0]
+        self.ln = nn.LayerNorm(d)
+        self.sizes = [n_colors + 1, n_shapes + 1, n_chars + 1]
+        self.out = nn.Linear(d, sum(self.sizes))
+
+    def params(self):
+        """What this stage trains: the patch embedding, the first blocks' MLPs, and the readout."""
+        v = self.visual
+        ps = list(v.patch_embed.parameters()) + list(self.ln.parameters()) + list(self.out.parameters())
+        for blk in list(v.blocks)[: self.n_mlps]:
+            ps += list(blk.norm2.parameters()) + list(blk.mlp.parameters())
+        return ps
+
+    def loss(self, pixels, t, stats=None):
+        v = self.visual
+        x = pixels.float().div(255).sub(0.5).div(0.5).permute(0, 3, 1, 2)
+        lin = v.patch_embed.linear
+        d, p = lin.weight.shape[0], int(round((lin.weight.shape[1] / 3) ** 0.5))
+        f = F.conv2d(x, lin.weight.view(d, 3, p, p), lin.bias, stride=self.stride).permute(0, 2, 3, 1)
+        for blk in list(v.blocks)[: self.n_mlps]:
+            f = f + blk.mlp.fc2(F.gelu(blk.mlp.fc1(blk.norm2(f)), approximate="tanh"))
+        c, s, g = (x.reshape(-1, x.shape[-1]) for x in self.out(self.ln(f)).split(self.sizes, -1))
+        yc, ys, yg = (t[k].long().reshape(-1) for k in ("wcolor", "wshape", "wchar"))
+        if stats is not None:
+            for name, x, y in (("outline", s, ys), ("glyph", g, yg)):
+                keep = y > 0
+                if keep.any():
+                    stats.setdefault(name, []).append(float((x.argmax(-1) == y)[keep].float().mean()))
+        loss = F.cross_entropy(c, yc) + F.cross_entropy(s, ys, ignore_index=-1)
+        if (yg >= 0).any():
+            loss = loss + F.cross_entropy(g, yg, ignore_index=-1)
+        return loss
+
+
 class AuxHeads(nn.Module):
     """Training-only readouts on the projected image tokens (what the text model sees), never saved: per patch the
     colour / shape / size class of the object under it, per image the counts and the glyph. Dense targets teach the
@@ -153,6 +217,12 @@ class AuxHeads(nn.Module):
                 keep = y > 0 if k in ("color", "shape", "size") else torch.ones_like(y, dtype=torch.bool)
                 hit = (x.argmax(-1) == y)[keep].float()
                 stats.setdefault(k, []).append(float(hit.mean()) if hit.numel() else 1.0)
+                if k == "shape":  # small and large objects apart: where does shape recognition fail?
+                    for name, z in (("small", 1), ("large", 2)):
+                        sel = (t["size"].reshape(-1) == z)
+                        h = (x.argmax(-1) == y)[sel].float()
+                        if h.numel():
+                            stats.setdefault(f"shape_{name}", []).append(float(h.mean()))
         return loss
 
 

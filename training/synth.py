@@ -22,6 +22,9 @@ STYLES_TRAIN = ["solid", "hgradient", "vgradient", "noise", "dark", "checker", "
 STYLES_UNSEEN = ["stripes", "rings"]  # textures never seen in training: the generalisation check
 STYLES_ALL = STYLES_TRAIN + STYLES_UNSEEN
 STYLE_SETS = {"train": STYLES_TRAIN, "unseen": STYLES_UNSEEN, "all": STYLES_ALL}
+SMALL_R, LARGE_R = (0.13, 0.17), (0.25, 0.31)  # object radius as a fraction of the image's shorter side
+MAX_ASPECT = 1.6  # images up to 1.6:1 either way, as photos are
+INK_GRID = 56  # resolution of a glyph's ink map (the model input sampled every 2 px)  # images up to 2:1 either way, as photos are
 QUESTION_TYPES = ["color", "shape", "count", "yesno", "position", "size", "text"]
 NUMBER = {0: "0", 1: "1", 2: "2", 3: "3"}
 
@@ -119,7 +122,7 @@ def _place(rng, n, w, h):
         if len(objs) == n:
             break
         big = bool(rng.random() < 0.5)
-        r = m * (rng.uniform(0.21, 0.27) if big else rng.uniform(0.10, 0.14))
+        r = m * (rng.uniform(*LARGE_R) if big else rng.uniform(*SMALL_R))
         cx, cy = rng.uniform(r / w + 0.02, 1 - r / w - 0.02), rng.uniform(r / h + 0.02, 1 - r / h - 0.02)
         if all(np.hypot((cx - o.cx) * w, (cy - o.cy) * h) > (r + o.r) * 1.15 for o in objs):
             objs.append(Obj(str(rng.choice(SHAPES)), str(rng.choice(list(COLORS))), big, cx, cy, r))
@@ -167,6 +170,7 @@ class Scene:
     objs: list
     char: str | None = None
     box: tuple | None = None  # (x0, y0, x1, y1) of the glyph
+    ink: np.ndarray | None = None  # the glyph's ink, INK_GRID x INK_GRID (fraction of each cell covered)
 
     @property
     def kind(self):
@@ -176,7 +180,7 @@ class Scene:
 def image_size(rng, lo=80, hi=360):
     """Sizes of photos, not only squares: the long side lo..hi px, aspect up to 2:1 either way."""
     long_side = int(rng.integers(lo, hi + 1))
-    aspect = float(np.exp(rng.uniform(0, np.log(2.0))))
+    aspect = float(np.exp(rng.uniform(0, np.log(MAX_ASPECT))))
     short = max(48, int(round(long_side / aspect)))
     return (long_side, short) if rng.random() < 0.5 else (short, long_side)
 
@@ -201,7 +205,10 @@ def make_image(rng, styles=STYLES_TRAIN, size=(80, 360)):
         else:
             color = tuple(int(c) for c in rng.integers(0, 60, 3))
         d.text((x, y), ch, fill=color, font=font)
-        return img, Scene(w, h, [], ch, (x + box[0], y + box[1], x + box[2], y + box[3]))
+        mask = Image.new("L", (w, h))
+        ImageDraw.Draw(mask).text((x, y), ch, fill=255, font=font)
+        ink = np.asarray(mask.resize((INK_GRID, INK_GRID), Image.BOX), np.float32) / 255
+        return img, Scene(w, h, [], ch, (x + box[0], y + box[1], x + box[2], y + box[3]), ink)
     objs = _place(rng, int(rng.integers(1, 4)), w, h)
     for o in objs:
         _draw_shape(d, o, w, h)
@@ -244,6 +251,43 @@ def patch_targets(scene: Scene, grid: int, sub: int = 4) -> dict:
     counts = [sum(o.shape == s for o in scene.objs) for s in SHAPES] + [len(scene.objs)]
     return {"color": color.reshape(-1), "shape": shape.reshape(-1), "size": size.reshape(-1),
             "counts": np.array(counts), "char": 1 + CHARS.index(scene.char) if scene.char else 0}
+
+
+def window_targets(scene: Scene, size: int, win: int = 14, stride: int = 4) -> dict:
+    """Targets for every win x win window at `stride` in the model's size x size input (the patch embedding applied
+    as a convolution): the colour of the object covering most of the window, and the shape of an object whose
+    outline crosses the window (-1 where no outline does: inside a shape, its kind cannot be seen locally)."""
+    step = 2  # sample points every 2 px of the model input
+    m = size // step
+    u = (np.arange(m) * step + step / 2) / size
+    px, py = np.meshgrid(u * scene.w, u * scene.h)
+    n = (size - win) // stride + 1
+    k, s = win // step, stride // step
+
+    def cover(mask):  # fraction of each window's points inside mask, by a summed-area table
+        c = np.pad(mask.astype(np.float32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        i = np.arange(n) * s
+        return (c[i[:, None] + k, i[None, :] + k] - c[i[:, None], i[None, :] + k] - c[i[:, None] + k, i[None, :]]
+                + c[i[:, None], i[None, :]]) / (k * k)
+
+    color = np.zeros((n, n), np.int64)
+    shape = np.zeros((n, n), np.int64)  # 0: plain background
+    best = np.full((n, n), 0.3)
+    for o in scene.objs:
+        f = cover(_inside(o, px, py, scene.w, scene.h))
+        win_c = f > best
+        best = np.where(win_c, f, best)
+        color[win_c] = 1 + list(COLORS).index(o.color)
+        shape[(f >= 0.9) & (shape == 0)] = -1  # deep inside: no local evidence of the kind
+        shape[(f > 0.05) & (f < 0.9)] = 1 + SHAPES.index(o.shape)
+    char = np.full((n, n), -1, np.int64)  # the glyph under a window: shape scenes teach nothing about glyphs
+    if scene.char:
+        x0, y0, x1, y1 = scene.box
+        shape[cover((px >= x0) & (px <= x1) & (py >= y0) & (py <= y1)) > 0.05] = -1
+        ink = cover(scene.ink) if scene.ink.shape[0] == m else cover(np.asarray(
+            Image.fromarray((scene.ink * 255).astype(np.uint8)).resize((m, m), Image.BOX), np.float32) / 255)
+        char = np.where(ink > 0.03, 1 + CHARS.index(scene.char), 0)
+    return {"wcolor": color, "wshape": shape, "wchar": char}
 
 
 def questions(rng, facts, n=3, with_captions=True):

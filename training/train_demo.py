@@ -25,13 +25,14 @@ from moondream_cpp import spec
 from moondream_cpp.image import preprocess
 
 from . import synth
-from .model import AuxHeads, TrainableMoondream
+from .model import AuxHeads, LocalHead, TrainableMoondream, mimetic_init
 
 IMAGE_SIZE = 112
 PATCH = 14
 GRID = IMAGE_SIZE // PATCH
 BOS = spec.BOS_TOKEN
 TARGETS = ("color", "shape", "size", "counts", "char")
+LOCAL_STRIDE = 4
 
 
 def build_tokenizer(texts, vocab_size) -> Tokenizer:
@@ -51,13 +52,15 @@ class Data:
         rng = np.random.default_rng(seed)
         self.pixels = np.zeros((n_images, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
         self.scenes = []
-        tg = []
+        tg, wt = [], []
         for i in range(n_images):
             img, scene = synth.make_image(rng, styles)
             self.pixels[i] = preprocess(img, IMAGE_SIZE)
             self.scenes.append(scene)
             tg.append(synth.patch_targets(scene, GRID))
+            wt.append(synth.window_targets(scene, IMAGE_SIZE, PATCH, LOCAL_STRIDE))
         self.targets = {k: np.stack([t[k] for t in tg]) for k in TARGETS}
+        self.windows = {k: np.stack([t[k] for t in wt]).astype(np.int8) for k in ("wcolor", "wshape", "wchar")}
 
     def __len__(self):
         return len(self.scenes)
@@ -131,6 +134,29 @@ def _optimizer(named, lr):
                              lr=lr, betas=(0.9, 0.98))
 
 
+def pretrain_local(model, data, a, rng):
+    """Stage 0: the token-local vision weights as a strided convolution on per-window outline/colour targets."""
+    head = LocalHead(model, len(synth.COLORS), len(synth.SHAPES), len(synth.CHARS), stride=LOCAL_STRIDE)
+    params = head.params()
+    opt = torch.optim.AdamW(params, lr=a.lr, betas=(0.9, 0.98), weight_decay=0.0)
+    sched = _schedule(opt, a.local_steps, 50)
+    t0, stats = time.time(), {}
+    for step in range(1, a.local_steps + 1):
+        idx = np.sort(rng.choice(len(data), a.local_batch, replace=False))
+        t = {k: torch.from_numpy(v[idx]) for k, v in data.windows.items()}
+        loss = head.loss(torch.from_numpy(data.pixels[idx]), t, stats)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if step % 100 == 0:
+            acc = " ".join(f"{k} {np.mean(v):.3f}" for k, v in stats.items())
+            print(f"local step {step} loss {loss.item():.4f} acc: {acc} {(time.time() - t0) / step:.2f}s/step",
+                  flush=True)
+            stats = {}
+
+
 def pretrain_vision(model, aux, data, a, rng):
     """Stage 1: the vision tower + projector alone on the per-patch / per-image targets (cheap: no text)."""
     named = [(n, p) for n, p in model.named_parameters() if n.startswith("vision_encoder")] + \
@@ -172,8 +198,11 @@ def main():
     ap.add_argument("--v-layers", type=int, default=4)
     ap.add_argument("--t-dim", type=int, default=128)
     ap.add_argument("--t-layers", type=int, default=4)
+    ap.add_argument("--local-steps", type=int, default=600, help="stage 0: token-local vision weights as a conv")
+    ap.add_argument("--local-batch", type=int, default=16)
     ap.add_argument("--vision-steps", type=int, default=3000, help="stage 1: vision tower alone on its targets")
     ap.add_argument("--vision-batch", type=int, default=64)
+    ap.add_argument("--mimetic", action="store_true", help="mimetic attention init for the vision tower")
     ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast (fast on CPUs with AVX512-BF16/AMX)")
     ap.add_argument("--eval-every", type=int, default=500)
     a = ap.parse_args()
@@ -195,13 +224,17 @@ def main():
 
     model = TrainableMoondream(n_vocab, image_size=IMAGE_SIZE, v_dim=a.v_dim, v_layers=a.v_layers, t_dim=a.t_dim,
                                t_layers=a.t_layers, t_heads=a.t_dim // 32)
+    if a.mimetic:
+        mimetic_init(model.vision_encoder.encoder.model.visual.blocks, seed=a.seed)
     aux = AuxHeads(a.t_dim, len(synth.COLORS), len(synth.SHAPES), len(synth.CHARS))
     print(f"model: {model.n_params() / 1e6:.2f}M parameters", flush=True)
+    if a.local_steps:
+        pretrain_local(model, data, a, rng)
     if a.vision_steps:
         pretrain_vision(model, aux, data, a, rng)
     params = list(model.named_parameters()) + [("aux." + n, p) for n, p in aux.named_parameters()]
     opt = _optimizer(params, a.lr)
-    sched = _schedule(opt, a.steps, 200)
+    sched = _schedule(opt, max(1, a.steps), 200)
     stats: dict = {}
     bos = tok.token_to_id(BOS)
     n_img = 1 + GRID * GRID

@@ -1,0 +1,55 @@
+"""Every command's user errors: one line naming the problem and what to do, its documented exit code, no traceback."""
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import CLI
+from moondream_cpp.gguf_models import demo_pair
+
+ROOT = Path(__file__).resolve().parents[1]
+IMG = ROOT / "examples" / "shapes.png"
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory):
+    """A model directory whose text GGUF lost its second half, and a file that is no image."""
+    d = tmp_path_factory.mktemp("broken")
+    text, mmproj = demo_pair()
+    (d / text.name).write_bytes(text.read_bytes()[: text.stat().st_size // 2])
+    shutil.copy(mmproj, d / mmproj.name)
+    (d / "notes.png").write_text("not an image")
+    (d / "q.jsonl").write_text('{"image": "x.png", "question": "?", "answers": ["a"]}\n')
+    return d
+
+
+CASES = [
+    # (command line, exit code, words the message must hold)
+    (["chat", "missing.png", "-p", "hi"], 4, "missing.png: no such image file"),
+    (["query", "missing.png", "What?"], 4, "no such image file"),
+    (["caption", "missing.png"], 4, "no such image file"),
+    (["chat", "{d}/notes.png", "-p", "hi"], 4, "is not a readable image"),
+    (["chat", str(IMG), "-p", "hi", "-m", "no-such-model"], 8, "unknown model name 'no-such-model'"),
+    (["query", str(IMG), "What?", "-m", "moondream2"], 8, "moondream-cpp pull moondream2"),
+    (["info", "no-such-model"], 8, "known models: moondream-demo"),
+    (["eval", "{d}/q.jsonl", "-m", "nope"], 8, "unknown model name"),
+    (["chat", str(IMG), "-p", "hi", "-m", "{d}"], 3, "is truncated"),
+    (["info", "{d}"], 3, "is truncated"),
+    (["info", "{d}/notes.png"], 3, "not a readable GGUF"),
+    (["caption", str(IMG), "--length", "long"], 1, "--length must be one of short, normal"),
+    (["pull", "moondream-demo"], 1, "bundled"),
+    (["rm", "moondream-demo"], 1, "bundled"),
+    (["chat", str(IMG), "--max-tokens", "0"], 2, ""),
+]
+
+
+@pytest.mark.parametrize("args,code,words", CASES, ids=[" ".join(c[0][:2]) + f"->{c[1]}" for c in CASES])
+def test_error(args, code, words, broken, tmp_path):
+    args = [a.format(d=broken) for a in args]
+    r = subprocess.run([CLI, *args], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                       env={"MOONDREAM_CPP_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == code, r.stderr
+    assert words in r.stderr and "Traceback" not in r.stderr
+    if code != 2:
+        assert r.stderr.strip().splitlines()[-1].startswith("error: ")
