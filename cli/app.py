@@ -25,9 +25,11 @@ MODEL = typer.Option(None, "--model", "-m", help="A model name (`moondream-cpp l
 TEXT = typer.Option(None, "--text", help="Text model GGUF (with --mmproj).")
 MMPROJ = typer.Option(None, "--mmproj", help="Vision projector (mmproj) GGUF (with --text).")
 THREADS = typer.Option(None, "--threads", min=1, help="CPU threads (default: all available).")
-N_CTX = typer.Option(2048, "--n-ctx", min=64, help="Context size in tokens.")
+N_CTX = typer.Option(None, "--n-ctx", min=64, help="Context size in tokens (default 2048; 1024 with --low-ram).")
 MAX_TOKENS = typer.Option(None, "--max-tokens", min=1, help="Answer length limit (default: the revision's).")
 JSON = typer.Option(False, "--json", help="Print JSON instead of plain text.")
+LOW_RAM = typer.Option(False, "--low-ram", help="Little memory: q8_0 KV cache, n_ctx 1024, no repacked weight "
+                       "copies, the vision tower loaded only while encoding (docs/performance.md).")
 
 
 def _version(value: bool):

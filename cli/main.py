@@ -10,7 +10,7 @@ import typer
 from moondream_cpp.errors import MoondreamError
 
 from . import chat, models, oneshot  # noqa: F401  (they register their commands on app)
-from .app import JSON, MMPROJ, MODEL, TEXT, THREADS, app, conversion_progress, load_model, stderr
+from .app import JSON, LOW_RAM, MMPROJ, MODEL, TEXT, THREADS, app, conversion_progress, load_model, stderr
 
 
 @app.command()
@@ -48,6 +48,7 @@ def eval_cmd(
     predictions: Optional[Path] = typer.Option(None, "--predictions", help="Also write every prediction here "
                                                "(JSON lines)."),
     threads: Optional[int] = THREADS,
+    low_ram: bool = LOW_RAM,
 ):
     """Score a model on VQA-format questions: VQAv2 normalisation, min(matches/3,1) accuracy, per type."""
     import json
@@ -70,7 +71,7 @@ def eval_cmd(
             return ref.generate(load_image(img), q, max_tokens=max_tokens)[1]
         name = f"reference:{reference}"
     else:
-        md = load_model(model, text, mmproj, n_threads=threads)
+        md = load_model(model, text, mmproj, n_threads=threads, low_ram=low_ram)
 
         def answer(img, q):
             return md.query(img, q, max_tokens=max_tokens).text

@@ -9,7 +9,8 @@ import typer
 
 from moondream_cpp.errors import ImageError
 
-from .app import JSON, MAX_TOKENS, MMPROJ, MODEL, N_CTX, TEXT, THREADS, app, load_model, note, print_json, stderr
+from .app import (JSON, LOW_RAM, MAX_TOKENS, MMPROJ, MODEL, N_CTX, TEXT, THREADS, app, load_model, note, print_json,
+                  stderr)
 
 
 @app.command()
@@ -21,14 +22,15 @@ def query(
     mmproj: Optional[Path] = MMPROJ,
     max_tokens: Optional[int] = MAX_TOKENS,
     threads: Optional[int] = THREADS,
-    n_ctx: int = N_CTX,
+    n_ctx: Optional[int] = N_CTX,
+    low_ram: bool = LOW_RAM,
     as_json: bool = JSON,
 ):
     """Answer one question about one image."""
     from moondream_cpp.image import load_image
 
     picture = load_image(image)
-    md = load_model(model, text, mmproj, n_threads=threads, n_ctx=n_ctx)
+    md = load_model(model, text, mmproj, n_threads=threads, n_ctx=n_ctx, low_ram=low_ram)
     a = md.query(picture, question, max_tokens=max_tokens)
     if as_json:
         print_json({"image": str(image), "question": question, "answer": a.text, "finish_reason": a.finish_reason,
@@ -46,7 +48,8 @@ def caption(
     mmproj: Optional[Path] = MMPROJ,
     max_tokens: Optional[int] = MAX_TOKENS,
     threads: Optional[int] = THREADS,
-    n_ctx: int = N_CTX,
+    n_ctx: Optional[int] = N_CTX,
+    low_ram: bool = LOW_RAM,
     as_json: bool = JSON,
 ):
     """Caption images: the model loads once; several images get a progress bar and one line each."""
@@ -55,7 +58,7 @@ def caption(
 
     if length not in spec.CAPTION_QUESTIONS:
         raise MoondreamError(f"--length must be one of {', '.join(spec.CAPTION_QUESTIONS)}, not {length!r}")
-    md = load_model(model, text, mmproj, n_threads=threads, n_ctx=n_ctx)
+    md = load_model(model, text, mmproj, n_threads=threads, n_ctx=n_ctx, low_ram=low_ram)
     failed = 0
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 

@@ -24,6 +24,7 @@ from .errors import ModelFileError, MoondreamError, PromptTooLongError
 from .gguf_header import HeaderError, read_header
 from .image import load_image, preprocess
 from .native import deferred_interrupt, llama, mtmd
+from .settings import DEFAULT, KV_TYPES, LOW_RAM, Settings
 
 
 @dataclass
@@ -83,10 +84,12 @@ class Moondream:
 
     @classmethod
     def load(cls, text_path: str | os.PathLike, mmproj_path: str | os.PathLike | None = None, *,
-             n_threads: int | None = None, n_ctx: int = 2048, n_gpu_layers: int = 0, mmproj_gpu: bool = True,
-             revision: str | None = None, flash_attn: bool = False,
-             image_cache_mb: float = 128, state_cache_mb: float = 512) -> "Moondream":
-        """Load `text_path` + `mmproj_path`, or the pair in the directory `text_path`. Files are validated first."""
+             settings: Settings | None = None, low_ram: bool = False, revision: str | None = None,
+             **overrides) -> "Moondream":
+        """Load `text_path` + `mmproj_path`, or the pair in the directory `text_path`. Files are validated first.
+
+        `settings` (or the LOW_RAM preset with low_ram=True) plus keyword overrides of any Settings field, e.g.
+        n_threads=4, n_ctx=1024, kv_type="q8_0", n_gpu_layers=99."""
         text_path = Path(text_path)
         if mmproj_path is None:
             if not text_path.exists():
@@ -94,28 +97,30 @@ class Moondream:
             if not text_path.is_dir():
                 raise ModelFileError(f"{text_path}: pass a model directory, or both the text and the mmproj file")
             text_path, mmproj_path = find_pair(text_path)
+        cfg = (settings or (LOW_RAM if low_ram else DEFAULT)).with_(**overrides)
         text_info, mm_info = gguf_check.check_pair(text_path, mmproj_path)
         if revision is not None and revision not in spec.REVISIONS:
             raise MoondreamError(f"unknown revision {revision!r}; known: {', '.join(spec.REVISIONS)}")
-        n_ctx = min(n_ctx, text_info.n_ctx)  # never past the positions the model was trained on
+        n_ctx = min(cfg.n_ctx, text_info.n_ctx)  # never past the positions the model was trained on
         if n_ctx < mm_info.n_patches + 16:
             raise MoondreamError(f"n_ctx {n_ctx} cannot hold the {mm_info.n_patches} image positions and a question")
+        cfg = cfg.with_(n_ctx=n_ctx, n_threads=cfg.n_threads or default_threads())
         with deferred_interrupt():
-            return cls(text_info, mm_info, n_threads or default_threads(), n_ctx, n_gpu_layers, mmproj_gpu,
-                       revision, flash_attn, image_cache_mb, state_cache_mb)
+            return cls(text_info, mm_info, cfg, revision)
 
-    def __init__(self, text_info, mm_info, n_threads, n_ctx, n_gpu_layers, mmproj_gpu, revision, flash_attn,
-                 image_cache_mb=128, state_cache_mb=512):
+    def __init__(self, text_info, mm_info, settings: Settings, revision=None):
         L, M = llama(), mtmd()
         self._L, self._M = L, M
+        self.settings = cfg = settings
         self.text_info, self.mmproj_info = text_info, mm_info
         self.revision = self._revision(text_info, revision)
-        self.n_threads, self.n_ctx = n_threads, n_ctx
+        self.n_threads, self.n_ctx = cfg.n_threads, cfg.n_ctx
         self.image_size = mm_info.image_size
         self.name = text_info.file.get("general.name") or text_info.file.path.stem
 
         mp = L.llama_model_default_params()
-        mp.n_gpu_layers = n_gpu_layers
+        mp.n_gpu_layers = cfg.n_gpu_layers
+        mp.use_extra_bufts = cfg.extra_bufts
         self._model = L.llama_model_load_from_file(str(text_info.file.path).encode(), mp)
         if not self._model:
             raise ModelFileError(f"llama.cpp could not load {text_info.file.path} (set MOONDREAM_CPP_LLAMA_LOG=1 to "
@@ -125,31 +130,24 @@ class Moondream:
         self.n_vocab = L.llama_vocab_n_tokens(self._vocab)
 
         cp = L.llama_context_default_params()
-        cp.n_ctx = n_ctx
-        cp.n_batch = min(n_ctx, 1024)
-        cp.n_ubatch = min(n_ctx, 512)
+        cp.n_ctx = cfg.n_ctx
+        cp.n_batch = min(cfg.n_ctx, cfg.n_batch)
+        cp.n_ubatch = min(cfg.n_ctx, cfg.n_ubatch, cp.n_batch)
         cp.n_seq_max = 1
-        cp.n_threads = cp.n_threads_batch = n_threads
-        cp.flash_attn_type = 1 if flash_attn else 0  # off: faster decode at image-sized contexts on CPU
+        cp.n_threads = cp.n_threads_batch = cfg.n_threads
+        quant_kv = cfg.kv_type != "f16"
+        cp.flash_attn_type = 1 if (cfg.flash_attn or quant_kv) else 0  # llama.cpp needs FA for a quantized V cache
+        cp.type_k = cp.type_v = KV_TYPES[cfg.kv_type]
         cp.no_perf = True
         self._ctx = L.llama_init_from_model(self._model, cp)
         if not self._ctx:
             L.llama_model_free(self._model)
-            raise MoondreamError(f"llama.cpp could not create a context of {n_ctx} tokens (out of memory?)")
+            raise MoondreamError(f"llama.cpp could not create a context of {cfg.n_ctx} tokens (out of memory?)")
         self._mem = L.llama_get_memory(self._ctx)
         self._n_batch = cp.n_batch
-
-        mcp = M.mtmd_context_params_default()
-        mcp.use_gpu = bool(mmproj_gpu and n_gpu_layers != 0)
-        mcp.n_threads = n_threads
-        mcp.print_timings = False
-        mcp.warmup = False
-        mcp.flash_attn_type = -1  # auto: flash attention speeds the vision tower up
-        self._mtmd = M.mtmd_init_from_file(str(mm_info.file.path).encode(), self._model, mcp)
-        if not self._mtmd:
-            self.close()
-            raise ModelFileError(f"llama.cpp could not load the mmproj {mm_info.file.path} (set "
-                                 "MOONDREAM_CPP_LLAMA_LOG=1 to see why)")
+        self._mtmd = None
+        if not cfg.mmproj_on_demand:
+            self._open_vision()
 
         self.bos = int(text_info.file.get("tokenizer.ggml.bos_token_id", 50256))
         self.eos = int(text_info.file.get("tokenizer.ggml.eos_token_id", self.bos))
@@ -163,11 +161,25 @@ class Moondream:
         self._kv: list = []  # what the KV cache holds, position by position: token ids or (image key, index)
         # recently encoded images by pixel hash, least recently used first, bounded by their embeddings' bytes
         self._images: OrderedDict[str, EncodedImage] = OrderedDict()
-        self.image_cache_bytes = int(image_cache_mb * 2**20)
+        self.image_cache_bytes = int(cfg.image_cache_mb * 2**20)
         # KV states of recent image prefixes (BOS + image): switching back to an image skips its prefill too
         self._states: OrderedDict[str, tuple[list, ctypes.Array]] = OrderedDict()
-        self.state_cache_bytes = int(state_cache_mb * 2**20)
+        self.state_cache_bytes = int(cfg.state_cache_mb * 2**20)
         self.last_prefix_restored = False
+
+    def _open_vision(self) -> None:
+        M, cfg = self._M, self.settings
+        mcp = M.mtmd_context_params_default()
+        mcp.use_gpu = bool(cfg.mmproj_gpu and cfg.n_gpu_layers != 0)
+        mcp.n_threads = cfg.n_threads
+        mcp.print_timings = False
+        mcp.warmup = False
+        mcp.flash_attn_type = -1  # auto: flash attention speeds the vision tower up
+        self._mtmd = M.mtmd_init_from_file(str(self.mmproj_info.file.path).encode(), self._model, mcp)
+        if not self._mtmd:
+            self.close()
+            raise ModelFileError(f"llama.cpp could not load the mmproj {self.mmproj_info.file.path} (set "
+                                 "MOONDREAM_CPP_LLAMA_LOG=1 to see why)")
 
     @staticmethod
     def _revision(info, override):
@@ -250,7 +262,14 @@ class Moondream:
             self._images.move_to_end(key)
             return self._images[key], True
         with deferred_interrupt():
-            enc = self._run_vision(pixels, key)
+            if self._mtmd is None:
+                self._open_vision()
+            try:
+                enc = self._run_vision(pixels, key)
+            finally:
+                if self.settings.mmproj_on_demand:  # low RAM: the vision tower only lives while it works
+                    self._M.mtmd_free(self._mtmd)
+                    self._mtmd = None
         self._images[key] = enc
         while sum(e.embeddings.nbytes for e in self._images.values()) > self.image_cache_bytes and len(self._images) > 1:
             self._images.popitem(last=False)

@@ -1,0 +1,47 @@
+"""Runtime settings of a loaded model (threads, batches, KV cache, caches) and the --low-ram preset, in one place.
+
+Defaults are what measured fastest on CPU (benchmarks/, docs/performance.md); the preset trades a little speed for
+memory."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+from .errors import MoondreamError
+
+KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}  # name -> ggml_type
+
+
+@dataclass(frozen=True)
+class Settings:
+    n_threads: int | None = None  # None: every core this process may use
+    n_ctx: int = 2048
+    n_batch: int = 1024
+    n_ubatch: int = 512
+    n_gpu_layers: int = 0
+    mmproj_gpu: bool = True  # run the vision tower on the GPU when the text model is offloaded
+    flash_attn: bool = False  # text model; off is faster for decode at image-sized contexts on CPU
+    kv_type: str = "f16"  # f16, q8_0 or q4_0 (a quantized V cache needs flash attention: switched on with it)
+    extra_bufts: bool = True  # llama.cpp's repacked weight copies (faster matmuls, more memory)
+    image_cache_mb: float = 128  # recently encoded images (embeddings)
+    state_cache_mb: float = 512  # KV states of recent image prefixes
+    mmproj_on_demand: bool = False  # load the vision tower for each new image and free it after
+
+    def __post_init__(self):
+        if self.kv_type not in KV_TYPES:
+            raise MoondreamError(f"KV cache type must be one of {', '.join(KV_TYPES)}, not {self.kv_type!r}")
+        if self.n_threads is not None and self.n_threads < 1:
+            raise MoondreamError("n_threads must be at least 1")
+
+    def with_(self, **kw) -> "Settings":
+        known = {f.name for f in fields(self)}
+        bad = set(kw) - known
+        if bad:
+            raise TypeError(f"unknown setting(s): {', '.join(sorted(bad))}")
+        return replace(self, **{k: v for k, v in kw.items() if v is not None})
+
+
+DEFAULT = Settings()
+# Little memory: a smaller q8_0 KV cache, no repacked weight copies, no prefix states, the vision tower only while
+# an image is encoded (docs/performance.md has its measured peak RSS).
+LOW_RAM = Settings(n_ctx=1024, n_batch=512, n_ubatch=256, flash_attn=True, kv_type="q8_0", extra_bufts=False,
+                   image_cache_mb=16, state_cache_mb=0, mmproj_on_demand=True)

@@ -1,0 +1,28 @@
+"""Runtime settings: the --low-ram preset (q8_0 KV cache, no repacked copies, vision tower on demand) answers as the
+default settings do, within the KV quantisation's error; bad settings are refused before llama.cpp sees them."""
+import pytest
+
+from conftest import rel_logits
+from moondream_cpp import Moondream, MoondreamError
+from moondream_cpp.settings import LOW_RAM
+
+
+def test_low_ram_matches_the_default(converted, photo, reference):
+    text, mmproj = converted("2024-04-02", "f32", "f32")
+    want = reference("2024-04-02").logits(photo, "What is in the image?")
+    with Moondream.load(text, mmproj, low_ram=True) as md:
+        assert md.settings.kv_type == "q8_0" and md.n_ctx == 1024 and md._mtmd is None
+        got = md.logits(photo, "What is in the image?")
+        assert md._mtmd is None  # the vision tower was loaded for the image and freed again
+        assert rel_logits(got[: len(want)], want) < 3e-2
+        low = md.query(photo, "What is in the image?", max_tokens=6).tokens
+        md.query(photo, "Again?", max_tokens=2)  # a second image-free question needs no vision tower
+    with Moondream.load(text, mmproj) as md:
+        assert md.query(photo, "What is in the image?", max_tokens=6).tokens == low
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(MoondreamError, match="KV cache type"):
+        LOW_RAM.with_(kv_type="q2")
+    with pytest.raises(TypeError, match="unknown setting"):
+        LOW_RAM.with_(n_ctxx=5)
