@@ -9,7 +9,7 @@ import typer
 
 from moondream_cpp.errors import MoondreamError
 
-from . import chat, models, oneshot  # noqa: F401  (they register their commands on app)
+from . import bench, chat, models, oneshot, serve  # noqa: F401  (they register their commands on app)
 from .app import JSON, LOW_RAM, MMPROJ, MODEL, TEXT, THREADS, app, conversion_progress, load_model, stderr
 
 

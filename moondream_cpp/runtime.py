@@ -432,11 +432,15 @@ class Moondream:
 
     def query(self, image, question: str, *, stream: bool = False, max_tokens: int | None = None,
               history: Sequence[tuple[str, str]] = (), temperature: float = 0.0, top_p: float = 1.0,
-              seed: int | None = None) -> Answer | Stream:
-        """Answer `question` about `image` (a path, bytes, PIL image, array or EncodedImage). Greedy by default."""
+              seed: int | None = None, stop: Sequence[str] = (), should_stop=None) -> Answer | Stream:
+        """Answer `question` about `image` (a path, bytes, PIL image, array or EncodedImage). Greedy by default.
+
+        stop: strings that end the answer (not included, finish_reason "stop"); should_stop: a callable checked
+        before every token, True ends the answer with finish_reason "cancelled" (a client that went away)."""
         if not isinstance(question, str) or not question.strip():
             raise MoondreamError("the question is empty; ask something about the image")
-        gen = self._generate(image, question, history, max_tokens, temperature, top_p, seed)
+        stop = [x for x in ([stop] if isinstance(stop, str) else stop) if x]
+        gen = self._generate(image, question, history, max_tokens, temperature, top_p, seed, stop, should_stop)
         s = Stream(gen)
         if stream:
             return s
@@ -449,7 +453,7 @@ class Moondream:
             raise MoondreamError(f"caption length must be one of {', '.join(spec.CAPTION_QUESTIONS)}")
         return self.query(image, spec.CAPTION_QUESTIONS[length], **kw)
 
-    def _generate(self, image, question, history, max_tokens, temperature, top_p, seed):
+    def _generate(self, image, question, history, max_tokens, temperature, top_p, seed, stop=(), should_stop=None):
         t0 = time.perf_counter()
         enc, cached = self._encode(image)
         t1 = time.perf_counter()
@@ -462,26 +466,42 @@ class Moondream:
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         cleaner = _AnswerCleaner()
         finish = "length"
+        shown, sent = "", 0  # the answer text so far, and how much of it has been yielded
+        hold = max((len(x) for x in stop), default=1) - 1  # a stop string may still be forming in the last chars
+        hit = False
         while len(out) < limit:
+            if should_stop is not None and should_stop():
+                finish = "cancelled"
+                break
             tok = self._sample(self._logits(), temperature, top_p, rng)
             if tok in self.stop_ids:
                 finish = "stop"
                 break
             out.append(tok)
-            piece = cleaner.feed(decoder.decode(self.token_bytes(tok)))
-            if piece:
-                yield piece
-            if len(self._kv) >= self.n_ctx:
+            shown += cleaner.feed(decoder.decode(self.token_bytes(tok)))
+            if stop:
+                cut = min((i for i in (shown.find(x) for x in stop) if i >= 0), default=-1)
+                if cut >= 0:
+                    shown, hit, finish = shown[:cut].rstrip(), True, "stop"
+            safe = len(shown) if hit else max(sent, len(shown) - hold)
+            if safe > sent:
+                yield shown[sent:safe]
+                sent = safe
+            if hit or len(self._kv) >= self.n_ctx:
                 break
             self._decode(self._fill_tokens([tok], len(self._kv), True))
             self._kv.append(tok)
-        tail = cleaner.feed(decoder.decode(b"", final=True))
-        if tail:
-            yield tail
+        if not hit:
+            shown += cleaner.feed(decoder.decode(b"", final=True))
+            if len(shown) > sent:
+                yield shown[sent:]
         t3 = time.perf_counter()
-        text = self.detokenize(out)
-        if self.revision.stop_rule == "end_marker":
-            text = re.sub("<$|<END$", "", text)
+        if hit:
+            text = shown
+        else:
+            text = self.detokenize(out)
+            if self.revision.stop_rule == "end_marker":
+                text = re.sub("<$|<END$", "", text)
         n_prompt = len(items)
         return Answer(text.strip(), out, finish, {
             "image_encode_ms": 0.0 if cached else round((t1 - t0) * 1000, 2),

@@ -13,18 +13,7 @@ else
   [ -x "$root/.venv/bin/python" ] || "${PYTHON:-python3}" -m venv "$root/.venv"
   py="$root/.venv/bin/python"
 fi
-llama_version=0.3.36
-
-# GCC <= 12 miscompiles ggml's AMX tile-config setup (the first quantized matmul segfaults, llama.cpp #20824),
-# and -march=native turns AMX on wherever the CPU has it: switch AMX off for those compilers only.
-cflags=${CFLAGS:-}
-if [ "$(uname -m)" = x86_64 ] && command -v gcc >/dev/null; then
-  gcc_major=$(gcc -dumpversion | cut -d. -f1)
-  if [ "$gcc_major" -le 12 ]; then
-    cflags="$cflags -mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
-  fi
-fi
-cmake_args=${CMAKE_ARGS:-}
+. "$root/scripts/llama_flags.sh"
 
 # pip's own wheel cache ignores build flags, so keep our builds in a folder keyed by them.
 key=$(printf '%s|%s|%s|%s' "$llama_version" "$cflags" "$cmake_args" "$(uname -m)" | sha1sum | cut -c1-12)
@@ -42,4 +31,7 @@ fi
 # the reference model's torch: the CPU build (a plain `pip install torch` may pull gigabytes of CUDA libraries)
 case ",$extras," in *,torch,*) "$py" -m pip install --quiet "${TORCH_SPEC:-torch==2.13.0}" ;; esac
 "$py" -m pip install --quiet -e "$root${extras:+[$extras]}"
+# the official moondream client, for the server's compatibility tests: its cloud client needs only pillow (its
+# declared dependency, the Photon runtime, is a GPU stack we do not want)
+case ",$extras," in *,test,*) "$py" -m pip install --quiet --no-deps "moondream==2.6.1" ;; esac
 echo "installed into $(dirname "$py") (llama.cpp: $("$py" -c 'import llama_cpp; print(llama_cpp.llama_print_system_info().decode().strip())'))" >&2

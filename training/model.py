@@ -55,12 +55,16 @@ class PhiBlock(nn.Module):
         x1, x2, rest = x[..., : r // 2], x[..., r // 2: r], x[..., r:]
         return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest], -1)
 
-    def forward(self, x, cos, sin):
+    def forward(self, x, cos, sin, mask=None):
         B, T, D = x.shape
         h = self.ln(x)
         q, k, v = self.mixer.Wqkv(h).reshape(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         q, k = self.rope(q, cos, sin), self.rope(k, cos, sin)
-        a = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, D)
+        if mask is None:
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
+        a = a.transpose(1, 2).reshape(B, T, D)
         return x + self.mixer.out_proj(a) + self.mlp.fc2(F.gelu(self.mlp.fc1(h), approximate="tanh"))
 
 
@@ -109,17 +113,34 @@ class TrainableMoondream(nn.Module):
         mlp = self.vision_encoder.projection.mlp
         return mlp.fc2(F.gelu(mlp.fc1(x), approximate="tanh"))
 
-    def forward(self, pixels, bos, before_ids, after_ids, return_image=False):
-        """Logits for [BOS] [image] after_ids, batched (after_ids right-padded). before_ids unused (no markers)."""
+    def forward(self, pixels, bos, before_ids, after_ids, return_image=False, segments=None):
+        """Logits for [BOS] [image] after_ids, batched (after_ids right-padded). before_ids unused (no markers).
+
+        segments [B, T_text] (optional): a segment number per text token. Tokens attend to BOS + image and their own
+        segment only, with positions restarting after the image: several independent first-turn questions about
+        one image packed in one sequence, for the price of one image prefix."""
         tm = self.text_model
         img = self.encode_images(pixels)
         B = img.shape[0]
         x = torch.cat([tm.transformer.embd.wte(torch.full((B, 1), bos, dtype=torch.long)), img,
                        tm.transformer.embd.wte(after_ids)], 1)
         T = x.shape[1]
-        cos, sin = self.cos[:T], self.sin[:T]
+        mask = None
+        if segments is None:
+            cos, sin = self.cos[:T], self.sin[:T]
+        else:
+            P = T - segments.shape[1]
+            seg = torch.cat([torch.full((B, P), -1, dtype=torch.long), segments], 1)  # -1: the shared prefix
+            start = torch.ones_like(seg, dtype=torch.bool)
+            start[:, 1:] = seg[:, 1:] != seg[:, :-1]
+            idx = torch.arange(T).expand(B, T)
+            first = torch.cummax(torch.where(start, idx, torch.zeros_like(idx)), 1).values  # where my segment began
+            pos = torch.where(seg < 0, idx, P + idx - first)
+            cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]
+            causal = torch.ones(T, T, dtype=torch.bool).tril()
+            mask = causal & ((seg[:, :, None] == seg[:, None, :]) | (seg[:, None, :] < 0))
         for blk in tm.transformer.h:
-            x = blk(x, cos, sin)
+            x = blk(x, cos, sin, mask)
         logits = tm.lm_head.linear(tm.lm_head.ln(x))
         return (logits, img) if return_image else logits
 
@@ -196,25 +217,36 @@ class AuxHeads(nn.Module):
     colour / shape / size class of the object under it, per image the counts and the glyph. Dense targets teach the
     vision tower in minutes what the answer loss alone teaches it in hours."""
 
-    def __init__(self, dim, n_colors, n_shapes, n_chars, max_count=3):
+    def __init__(self, dim, n_colors, n_shapes, n_chars, max_count=3, grid=8):
         super().__init__()
-        self.patch = nn.Linear(dim, (n_colors + 1) + (n_shapes + 2) + 3)
-        self.image = nn.Linear(dim, (n_shapes + 1) * (max_count + 1) + (n_chars + 1))
-        self.sizes = (n_colors + 1, n_shapes + 2, 3)
+        self.patch = nn.Linear(dim, (n_colors + 1) + (n_shapes + 2) + 3 + 2 * grid)
+        self.image = nn.Linear(dim, (n_shapes + 1) * (max_count + 1) + (n_chars + 1) + n_colors * n_shapes)
+        self.n_pairs = n_colors * n_shapes
+        self.sizes = (n_colors + 1, n_shapes + 2, 3, grid, grid)
+        self.grid = grid
         self.n_counts, self.n_count_cls = n_shapes + 1, max_count + 1
 
     def loss(self, tokens, t, stats: dict | None = None):  # tokens [B, N, D]; t: dict of target tensors
-        pc, ps, pz = self.patch(tokens).split(self.sizes, -1)
+        pc, ps, pz, prow, pcol = self.patch(tokens).split(self.sizes, -1)
+        B, N = tokens.shape[:2]
+        where = torch.arange(N, device=tokens.device).expand(B, N)  # each token keeps its place, for left/right etc.
         g = self.image(tokens.mean(1))
         counts = g[:, : self.n_counts * self.n_count_cls].reshape(-1, self.n_counts, self.n_count_cls)
         parts = {"color": (pc, t["color"]), "shape": (ps, t["shape"]), "size": (pz, t["size"]),
-                 "counts": (counts, t["counts"]), "char": (g[:, self.n_counts * self.n_count_cls:], t["char"])}
-        loss = 0.0
+                 "row": (prow, where // self.grid), "col": (pcol, where % self.grid),
+                 "counts": (counts, t["counts"]),
+                 "char": (g[:, self.n_counts * self.n_count_cls: g.shape[1] - self.n_pairs], t["char"])}
+        pairs = g[:, g.shape[1] - self.n_pairs:]  # is there a <colour> <shape>? (multi-label)
+        loss = F.binary_cross_entropy_with_logits(pairs, t["present"].float()) * 4
+        if stats is not None:
+            stats.setdefault("present", []).append(float(((pairs > 0) == (t["present"] > 0.5)).all(1).float().mean()))
         for k, (x, y) in parts.items():
             x, y = x.reshape(-1, x.shape[-1]), y.reshape(-1)
             loss = loss + F.cross_entropy(x, y)
             if stats is not None:  # accuracy on the cells that hold something (patches) or on every image
                 keep = y > 0 if k in ("color", "shape", "size") else torch.ones_like(y, dtype=torch.bool)
+                if k in ("row", "col"):
+                    continue
                 hit = (x.argmax(-1) == y)[keep].float()
                 stats.setdefault(k, []).append(float(hit.mean()) if hit.numel() else 1.0)
                 if k == "shape":  # small and large objects apart: where does shape recognition fail?

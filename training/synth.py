@@ -249,8 +249,12 @@ def patch_targets(scene: Scene, grid: int, sub: int = 4) -> dict:
         cover = ((px >= x0) & (px <= x1) & (py >= y0) & (py <= y1)).reshape(grid, sub, grid, sub).mean((1, 3))
         shape[cover > 0.2] = 4
     counts = [sum(o.shape == s for o in scene.objs) for s in SHAPES] + [len(scene.objs)]
+    present = np.zeros((len(COLORS), len(SHAPES)), np.float32)  # which colour-shape pairs the image holds
+    for o in scene.objs:
+        present[list(COLORS).index(o.color), SHAPES.index(o.shape)] = 1
     return {"color": color.reshape(-1), "shape": shape.reshape(-1), "size": size.reshape(-1),
-            "counts": np.array(counts), "char": 1 + CHARS.index(scene.char) if scene.char else 0}
+            "counts": np.array(counts), "char": 1 + CHARS.index(scene.char) if scene.char else 0,
+            "present": present.reshape(-1)}
 
 
 def window_targets(scene: Scene, size: int, win: int = 14, stride: int = 4) -> dict:

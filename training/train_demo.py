@@ -31,7 +31,7 @@ IMAGE_SIZE = 112
 PATCH = 14
 GRID = IMAGE_SIZE // PATCH
 BOS = spec.BOS_TOKEN
-TARGETS = ("color", "shape", "size", "counts", "char")
+TARGETS = ("color", "shape", "size", "counts", "char", "present")
 LOCAL_STRIDE = 4
 
 
@@ -45,22 +45,41 @@ def build_tokenizer(texts, vocab_size) -> Tokenizer:
     return tok
 
 
-class Data:
-    """Images stretched to the model's input as moondream does, their scenes and per-patch targets."""
+def _chunk(args):
+    """Images seed..: one chunk of the data set (own RNG stream, so the result does not depend on the workers)."""
+    seed, chunk, n, styles = args
+    rng = np.random.default_rng([seed, chunk])
+    pixels = np.zeros((n, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+    scenes, tg, wt = [], [], []
+    for i in range(n):
+        img, scene = synth.make_image(rng, styles)
+        pixels[i] = preprocess(img, IMAGE_SIZE)
+        scenes.append(scene)
+        tg.append(synth.patch_targets(scene, GRID))
+        wt.append(synth.window_targets(scene, IMAGE_SIZE, PATCH, LOCAL_STRIDE))
+    return (pixels, scenes, {k: np.stack([t[k] for t in tg]) for k in TARGETS},
+            {k: np.stack([t[k] for t in wt]).astype(np.int8) for k in ("wcolor", "wshape", "wchar")})
 
-    def __init__(self, seed, n_images, styles):
-        rng = np.random.default_rng(seed)
-        self.pixels = np.zeros((n_images, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
-        self.scenes = []
-        tg, wt = [], []
-        for i in range(n_images):
-            img, scene = synth.make_image(rng, styles)
-            self.pixels[i] = preprocess(img, IMAGE_SIZE)
-            self.scenes.append(scene)
-            tg.append(synth.patch_targets(scene, GRID))
-            wt.append(synth.window_targets(scene, IMAGE_SIZE, PATCH, LOCAL_STRIDE))
-        self.targets = {k: np.stack([t[k] for t in tg]) for k in TARGETS}
-        self.windows = {k: np.stack([t[k] for t in wt]).astype(np.int8) for k in ("wcolor", "wshape", "wchar")}
+
+class Data:
+    """Images stretched to the model's input as moondream does, their scenes and per-patch / per-window targets."""
+
+    CHUNK = 1000
+
+    def __init__(self, seed, n_images, styles, workers=1):
+        jobs = [(seed, c, min(self.CHUNK, n_images - c * self.CHUNK), styles)
+                for c in range(-(-n_images // self.CHUNK))]
+        if workers > 1:
+            import multiprocessing as mp
+
+            with mp.get_context("fork").Pool(workers) as pool:
+                parts = pool.map(_chunk, jobs)
+        else:
+            parts = [_chunk(j) for j in jobs]
+        self.pixels = np.concatenate([p[0] for p in parts])
+        self.scenes = [s for p in parts for s in p[1]]
+        self.targets = {k: np.concatenate([p[2][k] for p in parts]) for k in parts[0][2]}
+        self.windows = {k: np.concatenate([p[3][k] for p in parts]) for k in parts[0][3]}
 
     def __len__(self):
         return len(self.scenes)
@@ -86,16 +105,31 @@ def sample_chat(rng, scene, per_image):
     return [(qs[j][1], qs[j][2]) for j in order]
 
 
-def collate(tok, data, idx, rng, per_image, pad_id):
-    chats = [chat(tok, sample_chat(rng, data.scenes[i], per_image)) for i in idx]
-    n = max(len(x) for x, _ in chats)
+def collate(tok, data, idx, rng, per_image, pad_id, p_chat):
+    """A batch: per image either one chat (history format, p_chat of the time) or its questions packed as
+    independent first turns (segments), so no answer can be read off an earlier one."""
+    rows = []
+    for i in idx:
+        pairs = sample_chat(rng, data.scenes[i], per_image)
+        if rng.random() < p_chat:
+            x, y = chat(tok, pairs)
+            rows.append((x, y, [0] * len(x)))
+        else:
+            x, y, g = [], [], []
+            for k, pair in enumerate(pairs):
+                xi, yi = chat(tok, [pair])
+                x, y, g = x + xi, y + yi, g + [k] * len(xi)
+            rows.append((x, y, g))
+    n = max(len(x) for x, _, _ in rows)
     ids = torch.full((len(idx), n), pad_id, dtype=torch.long)
     labels = torch.full((len(idx), n), -100, dtype=torch.long)
-    for r, (x, y) in enumerate(chats):
+    segs = torch.full((len(idx), n), 10_000, dtype=torch.long)  # padding: a segment of its own
+    for r, (x, y, g) in enumerate(rows):
         ids[r, : len(x)] = torch.tensor(x)
         labels[r, : len(y)] = torch.tensor(y)
+        segs[r, : len(g)] = torch.tensor(g)
     targets = {k: torch.from_numpy(v[idx]) for k, v in data.targets.items()}
-    return torch.from_numpy(data.pixels[idx]), ids, labels, targets
+    return torch.from_numpy(data.pixels[idx]), ids, labels, segs, targets
 
 
 @torch.no_grad()
@@ -128,10 +162,16 @@ def _schedule(opt, steps, warm):
         0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
 
 
-def _optimizer(named, lr):
-    return torch.optim.AdamW([{"params": [p for _, p in named if p.ndim >= 2], "weight_decay": 0.05},
-                              {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0}],
-                             lr=lr, betas=(0.9, 0.98))
+def _optimizer(named, lr, slow=(), slow_scale=1.0):
+    """AdamW, no weight decay on vectors; parameters whose name starts with one of `slow` learn slow_scale x lr."""
+    groups = []
+    for is_slow in (False, True):
+        part = [(n, p) for n, p in named if n.startswith(tuple(slow)) == is_slow] if slow else \
+            (named if not is_slow else [])
+        scale = slow_scale if is_slow else 1.0
+        groups += [{"params": [p for _, p in part if p.ndim >= 2], "weight_decay": 0.05, "lr": lr * scale},
+                   {"params": [p for _, p in part if p.ndim < 2], "weight_decay": 0.0, "lr": lr * scale}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.98))
 
 
 def pretrain_local(model, data, a, rng):
@@ -187,10 +227,11 @@ def main():
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--images", type=int, default=60000)
-    ap.add_argument("--steps", type=int, default=6000)
+    ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--per-image", type=int, default=4, help="questions per training chat")
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--p-chat", type=float, default=0.3, help="share of training images seen as one multi-turn chat")
     ap.add_argument("--aux", type=float, default=0.5, help="weight of the per-patch / per-image training heads")
     ap.add_argument("--vocab", type=int, default=640)
     ap.add_argument("--threads", type=int, default=2)
@@ -198,10 +239,11 @@ def main():
     ap.add_argument("--v-layers", type=int, default=4)
     ap.add_argument("--t-dim", type=int, default=128)
     ap.add_argument("--t-layers", type=int, default=4)
-    ap.add_argument("--local-steps", type=int, default=600, help="stage 0: token-local vision weights as a conv")
+    ap.add_argument("--local-steps", type=int, default=1500, help="stage 0: token-local vision weights as a conv")
     ap.add_argument("--local-batch", type=int, default=16)
-    ap.add_argument("--vision-steps", type=int, default=3000, help="stage 1: vision tower alone on its targets")
+    ap.add_argument("--vision-steps", type=int, default=2000, help="stage 1: vision tower alone on its targets")
     ap.add_argument("--vision-batch", type=int, default=64)
+    ap.add_argument("--vision-lr-scale", type=float, default=0.3, help="vision learning rate / lr in the joint stage")
     ap.add_argument("--mimetic", action="store_true", help="mimetic attention init for the vision tower")
     ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast (fast on CPUs with AVX512-BF16/AMX)")
     ap.add_argument("--eval-every", type=int, default=500)
@@ -210,7 +252,7 @@ def main():
     torch.set_num_threads(a.threads)
     rng = np.random.default_rng(a.seed)
     t0 = time.time()
-    data = Data(a.seed, a.images, synth.STYLES_TRAIN)
+    data = Data(a.seed, a.images, synth.STYLES_TRAIN, workers=a.threads)
     texts = []
     for s in data.scenes[:20000]:
         for _, q, ans in synth.questions(rng, s, n=8):
@@ -226,14 +268,15 @@ def main():
                                t_layers=a.t_layers, t_heads=a.t_dim // 32)
     if a.mimetic:
         mimetic_init(model.vision_encoder.encoder.model.visual.blocks, seed=a.seed)
-    aux = AuxHeads(a.t_dim, len(synth.COLORS), len(synth.SHAPES), len(synth.CHARS))
+    aux = AuxHeads(a.t_dim, len(synth.COLORS), len(synth.SHAPES), len(synth.CHARS), grid=GRID)
     print(f"model: {model.n_params() / 1e6:.2f}M parameters", flush=True)
     if a.local_steps:
         pretrain_local(model, data, a, rng)
     if a.vision_steps:
         pretrain_vision(model, aux, data, a, rng)
     params = list(model.named_parameters()) + [("aux." + n, p) for n, p in aux.named_parameters()]
-    opt = _optimizer(params, a.lr)
+    # the pre-trained vision tower moves slowly, so the text model learns to read it rather than bend it
+    opt = _optimizer(params, a.lr, slow=("vision_encoder", "aux."), slow_scale=a.vision_lr_scale)
     sched = _schedule(opt, max(1, a.steps), 200)
     stats: dict = {}
     bos = tok.token_to_id(BOS)
@@ -245,9 +288,9 @@ def main():
             order, pos = rng.permutation(len(data)), 0
         idx = np.sort(order[pos: pos + a.batch])
         pos += a.batch
-        img, ids, labels, targets = collate(tok, data, idx, rng, a.per_image, bos)
+        img, ids, labels, segs, targets = collate(tok, data, idx, rng, a.per_image, bos, a.p_chat)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
-            logits, tokens = model(img, bos, None, ids, return_image=True)
+            logits, tokens = model(img, bos, None, ids, return_image=True, segments=segs)
             qa_loss = F.cross_entropy(logits[:, n_img:].float().reshape(-1, n_vocab), labels.reshape(-1),
                                       ignore_index=-100)
             aux_loss = aux.loss(tokens.float(), targets, stats)

@@ -1,0 +1,49 @@
+"""`moondream-cpp serve`: thin over moondream_cpp.server.create_app, run by uvicorn."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from moondream_cpp.errors import MoondreamError
+
+from .app import LOW_RAM, MMPROJ, MODEL, N_CTX, TEXT, THREADS, app, load_model, note
+
+
+@app.command()
+def serve(
+    model: Optional[str] = MODEL,
+    text: Optional[Path] = TEXT,
+    mmproj: Optional[Path] = MMPROJ,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default)."),
+    port: int = typer.Option(2020, "--port", min=1, max=65535, help="Port (2020, as Moondream Station)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="MOONDREAM_CPP_API_KEY",
+                                          help="Require 'Authorization: Bearer KEY' on every route but /health."),
+    allow_remote_images: bool = typer.Option(False, "--allow-remote-images", help="Let requests name http(s) "
+                                             "image URLs (fetched with a timeout and a size limit)."),
+    media_root: Optional[Path] = typer.Option(None, "--media-root", help="Let requests name local image files "
+                                              "under this directory."),
+    max_body_mb: float = typer.Option(32, "--max-body-mb", min=0.01, help="Largest request body accepted."),
+    max_queue: int = typer.Option(16, "--max-queue", min=1, help="Requests that may wait; more get 503."),
+    threads: Optional[int] = THREADS,
+    n_ctx: Optional[int] = N_CTX,
+    low_ram: bool = LOW_RAM,
+):
+    """Serve the model over HTTP: /v1/chat/completions (OpenAI), /v1/caption and /v1/query (moondream client),
+    /v1/models, /health."""
+    try:
+        import uvicorn
+
+        from moondream_cpp.server import ImagePolicy, ServerConfig, create_app
+    except ImportError:
+        raise MoondreamError("serve needs the server extra: pip install 'moondream-cpp[server]'") from None
+    if media_root is not None and not media_root.is_dir():
+        raise MoondreamError(f"--media-root {media_root} is not a directory")
+    md = load_model(model, text, mmproj, n_threads=threads, n_ctx=n_ctx, low_ram=low_ram)
+    policy = ImagePolicy(allow_remote=allow_remote_images, media_root=media_root,
+                         max_image_bytes=int(max_body_mb * 2**20))
+    cfg = ServerConfig(api_key=api_key, max_body_bytes=int(max_body_mb * 2**20), max_queue=max_queue,
+                       images=policy)
+    note(f"serving {md.name} on http://{host}:{port}/v1 (OpenAI and moondream clients){' with an API key' if api_key else ''}")
+    uvicorn.run(create_app(md, cfg), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)

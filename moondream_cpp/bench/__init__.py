@@ -1,0 +1,215 @@
+"""`moondream-cpp bench`: speed and memory of full-size moondream on this machine, measured side by side in one run.
+
+Builds (or reuses) a random-weight full-size moondream1 checkpoint and its GGUF variants through our own converter,
+then measures every variant in fresh processes (median of `repeats`), the PyTorch reference in fp32 and bf16, and
+llama.cpp's native llama-bench where it is built (scripts/build_native.sh). Also measures the machine's memory read
+bandwidth and each variant's decode roofline.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .fullsize import write_checkpoint
+
+TEXT_TYPES = ("f16", "q8_0", "q5_k_m", "q4_k_m")
+VARIANTS = [  # (name, text type, mmproj type, extra measure args)
+    ("f16", "f16", "f16", []),
+    ("q8_0", "q8_0", "q8_0", []),
+    ("q5_k_m", "q5_k_m", "q8_0", []),
+    ("q4_k_m", "q4_k_m", "q8_0", []),
+    ("q4_k_m --low-ram", "q4_k_m", "q8_0", ["--low-ram"]),
+]
+
+
+def memory_bandwidth_gbs(threads: int, gb: float = 2.0) -> float:
+    """Read bandwidth with `threads` threads summing their share of a large array (numpy releases the GIL)."""
+    a = np.ones(int(gb * 2**30 / 8), np.float64)
+    parts = np.array_split(a, threads)
+    best = 0.0
+    for _ in range(3):
+        ts = [threading.Thread(target=p.sum) for p in parts]
+        t0 = time.perf_counter()
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        best = max(best, a.nbytes / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def decode_bytes(text_gguf: Path, n_ctx_used: int) -> int:
+    """Bytes one decoded token reads: every weight but the embedding table (one row of it), plus the KV cache."""
+    from ..gguf_check import check_text
+
+    info = check_text(text_gguf)
+    f = info.file
+    from ..gguf_header import read_header
+
+    h = read_header(f.path)
+    weights = sum(t.nbytes for t in h.tensors if t.name != "token_embd.weight")
+    kv = 2 * info.n_layer * info.n_embd * 2 * n_ctx_used  # K and V, f16
+    return weights + kv
+
+
+def _child(args: list[str], timeout: float = 1800) -> dict:
+    """Run a measurement in a fresh process; its JSON line, or an error record."""
+    p = subprocess.run([sys.executable, "-m", "moondream_cpp.bench.measure", *args], capture_output=True, text=True,
+                       timeout=timeout)
+    if p.returncode != 0:
+        return {"error": (p.stderr.strip().splitlines() or ["exit %d" % p.returncode])[-1]}
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def _median(runs: list[dict]) -> dict:
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return {"error": runs[0]["error"] if runs else "no runs"}
+    out = {k: statistics.median(r[k] for r in ok) for k in ok[0] if isinstance(ok[0][k], (int, float))}
+    out["runs"] = len(ok)
+    return out
+
+
+def _peak_of(cmd: list[str]) -> tuple[int, float, float]:
+    """Run cmd; (exit code, peak RSS MB of that child alone, seconds)."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    return p.returncode, usage.ru_maxrss / 1024, time.perf_counter() - t0
+
+
+def build_models(work: Path, log: Callable[[str], None]) -> dict:
+    """The checkpoint and every GGUF file the variants need (reused when present). Records conversion memory."""
+    from ..convert.quantize import quantize
+
+    ck = work / "checkpoint"
+    info = {}
+    if not (ck / "model.safetensors").exists():
+        log("writing a random full-size checkpoint (3.7 GB)")
+        write_checkpoint(ck)
+    f16 = work / "gguf"
+    text = f16 / "moondream-bench-text-f16.gguf"
+    if not text.exists():
+        log("converting to f16 (peak RSS measured)")
+        cli = str(Path(sys.executable).with_name("moondream-cpp"))
+        rc, peak, secs = _peak_of([cli, "convert", str(ck), "-o", str(f16), "--name", "moondream-bench"])
+        if rc != 0:
+            raise RuntimeError("conversion failed")
+        info["convert_f16"] = {"peak_rss_mb": round(peak, 1), "seconds": round(secs, 1)}
+        (work / "convert.json").write_text(json.dumps(info["convert_f16"]))
+    elif (work / "convert.json").exists():
+        info["convert_f16"] = json.loads((work / "convert.json").read_text())
+    files = {("text", "f16"): text, ("mmproj", "f16"): f16 / "moondream-bench-mmproj-f16.gguf"}
+    for kind, types in (("text", TEXT_TYPES[1:]), ("mmproj", ("q8_0",))):
+        for q in types:
+            dst = f16 / f"moondream-bench-{kind}-{q}.gguf"
+            if not dst.exists():
+                log(f"quantizing {kind} to {q}")
+                tmp = dst.with_suffix(".tmp")
+                quantize(files[(kind, "f16")], tmp, q)
+                tmp.replace(dst)
+            files[(kind, q)] = dst
+    info["files"] = {f"{k}-{q}": str(p) for (k, q), p in files.items()}
+    info["sizes_mb"] = {f"{k}-{q}": round(p.stat().st_size / 2**20, 1) for (k, q), p in files.items()}
+    info["_paths"] = files
+    return info
+
+
+def native_bench(tools: Path, text: Path, threads: int, n_prompt: int, n_gen: int, repeats: int) -> dict | None:
+    """llama.cpp's own llama-bench on the text model (prefill of n_prompt tokens, decode of n_gen)."""
+    exe = tools / "llama-bench"
+    if not exe.exists():
+        return None
+    p = subprocess.run([str(exe), "-m", str(text), "-t", str(threads), "-p", str(n_prompt), "-n", str(n_gen),
+                        "-r", str(repeats), "-fa", "0", "-o", "json"], capture_output=True, text=True, timeout=3600)
+    if p.returncode != 0:
+        return {"error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"exit {p.returncode}"}
+    rows = json.loads(p.stdout)
+    out = {}
+    for r in rows:
+        key = "prefill_tok_s" if r.get("n_prompt") else "decode_tok_s"
+        out[key] = r.get("avg_ts")
+    return out
+
+
+def run(work: Path, *, repeats: int = 3, threads: int | None = None, image: Path | None = None,
+        with_torch: bool = True, tools: Path | None = None, variants=None,
+        log: Callable[[str], None] = lambda s: None) -> dict:
+    from ..runtime import default_threads
+
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    threads = threads or default_threads()
+    if image is None:  # any image will do: speed does not depend on it
+        image = work / "photo.png"
+        if not image.exists():
+            from PIL import Image
+
+            y, x = np.mgrid[0:480, 0:640]
+            Image.fromarray(np.stack([x % 256, y % 256, (x + y) % 256], -1).astype(np.uint8)).save(image)
+    models = build_models(work, log)
+    paths = models.pop("_paths")
+    res = {"machine": {"cpu": _cpu_name(), "threads": threads, "python": platform.python_version(),
+                       "llama_cpp": _llama_info()},
+           "settings": {"repeats": repeats, "tokens": 32, "n_ctx": 2048, "image": str(image)}, "models": models}
+    log("measuring memory bandwidth")
+    bw = memory_bandwidth_gbs(threads)
+    res["machine"]["read_bandwidth_gbs"] = round(bw, 1)
+    res["variants"] = {}
+    for name, tq, mq, extra in variants or VARIANTS:
+        log(f"measuring {name} ({repeats} fresh processes)")
+        args = ["--text", str(paths[("text", tq)]), "--mmproj", str(paths[("mmproj", mq)]), "--image", str(image),
+                "--threads", str(threads), *extra]
+        m = _median([_child(args) for _ in range(repeats)])
+        if "error" not in m:
+            ctx = int(m["prefill_tokens"] + m["generated"] / 2)
+            per_tok = decode_bytes(paths[("text", tq)], ctx)
+            m["decode_roofline_tok_s"] = round(bw * 1e9 / per_tok, 2)
+            m["decode_vs_roofline"] = round(m["decode_tok_s"] / m["decode_roofline_tok_s"], 3)
+            m["followup_ttft_vs_cold"] = round(m["followup_ttft_s"] / m["cold_s"], 4)
+        res["variants"][name] = m
+    if with_torch:
+        for dt in ("fp32", "bf16"):
+            log(f"measuring the PyTorch reference, {dt}")
+            args = ["--engine", "torch", "--checkpoint", str(work / "checkpoint"), "--dtype", dt, "--image",
+                    str(image), "--threads", str(threads)]
+            res["variants"][f"pytorch {dt}"] = _median([_child(args, timeout=3600) for _ in range(repeats)])
+    tools = tools or Path(__file__).resolve().parents[2] / "build" / "native" / "bin"
+    nb = {}
+    for tq in TEXT_TYPES:
+        n_prompt = int(res["variants"].get("f16", {}).get("prefill_tokens", 752))
+        r = native_bench(tools, paths[("text", tq)], threads, n_prompt, 32, repeats)
+        if r is not None:
+            nb[tq] = r
+    res["native_llama_bench"] = nb or None
+    return res
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _llama_info() -> str:
+    try:
+        import llama_cpp
+
+        return llama_cpp.llama_print_system_info().decode().strip()
+    except Exception:  # pragma: no cover - informational only
+        return "?"

@@ -1,0 +1,114 @@
+"""The benchmark's outputs: JSON, a PNG chart and a markdown table with the targets stated as met or not."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+COLUMNS = [("load_s", "load s"), ("encode_ms", "encode ms"), ("prefill_tok_s", "prefill tok/s"),
+           ("decode_tok_s", "decode tok/s"), ("decode_roofline_tok_s", "roofline tok/s"),
+           ("cold_s", "cold answer s"), ("cold_ttft_s", "cold TTFT s"), ("followup_ttft_s", "follow-up TTFT s"),
+           ("peak_rss_mb", "peak RSS MB")]
+
+
+def targets(res: dict) -> list[tuple[str, str, bool | None]]:
+    """(target, measured, met) for the targets of issue 5, from ratios measured in this run."""
+    v = res["variants"]
+    q4, low = v.get("q4_k_m", {}), v.get("q4_k_m --low-ram", {})
+    out = []
+    if "decode_vs_roofline" in q4:
+        out.append(("decode >= 0.8x the memory roofline at q4_k_m", f"{q4['decode_vs_roofline']:.2f}x",
+                    q4["decode_vs_roofline"] >= 0.8))
+    nb = (res.get("native_llama_bench") or {}).get("q4_k_m")
+    if nb and "decode_tok_s" in q4 and nb.get("decode_tok_s"):
+        r_dec = q4["decode_tok_s"] / nb["decode_tok_s"]
+        r_pre = q4["prefill_tok_s"] / nb["prefill_tok_s"] if nb.get("prefill_tok_s") else None
+        shown = f"decode {r_dec:.3f}x" + (f", prefill {r_pre:.3f}x" if r_pre else "")
+        out.append(("our Python path within 3% of native llama-bench (q4_k_m)", shown,
+                    r_dec >= 0.97 and (r_pre is None or r_pre >= 0.97)))
+    peers = {k: r["cold_s"] for k, r in v.items() if k.startswith("pytorch") and "cold_s" in r}
+    if "cold_s" in q4 and peers:
+        best = min(peers, key=peers.get)
+        out.append(("cold first answer faster than every CPU peer (q4_k_m)",
+                    f"{q4['cold_s']:.1f} s vs {best} {peers[best]:.1f} s", q4["cold_s"] < peers[best]))
+    if "followup_ttft_vs_cold" in q4:
+        out.append(("follow-up answer <= 5% of the cold answer (time to first token)",
+                    f"{100 * q4['followup_ttft_vs_cold']:.1f}%", q4["followup_ttft_vs_cold"] <= 0.05))
+    if "peak_rss_mb" in q4:
+        out.append(("peak RSS <= 1.5 GB, q4_k_m + q8_0 mmproj, n_ctx 2048", f"{q4['peak_rss_mb']:.0f} MB",
+                    q4["peak_rss_mb"] <= 1500))
+    if "peak_rss_mb" in low:
+        out.append(("--low-ram peak RSS <= 1.2 GB", f"{low['peak_rss_mb']:.0f} MB", low["peak_rss_mb"] <= 1200))
+    conv = res.get("models", {}).get("convert_f16")
+    if conv:
+        out.append(("full-size conversion to f16 with peak RSS <= 1 GB", f"{conv['peak_rss_mb']:.0f} MB",
+                    conv["peak_rss_mb"] <= 1000))
+    return out
+
+
+def markdown(res: dict, command: str) -> str:
+    m = res["machine"]
+    lines = [f"Measured by `{command}` on {m['cpu']}, {m['threads']} threads, read bandwidth "
+             f"{m['read_bandwidth_gbs']} GB/s; random full-size moondream1 weights; median of "
+             f"{res['settings']['repeats']} fresh processes; {res['settings']['tokens']} generated tokens.", "",
+             "| variant | " + " | ".join(c for _, c in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for name, r in res["variants"].items():
+        if "error" in r:
+            lines.append(f"| {name} | error: {r['error']} |" + " |" * (len(COLUMNS) - 1))
+            continue
+        cells = [("-" if r.get(k) is None else f"{r[k]:.2f}" if r[k] < 100 else f"{r[k]:.0f}") for k, _ in COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    nb = res.get("native_llama_bench")
+    if nb:
+        lines += ["", "Native llama-bench (same GGUF, same threads, flash attention off):", "",
+                  "| text type | prefill tok/s | decode tok/s |", "|---|---|---|"]
+        for q, r in nb.items():
+            lines.append(f"| {q} | {r.get('prefill_tok_s', '-')} | {r.get('decode_tok_s', '-')} |")
+    lines += ["", "| target | measured | met |", "|---|---|---|"]
+    for t, got, ok in targets(res):
+        lines.append(f"| {t} | {got} | {'yes' if ok else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(res: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    names = [n for n, r in res["variants"].items() if "error" not in r]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4))
+    for ax, (key, title) in zip(axes, [("cold_s", "cold first answer (s)"), ("decode_tok_s", "decode tok/s"),
+                                       ("prefill_tok_s", "prefill tok/s"), ("peak_rss_mb", "peak RSS (MB)")]):
+        vals = [res["variants"][n].get(key) or 0 for n in names]
+        ax.barh(names, vals, color=["#888" if n.startswith("pytorch") else "#2a7" for n in names])
+        ax.set_title(title)
+        ax.invert_yaxis()
+        if key == "decode_tok_s":
+            for i, n in enumerate(names):
+                roof = res["variants"][n].get("decode_roofline_tok_s")
+                if roof:
+                    ax.plot([roof, roof], [i - 0.4, i + 0.4], "k--", lw=1)
+    fig.suptitle(f"moondream on {res['machine']['cpu']} ({res['machine']['threads']} threads); dashed: roofline")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    return True
+
+
+def write(res: dict, results_dir: Path, docs: Path | None, command: str) -> dict:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    res = {**res, "command": command, "targets": [{"target": t, "measured": g, "met": ok}
+                                                   for t, g, ok in targets(res)]}
+    (results_dir / "bench.json").write_text(json.dumps(res, indent=1) + "\n")
+    chart(res, results_dir / "bench.png")
+    if docs is not None:
+        text = docs.read_text() if docs.exists() else ""
+        table = markdown(res, command)
+        start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+        if start in text and end in text:
+            text = text[: text.index(start) + len(start)] + "\n" + table + text[text.index(end):]
+        else:
+            text += f"\n{start}\n{table}{end}\n"
+        docs.write_text(text)
+    return res

@@ -1,0 +1,91 @@
+"""One model, many clients: requests wait in a bounded queue for the single llama context, answered by one worker
+thread. Pieces of an answer reach the waiting request through its asyncio queue; a request that goes away (client
+disconnect) is cancelled and its generation stops at the next token, freeing the worker."""
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from dataclasses import dataclass, field
+
+from ..errors import MoondreamError, PromptTooLongError
+from ..runtime import Moondream
+from .errors import ApiError
+
+
+@dataclass
+class Job:
+    image: object  # a decoded PIL image
+    question: str
+    history: list = field(default_factory=list)
+    max_tokens: int | None = None
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list = field(default_factory=list)  # stop strings: the answer ends before the first of them
+
+    def __post_init__(self):
+        self.cancelled = threading.Event()
+        self.loop = asyncio.get_running_loop()
+        self.events: asyncio.Queue = asyncio.Queue()
+
+    def _emit(self, kind, value=None):
+        self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+
+    def cancel(self):
+        self.cancelled.set()
+
+
+class Engine:
+    def __init__(self, model: Moondream, max_queue: int = 16):
+        self.model = model
+        self.max_queue = max_queue
+        self._q: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
+        self.busy = False
+        self.served = 0
+        self._thread = threading.Thread(target=self._work, name="moondream-worker", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job) -> Job:
+        try:
+            self._q.put_nowait(job)
+        except queue.Full:
+            raise ApiError(503, f"the server is busy ({self.max_queue} requests waiting); retry shortly",
+                           code="server_busy", headers={"Retry-After": "1"}) from None
+        return job
+
+    @property
+    def waiting(self) -> int:
+        return self._q.qsize()
+
+    def close(self):
+        self._q.put(None)
+        self._thread.join(timeout=30)
+
+    def _work(self):
+        while True:
+            job = self._q.get()
+            if job is None:
+                return
+            if job.cancelled.is_set():
+                continue
+            self.busy = True
+            try:
+                self._run(job)
+            except PromptTooLongError as e:
+                job._emit("error", ApiError(400, str(e), param="messages", code="context_length_exceeded"))
+            except MoondreamError as e:
+                job._emit("error", ApiError(400, str(e)))
+            except Exception as e:  # a bug: reported to this client, the server goes on
+                job._emit("error", ApiError(500, f"internal error: {e.__class__.__name__}: {e}"))
+            finally:
+                self.busy = False
+                self.served += 1
+
+    def _run(self, job: Job):
+        s = self.model.query(job.image, job.question, stream=True, history=job.history, max_tokens=job.max_tokens,
+                             temperature=job.temperature, top_p=job.top_p, seed=job.seed, stop=job.stop,
+                             should_stop=job.cancelled.is_set)
+        for piece in s:
+            job._emit("piece", piece)
+        job._emit("done", s.answer)

@@ -1,0 +1,105 @@
+"""OpenAI chat messages -> one moondream query: the image first, earlier turns as moondream's Question/Answer
+history, the last user message as the question. Plus the response shapes (plain and SSE chunks)."""
+from __future__ import annotations
+
+import time
+import uuid
+
+from .errors import ApiError
+
+
+def _parts(content, where: str) -> tuple[list[str], list[str]]:
+    """(texts, image refs) of one message's content (a string or a list of parts)."""
+    if content is None:
+        return [], []
+    if isinstance(content, str):
+        return [content], []
+    if not isinstance(content, list):
+        raise ApiError(400, f"{where}.content must be a string or a list of parts", param=f"{where}.content")
+    texts, images = [], []
+    for k, part in enumerate(content):
+        if not isinstance(part, dict) or "type" not in part:
+            raise ApiError(400, f"{where}.content[{k}] must be an object with a type", param=f"{where}.content")
+        if part["type"] == "text":
+            if not isinstance(part.get("text"), str):
+                raise ApiError(400, f"{where}.content[{k}].text must be a string", param=f"{where}.content")
+            texts.append(part["text"])
+        elif part["type"] == "image_url":
+            ref = part.get("image_url")
+            ref = ref.get("url") if isinstance(ref, dict) else ref
+            if not isinstance(ref, str):
+                raise ApiError(400, f"{where}.content[{k}].image_url.url must be a string", param=f"{where}.content")
+            images.append(ref)
+        else:
+            raise ApiError(400, f"content part type {part['type']!r} is not supported (text and image_url are)",
+                           param=f"{where}.content")
+    return texts, images
+
+
+def to_query(messages) -> tuple[str, list[tuple[str, str]], str]:
+    """(image ref, history pairs, question) from an OpenAI messages list; 400 for what moondream cannot answer."""
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "messages must be a non-empty list", param="messages")
+    images: list[str] = []
+    turns: list[tuple[str, str]] = []  # (role, text)
+    for n, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "developer", "user", "assistant"):
+            raise ApiError(400, f"messages[{n}] needs a role of system, user or assistant", param="messages")
+        texts, imgs = _parts(m.get("content"), f"messages[{n}]")
+        if imgs and m["role"] != "user":
+            raise ApiError(400, f"messages[{n}]: images belong in user messages", param="messages")
+        images += imgs
+        if m["role"] in ("user", "assistant"):  # moondream has no system prompt: system messages are ignored
+            turns.append((m["role"], " ".join(t.strip() for t in texts if t.strip())))
+    if not images:
+        raise ApiError(400, "moondream answers questions about an image: add an image_url part to a user message",
+                       param="messages")
+    if len(set(images)) > 1:
+        raise ApiError(400, "moondream looks at one image per conversation; send one image (start a new "
+                       "conversation for another)", param="messages")
+    if not turns or turns[-1][0] != "user" or not turns[-1][1]:
+        raise ApiError(400, "the last message must be a user message with a question", param="messages")
+    history, pending = [], None
+    for role, text in turns[:-1]:
+        if role == "user":
+            pending = f"{pending} {text}".strip() if pending else text
+        elif pending:  # an assistant answer closes a Question/Answer turn
+            history.append((pending, text))
+            pending = None
+    question = f"{pending} {turns[-1][1]}".strip() if pending else turns[-1][1]
+    return images[0], history, question
+
+
+def timings(t: dict) -> dict:
+    """Our timings in llama.cpp server's names (plus the cache flags)."""
+    return {"prompt_n": t.get("prompt_evaluated", 0), "prompt_ms": t.get("prompt_ms", 0.0),
+            "prompt_per_second": t.get("prompt_per_second", 0.0), "predicted_n": t.get("generated_tokens", 0),
+            "predicted_ms": t.get("generation_ms", 0.0), "predicted_per_second": t.get("generation_per_second", 0.0),
+            "cache_n": t.get("prompt_tokens", 0) - t.get("prompt_evaluated", 0),
+            "image_encode_ms": t.get("image_encode_ms", 0.0), "image_cached": t.get("image_cached", False),
+            "prefix_restored": t.get("prefix_restored", False)}
+
+
+def usage(t: dict) -> dict:
+    p, c = t.get("prompt_tokens", 0), t.get("generated_tokens", 0)
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+def new_id() -> str:
+    return "chatcmpl-" + uuid.uuid4().hex[:24]
+
+
+def completion(model: str, answer, cid: str) -> dict:
+    finish = "stop" if answer.finish_reason in ("stop", "cancelled") else "length"
+    return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
+                         "finish_reason": finish, "logprobs": None}],
+            "usage": usage(answer.timings), "timings": timings(answer.timings)}
+
+
+def chunk(model: str, cid: str, delta: dict, finish: str | None = None, extra: dict | None = None) -> dict:
+    out = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+           "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+    if extra:
+        out.update(extra)
+    return out
