@@ -41,8 +41,14 @@ def query(
 
 @app.command()
 def caption(
-    images: List[Path] = typer.Argument(..., help="One or more images."),
+    images: List[str] = typer.Argument(..., help="Images, directories (walked recursively) or glob patterns."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Append JSON-lines records here (crash-safe; "
+                                       "resumes where it stopped)."),
+    question: Optional[str] = typer.Option(None, "--question", "-q", help="Ask this instead of captioning."),
     length: str = typer.Option("normal", "--length", help="short or normal."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip images already in --out (default), or "
+                                "start the file afresh."),
+    retry_errors: bool = typer.Option(False, "--retry-errors", help="On resume, try unreadable images again."),
     model: Optional[str] = MODEL,
     text: Optional[Path] = TEXT,
     mmproj: Optional[Path] = MMPROJ,
@@ -52,38 +58,65 @@ def caption(
     low_ram: bool = LOW_RAM,
     as_json: bool = JSON,
 ):
-    """Caption images: the model loads once; several images get a progress bar and one line each."""
+    """Caption images (or ask --question about each): one model load, a progress bar with images/s and ETA.
+    With --out, records go to a JSON-lines file that a crash cannot corrupt; run again to resume."""
     from moondream_cpp import spec
+    from moondream_cpp.batch import collect_images, run_batch
     from moondream_cpp.errors import MoondreamError
 
     if length not in spec.CAPTION_QUESTIONS:
         raise MoondreamError(f"--length must be one of {', '.join(spec.CAPTION_QUESTIONS)}, not {length!r}")
+    paths = collect_images(images)
+    if not paths:
+        raise ImageError(f"no images found in {' '.join(images)}")
     md = load_model(model, text, mmproj, n_threads=threads, n_ctx=n_ctx, low_ram=low_ram)
-    failed = 0
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
-    with Progress(TextColumn("captioning"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=stderr(), transient=True, disable=len(images) == 1) as bar:
-        task = bar.add_task("captioning", total=len(images))
-        for img in images:
-            try:
-                a = md.caption(img, length, max_tokens=max_tokens)
-            except ImageError as e:
-                failed += 1
-                if as_json:
-                    print_json({"image": str(img), "error": str(e)})
-                else:
-                    note(f"error: {e}")
-                bar.advance(task)
-                continue
+    key = "answer" if question else "caption"
+    failed = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=stderr(),
+                  transient=True, disable=len(paths) == 1) as bar:
+        task = bar.add_task("captioning" if not question else "asking", total=len(paths), rate="")
+        t0 = [None, 0]
+
+        def show(rec):
+            import time
+
+            t0[0] = t0[0] or time.perf_counter()
+            t0[1] += 1
+            el = time.perf_counter() - t0[0]
+            bar.update(task, advance=1, rate=f"{t0[1] / el:.1f} img/s" if el > 0 else "")
+            if "error" in rec:
+                failed.append(rec)
+                if not out:
+                    note(f"error: {rec['error']}")
+            if out:
+                return
             if as_json:
-                print_json({"image": str(img), "caption": a.text, "finish_reason": a.finish_reason,
-                            "timings": a.timings})
-            elif len(images) == 1:
-                typer.echo(a.text)
-            else:
-                sys.stdout.write(f"{img}: {a.text}\n")
+                print_json({"image": rec["path"], **({key: rec["answer"]} if "answer" in rec else
+                                                     {"error": rec["error"]}),
+                            **({"timings": rec["timings"]} if "timings" in rec else {})})
+            elif "answer" in rec:
+                sys.stdout.write(rec["answer"] + "\n" if len(paths) == 1 else f"{rec['path']}: {rec['answer']}\n")
                 sys.stdout.flush()
-            bar.advance(task)
-    if failed:
+
+        if out:
+            rep = run_batch(md, paths, out, question=question, length=length, resume=resume,
+                            retry_errors=retry_errors, max_tokens=max_tokens, on_record=show)
+            bar.update(task, completed=len(paths))
+            note(f"{out}: {rep.written} new records ({rep.errors} unreadable images), {rep.skipped} already done, "
+                 f"{rep.total} images")
+        else:
+            for p in paths:
+                rec = {"path": str(p)}
+                try:
+                    a = md.query(p, question, max_tokens=max_tokens) if question else \
+                        md.caption(p, length, max_tokens=max_tokens)
+                    rec.update(answer=a.text, timings=a.timings)
+                except ImageError as e:
+                    rec["error"] = str(e)
+                show(rec)
+    if failed and not out:
         raise typer.Exit(ImageError.exit_code)

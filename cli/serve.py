@@ -31,7 +31,29 @@ def serve(
     low_ram: bool = LOW_RAM,
 ):
     """Serve the model over HTTP: /v1/chat/completions (OpenAI), /v1/caption and /v1/query (moondream client),
-    /v1/models, /health."""
+    /v1/models, /health, and the web demo at /."""
+    _serve(model, text, mmproj, host, port, api_key, allow_remote_images, media_root, max_body_mb, max_queue,
+           threads, n_ctx, low_ram, what="the API")
+
+
+@app.command()
+def web(
+    model: Optional[str] = MODEL,
+    text: Optional[Path] = TEXT,
+    mmproj: Optional[Path] = MMPROJ,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default)."),
+    port: int = typer.Option(7860, "--port", min=1, max=65535, help="Port."),
+    threads: Optional[int] = THREADS,
+    n_ctx: Optional[int] = N_CTX,
+    low_ram: bool = LOW_RAM,
+):
+    """The web demo: upload or paste an image, ask questions, streamed answers, captions, timings. Fully offline:
+    one page served by the same server as the API."""
+    _serve(model, text, mmproj, host, port, None, False, None, 32, 16, threads, n_ctx, low_ram, what="the web demo")
+
+
+def _serve(model, text, mmproj, host, port, api_key, allow_remote_images, media_root, max_body_mb, max_queue,
+           threads, n_ctx, low_ram, what):
     try:
         import uvicorn
 
@@ -45,5 +67,7 @@ def serve(
                          max_image_bytes=int(max_body_mb * 2**20))
     cfg = ServerConfig(api_key=api_key, max_body_bytes=int(max_body_mb * 2**20), max_queue=max_queue,
                        images=policy)
-    note(f"serving {md.name} on http://{host}:{port}/v1 (OpenAI and moondream clients){' with an API key' if api_key else ''}")
+    base = f"http://{host}:{port}"
+    note(f"serving {md.name}: {what} at {base}/ (web demo) and {base}/v1 (OpenAI and moondream clients)"
+         f"{', API key required' if api_key else ''}")
     uvicorn.run(create_app(md, cfg), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)

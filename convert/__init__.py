@@ -57,6 +57,7 @@ def text_keys(ck: Checkpoint, kind: str) -> list[tuple]:
         (spec.MD_VISION_EPS, r.vision_eps, T.FLOAT32, None),
         (spec.MD_MAX_NEW_TOKENS, r.max_new_tokens, T.UINT32, None),
         (spec.MD_SOURCE, str(ck.path.resolve().name), T.STRING, None),
+        ("tokenizer.chat_template", spec.chat_template(r), T.STRING, None),  # for llama.cpp's own tools
     ]
 
 

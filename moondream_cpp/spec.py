@@ -19,6 +19,31 @@ CAPTION_QUESTIONS = {  # moondream1/2 of 2024 have no caption head: captions are
 }
 
 
+def chat_template(rev: "Revision") -> str:
+    """A Jinja chat template (tokenizer.chat_template) that renders OpenAI messages as this revision was trained, for
+    llama.cpp's own llama-server / llama-mtmd-cli: the image first (wherever the client put it), the earlier turns as
+    history, then the question. llama.cpp replaces an image part by a media marker "<__media...__>" inside the
+    content text; BOS comes from the tokenizer (add_bos_token), not from the template."""
+    before, after = (IMAGE_MARKERS if rev.image_markers else ("", ""))
+    return (
+        "{%- set ns = namespace(img='', hist='', q='') -%}"
+        "{%- for m in messages -%}"
+        "{%- set c = m['content'] if m['content'] is string else '' -%}"
+        "{%- if '<__media' in c -%}"
+        "{%- set rest = c.split('<__media')[1] -%}"
+        "{%- set ns.img = '<__media' ~ rest.split('__>')[0] ~ '__>' -%}"
+        "{%- set c = c.split('<__media')[0] ~ rest.split('__>')[1] -%}"
+        "{%- endif -%}"
+        "{%- if m['role'] == 'user' -%}{%- set ns.q = (ns.q ~ ' ' ~ c) | trim -%}"
+        "{%- elif m['role'] == 'assistant' -%}"
+        "{%- set ns.hist = ns.hist ~ 'Question: ' ~ ns.q ~ '\n\nAnswer: ' ~ (c | trim) ~ '\n\n' -%}"
+        "{%- set ns.q = '' -%}"
+        "{%- endif -%}"
+        "{%- endfor -%}"
+        f"{before}{{{{ ns.img }}}}{after}\n\n{{{{ ns.hist }}}}Question: {{{{ ns.q }}}}\n\n{rev.answer_prefix}"
+    )
+
+
 @dataclass(frozen=True)
 class Revision:
     """What a given checkpoint revision was trained with (spec §0, §3.4, §3.5)."""

@@ -93,3 +93,12 @@ def photo() -> Image.Image:
     a[50:80, 100:140] = [0, 0, 255]
     a += rng.normal(0, 20, a.shape)
     return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="session")
+def slow_model(checkpoint, workdir):
+    """Random weights that never stop talking and are wide enough to take seconds for a long answer."""
+    from moondream_cpp.convert import convert
+
+    out = convert(checkpoint(t_embd=512, t_layers=6, t_heads=8), workdir / "slow", "f16", "f16", name="slow")
+    return out.text.parent

@@ -57,16 +57,6 @@ def test_two_questions_image_switch_save_and_exit(tmp_path):
         ("What letter is written?", "K"), ("What shape is the blue object?", "square")]
 
 
-@pytest.fixture(scope="module")
-def slow_model(checkpoint, tmp_path_factory):
-    """Random weights that never stop talking and are wide enough to take seconds for a long answer."""
-    from moondream_cpp.convert import convert
-
-    out = convert(checkpoint(t_embd=512, t_layers=6, t_heads=8), tmp_path_factory.mktemp("slow"), "f16", "f16",
-                  name="slow")
-    return out.text.parent
-
-
 def test_ctrl_c_stops_an_answer_and_the_chat_goes_on(slow_model, tmp_path):
     q = "Tell me everything."
     want = subprocess.run([CLI, "chat", EX / "shapes.png", "-m", slow_model, "-p", q, "--max-tokens", "12"],

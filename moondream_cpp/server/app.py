@@ -8,10 +8,12 @@ import hmac
 import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import spec
@@ -154,10 +156,18 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
             yield on_error(e)
 
     # ---------------------------------------------------------------------------------------------- routes
+    static = Path(__file__).parent / "static"
+    app.mount("/static", StaticFiles(directory=static), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def page():  # the web demo (static/index.html), all offline
+        return FileResponse(static / "index.html")
+
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": name, "busy": engine.busy, "waiting": engine.waiting,
-                "served": engine.served, "uptime_s": round(time.time() - started, 1)}
+                "served": engine.served, "cancelled": engine.cancelled, "last": engine.last,
+                "uptime_s": round(time.time() - started, 1)}
 
     @app.get("/v1/models")
     async def models():

@@ -43,6 +43,9 @@ class Engine:
         self._q: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
         self.busy = False
         self.served = 0
+        self.cancelled = 0  # answers stopped because their client went away
+        self.last = {}  # finish reason and token count of the last answer
+        self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._work, name="moondream-worker", daemon=True)
         self._thread.start()
 
@@ -59,6 +62,15 @@ class Engine:
         return self._q.qsize()
 
     def close(self):
+        """Stop: the answer being written ends at its next token, waiting requests are dropped."""
+        self._stopping.set()
+        while True:
+            try:
+                job = self._q.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job.cancel()
         self._q.put(None)
         self._thread.join(timeout=30)
 
@@ -85,7 +97,11 @@ class Engine:
     def _run(self, job: Job):
         s = self.model.query(job.image, job.question, stream=True, history=job.history, max_tokens=job.max_tokens,
                              temperature=job.temperature, top_p=job.top_p, seed=job.seed, stop=job.stop,
-                             should_stop=job.cancelled.is_set)
+                             should_stop=lambda: job.cancelled.is_set() or self._stopping.is_set())
         for piece in s:
             job._emit("piece", piece)
-        job._emit("done", s.answer)
+        a = s.answer
+        self.last = {"finish_reason": a.finish_reason, "generated_tokens": len(a.tokens)}
+        if a.finish_reason == "cancelled":
+            self.cancelled += 1
+        job._emit("done", a)

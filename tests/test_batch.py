@@ -1,0 +1,97 @@
+"""Batch captioning: directory walks and globs, unreadable images recorded and skipped, and a process killed with
+SIGKILL at random points, again and again, that still ends with every image captioned exactly once and every line
+valid JSON."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import CLI
+from moondream_cpp.batch import collect_images, read_done
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from training import synth  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pics")
+    rng = np.random.default_rng(99)
+    for i in range(60):
+        img, _ = synth.make_image(rng, synth.STYLES_ALL)
+        sub = d / f"part{i % 3}" / ("deep" if i % 5 == 0 else "")
+        sub.mkdir(parents=True, exist_ok=True)
+        img.save(sub / f"img{i:03d}.{'png' if i % 2 else 'jpg'}")
+    (d / "part0" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (d / "part1" / "notes.txt").write_text("not an image, not picked up")
+    return d
+
+
+def test_inputs_walk_directories_and_globs(pictures):
+    everything = collect_images([pictures])
+    assert len(everything) == 61 and all(p.suffix in (".png", ".jpg") for p in everything)
+    assert collect_images([f"{pictures}/**/*.png"]) == [p for p in everything if p.suffix == ".png"]
+    assert collect_images([pictures / "part1", pictures / "part1"]) == collect_images([pictures / "part1"])
+
+
+def records(out: Path):
+    lines = out.read_bytes().split(b"\n")
+    assert lines[-1] == b""  # the file ends with a complete line
+    return [json.loads(x) for x in lines[:-1]]
+
+
+def test_killed_again_and_again_every_image_once(pictures, tmp_path):
+    out = tmp_path / "captions.jsonl"
+    cmd = [CLI, "caption", str(pictures), "--out", str(out)]
+    rnd = random.Random(5)
+    kills = 0
+    for attempt in range(6):
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+        have = len(read_done(out)) if out.exists() else 0
+        target = have + rnd.randint(1, 12)  # a random point: after a few more records, or mid-load
+        deadline = time.time() + 60
+        while time.time() < deadline and p.poll() is None:
+            n = out.read_bytes().count(b"\n") if out.exists() else 0
+            if n >= target or rnd.random() < 0.01:
+                break
+            time.sleep(rnd.uniform(0.0, 0.05))
+        if p.poll() is None:
+            os.kill(p.pid, signal.SIGKILL)
+            kills += 1
+        p.wait()
+        if out.exists():
+            with open(out, "ab") as f:  # as if the kill had torn a record in half: resume must cut it away
+                if attempt == 2:
+                    f.write(b'{"path": "/half/writ')
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert kills >= 3
+    recs = records(out)
+    paths = [x["path"] for x in recs]
+    assert sorted(paths) == sorted(str(p) for p in collect_images([pictures]))  # each exactly once
+    broken = [x for x in recs if x["path"].endswith("broken.jpg")]
+    assert len(broken) == 1 and ("not a readable image" in broken[0]["error"] or "decoded" in broken[0]["error"])
+    good = [x for x in recs if "answer" in x]
+    assert len(good) == 60 and all(x["answer"] and x["model"] == "moondream-demo" and x["timings"] for x in good)
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)  # nothing left to do
+    assert again.returncode == 0 and "0 new records" in again.stderr and len(records(out)) == 61
+
+
+def test_a_question_instead_of_a_caption_matches_single_queries(pictures, tmp_path):
+    out = tmp_path / "a.jsonl"
+    imgs = collect_images([pictures / "part2"])[:4]
+    r = subprocess.run([CLI, "caption", *map(str, imgs), "--out", str(out), "-q", "How many shapes are there?"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    for rec in records(out):
+        one = subprocess.run([CLI, "query", rec["path"], "How many shapes are there?"], capture_output=True,
+                             text=True, timeout=120)
+        assert one.stdout.strip() == rec["answer"]

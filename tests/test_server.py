@@ -1,0 +1,306 @@
+"""`moondream-cpp serve` as a real subprocess on loopback, driven by the real openai and moondream clients: answers
+against ground truth, streaming, the image cache across requests, auth, every bad request as a 4xx with the server
+still serving, a full queue, a client that disconnects mid-stream, and a load test with memory measured."""
+import base64
+import io
+import json
+import os
+import random
+import socket
+import struct
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+import zlib
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import CLI
+
+ROOT = Path(__file__).resolve().parents[1]
+EX = ROOT / "examples"
+TRUTH = [json.loads(x) for x in (EX / "questions.jsonl").read_text().splitlines()]  # known answers
+
+
+def data_uri(path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def server(*args, home):
+    port = free_port()
+    p = subprocess.Popen([CLI, "serve", "--port", str(port), *map(str, args)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env={**os.environ, "MOONDREAM_CPP_HOME": str(home)})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(url + "/health", timeout=1)
+                break
+            except OSError:
+                if p.poll() is not None:
+                    raise AssertionError(p.stderr.read())
+                time.sleep(0.1)
+        yield url, p
+    finally:
+        p.terminate()
+        p.wait(timeout=30)
+
+
+def post(url, path, body, headers=None, raw=None):
+    req = urllib.request.Request(url + path, data=raw if raw is not None else json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read()), r.headers
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read()), e.headers
+
+
+def chat_body(image, question, **kw):
+    return {"model": "moondream", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": question}, {"type": "image_url", "image_url": {"url": data_uri(image)}}]}], **kw}
+
+
+def rss_mb(pid) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(x.split()[1]) for x in f if x.startswith("VmRSS:")) / 1024
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    with server(home=tmp_path_factory.mktemp("home")) as s:
+        yield s
+
+
+def test_openai_client_plain_and_streaming(demo):
+    import openai
+
+    url, _ = demo
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused")
+    for row in TRUTH:
+        msgs = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_uri(EX / row["image"])}},
+                                             {"type": "text", "text": row["question"]}]}]
+        r = client.chat.completions.create(model="moondream", messages=msgs, max_tokens=20)
+        assert r.choices[0].message.content == row["answers"][0], row
+        assert r.choices[0].finish_reason == "stop" and r.usage.completion_tokens >= 1
+        pieces = [c.choices[0].delta.content or "" for c in
+                  client.chat.completions.create(model="moondream", messages=msgs, stream=True)]
+        assert "".join(pieces) == row["answers"][0]
+    models = client.models.list()
+    assert models.data[0].model_extra["input_modalities"] == ["text", "image"]
+
+
+def test_history_maps_onto_moondream_turns_and_the_image_is_cached(demo):
+    url, _ = demo
+    img = data_uri(EX / "shapes.png")
+    first = chat_body(EX / "shapes.png", "What color is the circle?")
+    _, a, _ = post(url, "/v1/chat/completions", first)
+    # the image comes last in the client's message: moondream still sees it first
+    follow = {"messages": [{"role": "system", "content": "You are helpful."},
+                           {"role": "user", "content": [{"type": "text", "text": "What color is the circle?"},
+                                                        {"type": "image_url", "image_url": {"url": img}}]},
+                           {"role": "assistant", "content": a["choices"][0]["message"]["content"]},
+                           {"role": "user", "content": "How many shapes are there?"}]}
+    status, b, _ = post(url, "/v1/chat/completions", follow)
+    assert status == 200 and b["choices"][0]["message"]["content"] == "3"
+    t = b["timings"]
+    assert t["image_cached"] and t["cache_n"] >= 65  # neither re-encoded nor its prefix re-evaluated
+    assert b["usage"]["prompt_tokens"] == t["cache_n"] + t["prompt_n"]
+
+
+def test_the_official_moondream_client(demo):
+    import moondream
+
+    url, _ = demo
+    md = moondream.vl(endpoint=url + "/v1")
+    img = Image.open(EX / "shapes.png")
+    assert md.query(img, "What color is the circle?") == {"answer": "red"}
+    assert "".join(md.query(img, "How many shapes are there?", stream=True)["answer"]) == "3"
+    cap = md.caption(img, length="short")["caption"]
+    assert "".join(md.caption(img, stream=True)["caption"]) == md.caption(img)["caption"]
+    assert cap.endswith(".") and any(c in cap for c in ("red", "blue", "yellow"))
+    assert md.query(Image.open(EX / "letter.png"), "What letter is written?")["answer"] == "K"
+
+
+def _bomb_png() -> bytes:
+    """A tiny PNG whose header claims 100000 x 100000 pixels."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_every_bad_request_is_a_4xx_and_the_server_survives(tmp_path):
+    media = tmp_path / "media"
+    media.mkdir()
+    (media / "ok.png").write_bytes((EX / "shapes.png").read_bytes())
+    (tmp_path / "secret.png").write_bytes((EX / "shapes.png").read_bytes())
+    good = chat_body(EX / "shapes.png", "What color is the circle?")
+
+    def with_image(ref):
+        return {"messages": [{"role": "user", "content": [{"type": "text", "text": "What?"},
+                                                          {"type": "image_url", "image_url": {"url": ref}}]}]}
+
+    bomb = "data:image/png;base64," + base64.b64encode(_bomb_png()).decode()
+    text = "data:text/plain;base64," + base64.b64encode(b"hello, not an image").decode()
+    cases = [
+        (None, b"{not json", 400, "not valid JSON"),
+        (None, b"[1, 2]", 400, "JSON object"),
+        ({"model": "x"}, None, 400, "messages"),
+        ({"messages": [{"role": "user", "content": "no image here"}]}, None, 400, "image_url part"),
+        ({"messages": [{"role": "wizard", "content": "x"}]}, None, 400, "role"),
+        (with_image("data:image/png;base64,@@not-base64@@"), None, 400, "not valid base64"),
+        (with_image(text), None, 400, "not a readable image"),
+        (with_image(bomb), None, 400, "megapixel limit"),
+        (with_image("ftp://example.com/a.png"), None, 400, "scheme 'ftp' is not allowed"),
+        (with_image("http://127.0.0.1:9/a.png"), None, 400, "--allow-remote-images"),
+        (with_image(str(tmp_path / "secret.png")), None, 403, "outside the media root"),
+        (with_image("../secret.png"), None, 403, "outside the media root"),
+        ({**good, "max_tokens": -3}, None, 400, "max_tokens"),
+        ({**good, "temperature": "hot"}, None, 400, "temperature"),
+        (chat_body(EX / "shapes.png", "why " * 600), None, 400, "context"),
+        (None, b'{"messages": "' + b"x" * (2 * 2**20) + b'"}', 413, "limit"),
+    ]
+    with server("--media-root", media, "--max-body-mb", "1", home=tmp_path) as (url, proc):
+        for body, raw, code, words in cases:
+            status, err, _ = post(url, "/v1/chat/completions", body, raw=raw)
+            assert status == code, (words, err)
+            assert words in err["error"]["message"] and err["error"]["type"], err
+        status, a, _ = post(url, "/v1/chat/completions", with_image("ok.png"))  # under the media root: allowed
+        assert status == 200
+        status, err, _ = post(url, "/v1/query", {"question": "What?"})
+        assert status == 400 and "image_url is required" in err["error"]["message"]
+        status, err, _ = post(url, "/v1/caption", {"image_url": data_uri(EX / "shapes.png"), "length": "epic"})
+        assert status == 400
+        status, a, _ = post(url, "/v1/chat/completions", good)
+        assert status == 200 and a["choices"][0]["message"]["content"] == "red"  # still serving, still right
+        assert proc.poll() is None
+
+
+def test_api_key_guards_every_route_but_health(tmp_path):
+    with server("--api-key", "s3cret", home=tmp_path) as (url, _):
+        body = chat_body(EX / "shapes.png", "What color is the circle?")
+        assert post(url, "/v1/chat/completions", body)[0] == 401
+        assert post(url, "/v1/chat/completions", body, {"Authorization": "Bearer nope"})[0] == 401
+        status, a, _ = post(url, "/v1/chat/completions", body, {"Authorization": "Bearer s3cret"})
+        assert status == 200 and a["choices"][0]["message"]["content"] == "red"
+        assert post(url, "/v1/query", {"image_url": data_uri(EX / "shapes.png"), "question": "What color is the "
+                    "circle?"}, {"X-Moondream-Auth": "s3cret"})[1]["answer"] == "red"
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(url + "/v1/models")
+        assert e.value.code == 401
+        assert urllib.request.urlopen(url + "/health").status == 200
+
+
+def _stream_lines(url, body, n_lines=None, hold=None):
+    """Open a streaming request; read n_lines SSE data lines (then drop the connection, after `hold` is set if
+    given) or all of them."""
+    host, port = url.split("//")[1].split(":")
+    s = socket.create_connection((host, int(port)), timeout=120)
+    data = json.dumps(body).encode()
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: " + str(len(data)).encode() + b"\r\nConnection: close\r\n\r\n" + data)
+    f = s.makefile("rb")
+    status = int(f.readline().split()[1])
+    got = []
+    for line in f:
+        if line.startswith(b"data: "):
+            got.append(line[6:].strip())
+            if n_lines is not None and len(got) >= n_lines:
+                break
+    if hold is not None:
+        hold.wait(120)
+    s.close()
+    return status, got
+
+
+def test_a_disconnected_client_frees_the_worker_and_a_full_queue_answers_503(slow_model, tmp_path):
+    long = chat_body(EX / "shapes.png", "Talk.", max_tokens=1500, stream=True)
+    with server("-m", slow_model, "--max-queue", "2", home=tmp_path) as (url, _):
+        status, lines = _stream_lines(url, long, n_lines=5)  # read a few tokens, then hang up
+        assert status == 200 and len(lines) == 5
+        for _ in range(600):
+            h = json.loads(urllib.request.urlopen(url + "/health").read())
+            if h["cancelled"] == 1 and not h["busy"]:
+                break
+            time.sleep(0.05)
+        assert h["cancelled"] == 1 and h["last"]["finish_reason"] == "cancelled"
+        assert h["last"]["generated_tokens"] < 1500  # generation stopped when the client left
+        # one long answer running, two waiting: the next request is turned away with Retry-After
+        release = threading.Event()
+        first = threading.Thread(target=_stream_lines, args=(url, long, 2, release))  # answering, kept open
+        first.start()
+        short = {**long, "stream": False, "max_tokens": 50}
+        waiting = [threading.Thread(target=post, args=(url, "/v1/chat/completions", short))
+                   for _ in range(2)]  # queued behind it
+        time.sleep(1.0)
+        for t in waiting:
+            t.start()
+        for _ in range(200):
+            if json.loads(urllib.request.urlopen(url + "/health").read())["waiting"] == 2:
+                break
+            time.sleep(0.05)
+        status, err, headers = post(url, "/v1/chat/completions", short)
+        assert status == 503 and headers.get("Retry-After") == "1" and "busy" in err["error"]["message"]
+        release.set()  # the streaming client hangs up; the queued ones run to their end
+        first.join()
+        for t in waiting:
+            t.join()
+        status, a, _ = post(url, "/v1/chat/completions", {**long, "stream": False, "max_tokens": 3})
+        assert status == 200  # the dropped clients freed the worker and the queue
+
+
+def test_load_eight_clients_mixed_requests_no_failures_memory_flat(tmp_path):
+    """8 concurrent clients x 25 requests: mixed images and questions, some streaming, some hanging up early."""
+    rows = TRUTH * 3
+    with server(home=tmp_path) as (url, proc):
+        for row in TRUTH:  # warm the caches once, then measure memory
+            post(url, "/v1/chat/completions", chat_body(EX / row["image"], row["question"]))
+        before = rss_mb(proc.pid)
+        failures, done = [], []
+
+        def client(k):
+            rnd = random.Random(k)
+            for i in range(25):
+                row = rnd.choice(rows)
+                mode = rnd.choice(["plain", "stream", "stream", "drop"])
+                body = chat_body(EX / row["image"], row["question"], stream=mode != "plain")
+                try:
+                    if mode == "plain":
+                        status, a, _ = post(url, "/v1/chat/completions", body)
+                        got = a["choices"][0]["message"]["content"] if status == 200 else f"HTTP {status}"
+                    else:
+                        status, lines = _stream_lines(url, body, n_lines=1 if mode == "drop" else None)
+                        if mode == "drop":
+                            done.append(1)
+                            continue
+                        got = "".join(json.loads(x)["choices"][0]["delta"].get("content") or ""
+                                      for x in lines if x != b"[DONE]")
+                    if got != row["answers"][0]:
+                        failures.append((row["question"], got))
+                    done.append(1)
+                except Exception as e:  # noqa: BLE001 - any failure counts
+                    failures.append((row["question"], repr(e)))
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        after = rss_mb(proc.pid)
+        health = json.loads(urllib.request.urlopen(url + "/health").read())
+    print(f"load: {len(done)} requests, RSS {before:.0f} -> {after:.0f} MB, {health['cancelled']} cancelled")
+    assert failures == [] and len(done) == 200
+    assert after - before < 40  # flat: no growth with the number of requests

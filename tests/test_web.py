@@ -1,0 +1,57 @@
+"""The web demo in a real headless browser (Debian's chromium driven by Playwright): load the page, upload an example
+image, ask a question, watch the streamed answer appear, ask a follow-up; a screenshot goes to the test artifacts.
+The page must not reach for anything off this machine."""
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from test_server import free_port, server  # noqa: F401  (the same real server subprocess)
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = Path(os.environ.get("MOONDREAM_CPP_ARTIFACTS", ROOT / "tests" / "artifacts"))
+
+pytestmark = pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"),
+                                reason="no chromium here (CI installs it: apt-get install chromium)")
+
+
+def test_upload_ask_stream_follow_up(tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    assert CHROMIUM, "chromium is required in CI"
+    with server(home=tmp_path) as (url, _), sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1200, "height": 800})
+        outside = []
+        page.on("request", lambda r: None if r.url.startswith(url) or r.url.startswith("data:")
+                or r.url.startswith("blob:") else outside.append(r.url))
+        page.goto(url + "/")
+        expect(page.locator("#model")).to_contain_text("moondream-demo")
+        page.set_input_files("#file", str(ROOT / "examples" / "shapes.png"))
+        expect(page.locator("#preview")).to_be_visible()
+        page.fill("#q", "What color is the circle?")
+        page.click("#send")
+        answer = page.locator(".bot").last
+        expect(answer).to_have_text("red", timeout=60_000)
+        expect(page.locator(".timing").last).to_contain_text("tok/s")
+        page.fill("#q", "How many shapes are there?")  # a follow-up in the same conversation
+        page.click("#send")
+        expect(page.locator(".bot.done")).to_have_count(2, timeout=60_000)
+        expect(page.locator(".bot").last).to_have_text("3")
+        expect(page.locator(".timing").last).to_contain_text("image cached")
+        page.click("#caption")
+        expect(page.locator(".bot.done")).to_have_count(3, timeout=60_000)
+        assert page.locator(".bot").last.inner_text().endswith(".")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "web-demo.png"), full_page=True)
+        page.locator("#examples img").nth(2).click()  # an example image starts a new conversation
+        page.fill("#q", "What letter is written?")
+        page.click("#send")
+        expect(page.locator(".bot.done")).to_have_count(1, timeout=60_000)
+        expect(page.locator(".bot").last).to_have_text("K")
+        browser.close()
+    assert outside == []  # no CDN, fonts or analytics
