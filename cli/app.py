@@ -84,7 +84,8 @@ def load_model(model: Optional[str], text: Optional[Path], mmproj: Optional[Path
 
 def timings_line(t: dict) -> str:
     """One human line of an answer's timings (for --verbose)."""
-    img = "image: cached (not re-encoded)" if t.get("image_cached") else f"image: encoded in {t.get('image_encode_ms', 0):.1f} ms"
+    img = ("image: cached (not re-encoded)" if t.get("image_cached")
+           else f"image: encoded in {t.get('image_encode_ms', 0):.1f} ms")
     return (f"[{img} | prompt: {t.get('prompt_tokens', 0)} tokens, {t.get('prompt_evaluated', 0)} evaluated at "
             f"{t.get('prompt_per_second', 0):.1f} tok/s | generation: {t.get('generated_tokens', 0)} tokens at "
             f"{t.get('generation_per_second', 0):.1f} tok/s]")

@@ -1,12 +1,10 @@
 """Model management: `pull`, `list`, `rm`, `info` (thin over moondream_cpp.store and gguf_check)."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import typer
 
-from moondream_cpp.errors import MoondreamError
 
 from .app import JSON, app, conversion_progress, note, print_json
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from . import gguf_check, spec
 from .errors import ModelFileError

@@ -5,7 +5,6 @@ import subprocess
 from pathlib import Path
 
 import pexpect
-import pytest
 
 from conftest import CLI
 

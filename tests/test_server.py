@@ -2,7 +2,6 @@
 against ground truth, streaming, the image cache across requests, auth, every bad request as a 4xx with the server
 still serving, a full queue, a client that disconnects mid-stream, and a load test with memory measured."""
 import base64
-import io
 import json
 import os
 import random

@@ -24,7 +24,7 @@ STYLES_ALL = STYLES_TRAIN + STYLES_UNSEEN
 STYLE_SETS = {"train": STYLES_TRAIN, "unseen": STYLES_UNSEEN, "all": STYLES_ALL}
 SMALL_R, LARGE_R = (0.13, 0.17), (0.25, 0.31)  # object radius as a fraction of the image's shorter side
 MAX_ASPECT = 1.6  # images up to 1.6:1 either way, as photos are
-INK_GRID = 56  # resolution of a glyph's ink map (the model input sampled every 2 px)  # images up to 2:1 either way, as photos are
+INK_GRID = 56  # resolution of a glyph's ink map (the model input sampled every 2 px)
 QUESTION_TYPES = ["color", "shape", "count", "yesno", "position", "size", "text"]
 NUMBER = {0: "0", 1: "1", 2: "2", 3: "3"}
 

@@ -99,8 +99,31 @@ def chat(tok, pairs):
     return ids, labels[: len(ids)]
 
 
+def drill(rng, scene) -> list:
+    """Extra training questions on what the model learns last: a yes and a near-miss no (a colour or shape that is
+    in the picture, but not together), and the place of an object (top/bottom first)."""
+    if scene.kind != "shapes":
+        return []
+    objs, out = scene.objs, []
+    present = {(o.color, o.shape) for o in objs}
+    o = objs[int(rng.integers(len(objs)))]
+    t = synth.TEMPLATES["yesno"]
+    out.append(("yesno", str(rng.choice(t)).format(a=synth._article(o.color), c=o.color, s=o.shape), "yes"))
+    near = [(o.color, s) for s in synth.SHAPES] + [(c, o.shape) for c in synth.COLORS]
+    near = [p for p in near if p not in present]
+    c, sh = near[int(rng.integers(len(near)))]
+    out.append(("yesno", str(rng.choice(t)).format(a=synth._article(c), c=c, s=sh), "no"))
+    for o in objs:
+        nm = o.name(objs)
+        if nm and (o.cy < 0.4 or o.cy > 0.6):
+            out.append(("position", str(rng.choice(synth.TEMPLATES["tb"])).format(o=nm),
+                        "top" if o.cy < 0.5 else "bottom"))
+            break
+    return out
+
+
 def sample_chat(rng, scene, per_image):
-    qs = synth.questions(rng, scene, n=per_image)
+    qs = synth.questions(rng, scene, n=per_image) + drill(rng, scene)
     order = rng.permutation(len(qs))
     return [(qs[j][1], qs[j][2]) for j in order]
 
@@ -227,7 +250,7 @@ def main():
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--images", type=int, default=60000)
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=3200)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--per-image", type=int, default=4, help="questions per training chat")
     ap.add_argument("--lr", type=float, default=3e-3)

@@ -89,6 +89,17 @@ def _peak_of(cmd: list[str]) -> tuple[int, float, float]:
     return p.returncode, usage.ru_maxrss / 1024, time.perf_counter() - t0
 
 
+def bench_image(work: Path) -> Path:
+    """A 640x480 test picture (speed does not depend on what it shows)."""
+    image = Path(work) / "photo.png"
+    if not image.exists():
+        from PIL import Image
+
+        y, x = np.mgrid[0:480, 0:640]
+        Image.fromarray(np.stack([x % 256, y % 256, (x + y) % 256], -1).astype(np.uint8)).save(image)
+    return image
+
+
 def build_models(work: Path, log: Callable[[str], None]) -> dict:
     """The checkpoint and every GGUF file the variants need (reused when present). Records conversion memory."""
     from ..convert.quantize import quantize
@@ -151,13 +162,7 @@ def run(work: Path, *, repeats: int = 3, threads: int | None = None, image: Path
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     threads = threads or default_threads()
-    if image is None:  # any image will do: speed does not depend on it
-        image = work / "photo.png"
-        if not image.exists():
-            from PIL import Image
-
-            y, x = np.mgrid[0:480, 0:640]
-            Image.fromarray(np.stack([x % 256, y % 256, (x + y) % 256], -1).astype(np.uint8)).save(image)
+    image = image or bench_image(work)
     models = build_models(work, log)
     paths = models.pop("_paths")
     res = {"machine": {"cpu": _cpu_name(), "threads": threads, "python": platform.python_version(),

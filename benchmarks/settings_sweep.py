@@ -1,0 +1,51 @@
+"""Which runtime settings are fastest and leanest on this machine: each combination measured in fresh processes
+(median of --repeats) on the full-size q4_k_m text + q8_0 mmproj that `moondream-cpp bench` builds. Prints JSON
+and writes benchmarks/results/settings_sweep.json (the evidence behind moondream_cpp/settings.py's defaults).
+
+    python benchmarks/settings_sweep.py [--work benchmarks/work] [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+COMBOS = {  # name -> Settings overrides
+    "default": {},
+    "flash attention on": {"flash_attn": True},
+    "no repacked weights": {"extra_bufts": False},
+    "KV q8_0 (+FA)": {"kv_type": "q8_0"},
+    "ubatch 256": {"n_ubatch": 256},
+    "ubatch 1024, batch 1024": {"n_ubatch": 1024, "n_batch": 1024},
+    "1 thread": {"n_threads": 1},
+    "no prefix states": {"state_cache_mb": 0},
+}
+
+
+def main():
+    from moondream_cpp.bench import _child, _median, bench_image, build_models
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work")
+    ap.add_argument("--repeats", type=int, default=3)
+    a = ap.parse_args()
+    paths = build_models(a.work, lambda s: print(s, file=sys.stderr))["_paths"]
+    image = bench_image(a.work)
+    out = {"command": "python benchmarks/settings_sweep.py" + (f" --repeats {a.repeats}" if a.repeats != 3 else ""),
+           "model": "q4_k_m text + q8_0 mmproj", "results": {}}
+    for name, kw in COMBOS.items():
+        print(f"measuring {name}", file=sys.stderr)
+        args = ["--text", str(paths[("text", "q4_k_m")]), "--mmproj", str(paths[("mmproj", "q8_0")]),
+                "--image", str(image), "--settings", json.dumps(kw)]
+        r = _median([_child(args) for _ in range(a.repeats)])
+        out["results"][name] = {k: r.get(k) for k in ("load_s", "encode_ms", "prefill_tok_s", "decode_tok_s",
+                                                      "cold_s", "followup_ttft_s", "peak_rss_mb", "error") if k in r}
+    print(json.dumps(out, indent=1))
+    (ROOT / "benchmarks" / "results" / "settings_sweep.json").write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""The benchmark's parts that run fast: the full-size layout (checked against the spec's parameter count), one
+measurement process on the demo model, the report's targets and table."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from moondream_cpp.bench import fullsize
+from moondream_cpp.bench.report import markdown, targets
+from moondream_cpp.gguf_models import demo_pair
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_full_size_layout_is_moondream1():
+    shapes = fullsize.tensor_shapes()
+    assert len(shapes) == 578 and fullsize.n_params() == 1_857_482_608  # spec §1.2 and §0
+    assert shapes["vision_encoder.encoder.model.visual.blocks.26.mlp.fc1.weight"] == (4304, 1152)
+    assert shapes["text_model.lm_head.linear.weight"] == (51200, 2048)
+    tok = fullsize.byte_bpe_tokenizer()
+    assert len(tok["model"]["vocab"]) == 50256 and tok["added_tokens"][0]["id"] == 50256
+
+
+def test_one_measurement_process():
+    text, mmproj = demo_pair()
+    r = subprocess.run([sys.executable, "-m", "moondream_cpp.bench.measure", "--text", str(text), "--mmproj",
+                        str(mmproj), "--image", str(ROOT / "examples" / "shapes.png"), "--tokens", "8"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)
+    assert m["prefill_tokens"] > 64 and m["decode_tok_s"] > 0 and m["peak_rss_mb"] > 10
+    assert m["followup_evaluated"] < m["prefill_tokens"]  # the follow-up reused the image prefix
+
+
+def test_targets_and_table():
+    v = {"q4_k_m": {"decode_tok_s": 10.0, "decode_roofline_tok_s": 20.0, "decode_vs_roofline": 0.5,
+                    "prefill_tok_s": 100.0, "cold_s": 8.0, "followup_ttft_s": 0.2, "followup_ttft_vs_cold": 0.025,
+                    "peak_rss_mb": 1400.0},
+         "pytorch bf16": {"cold_s": 9.0}}
+    res = {"machine": {"cpu": "x", "threads": 2, "read_bandwidth_gbs": 20}, "settings": {"repeats": 3, "tokens": 32},
+           "variants": v, "native_llama_bench": {"q4_k_m": {"decode_tok_s": 10.2, "prefill_tok_s": 100.0}},
+           "models": {"convert_f16": {"peak_rss_mb": 300.0}}}
+    got = {t: ok for t, _, ok in targets(res)}
+    assert got["decode >= 0.8x the memory roofline at q4_k_m"] is False
+    assert got["cold first answer faster than every CPU peer (q4_k_m)"] is True
+    assert got["our Python path within 3% of native llama-bench (q4_k_m)"] is True  # 10.0 / 10.2 = 0.98
+    assert got["full-size conversion to f16 with peak RSS <= 1 GB"] is True
+    assert "| q4_k_m |" in markdown(res, "moondream-cpp bench")

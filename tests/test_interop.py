@@ -1,0 +1,78 @@
+"""Our converted GGUF pair in llama.cpp's own tools, built from the same vendored sources by CMakeLists.txt
+(scripts/build_native.sh): llama-mtmd-cli and llama-server --mmproj give the same greedy answers as our runtime, for
+images already at the model's input size (so llama.cpp's own resize never differs from moondream's stretch)."""
+import base64
+import json
+import os
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from moondream_cpp import Moondream
+from moondream_cpp.gguf_models import demo_pair
+from test_server import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(os.environ.get("MOONDREAM_CPP_NATIVE_BIN", ROOT / "build" / "native" / "bin"))
+pytestmark = pytest.mark.skipif(not (BIN / "llama-server").exists() and not os.environ.get("CI"),
+                                reason="native tools not built (bash scripts/build_native.sh; CI builds them)")
+QUESTIONS = [("shapes.png", "What color is the circle?"), ("shapes.png", "How many shapes are there?"),
+             ("shapes.png", "What shape is the blue object?"), ("letter.png", "What letter is written?"),
+             ("two-circles.png", "Is the purple circle at the top or the bottom?")]
+
+
+@pytest.fixture(scope="module")
+def at_input_size(tmp_path_factory):
+    """The examples stretched to the model's input size as moondream does, saved as PNG."""
+    text, mmproj = demo_pair()
+    d = tmp_path_factory.mktemp("sized")
+    with Moondream.load(text, mmproj) as md:
+        size = md.image_size
+        out = {}
+        for name, q in QUESTIONS:
+            p = d / name
+            Image.open(ROOT / "examples" / name).convert("RGB").resize((size, size), Image.BICUBIC).save(p)
+            out[(name, q)] = (p, md.query(p, q, max_tokens=16).text)
+    return out
+
+
+def test_llama_mtmd_cli_answers_as_we_do(at_input_size):
+    text, mmproj = demo_pair()
+    for (name, q), (path, ours) in at_input_size.items():
+        r = subprocess.run([str(BIN / "llama-mtmd-cli"), "-m", str(text), "--mmproj", str(mmproj), "--image",
+                            str(path), "-p", q, "--temp", "0", "-n", "16", "-t", "2", "--no-warmup"],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert r.stdout.strip() == ours, (name, q, r.stdout, ours)
+
+
+def test_llama_server_with_mmproj_answers_as_we_do(at_input_size):
+    text, mmproj = demo_pair()
+    port = free_port()
+    p = subprocess.Popen([str(BIN / "llama-server"), "-m", str(text), "--mmproj", str(mmproj), "--port", str(port),
+                          "-t", "2", "-c", "512", "--no-warmup"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if json.loads(urllib.request.urlopen(url + "/health", timeout=1).read()).get("status") == "ok":
+                    break
+            except OSError:
+                assert p.poll() is None, p.stderr.read()[-2000:]
+            time.sleep(0.1)
+        for (name, q), (path, ours) in at_input_size.items():
+            b64 = base64.b64encode(path.read_bytes()).decode()
+            body = {"messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64," + b64}},
+                {"type": "text", "text": q}]}], "temperature": 0, "max_tokens": 16}
+            req = urllib.request.Request(url + "/v1/chat/completions", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+            got = json.loads(urllib.request.urlopen(req, timeout=120).read())["choices"][0]["message"]["content"]
+            assert got.strip() == ours, (name, q, got, ours)
+    finally:
+        p.terminate()
+        p.wait(timeout=30)
