@@ -17,6 +17,8 @@ COMBOS = {  # name -> Settings overrides
     "default": {},
     "flash attention on": {"flash_attn": True},
     "no repacked weights": {"extra_bufts": False},
+    "no mmap": {"mmap": False},
+    "no mmap, no repacked weights": {"mmap": False, "extra_bufts": False},
     "KV q8_0 (+FA)": {"kv_type": "q8_0"},
     "ubatch 256": {"n_ubatch": 256},
     "ubatch 1024, batch 1024": {"n_ubatch": 1024, "n_batch": 1024},

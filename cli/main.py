@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from moondream_cpp.convert.quantize import MMPROJ_TYPES, TEXT_TYPES
 from moondream_cpp.errors import MoondreamError
 
 from . import bench, chat, models, oneshot, serve  # noqa: F401  (they register their commands on app)
@@ -18,8 +19,8 @@ def convert(
     checkpoint_dir: Path = typer.Argument(..., help="HF moondream checkpoint directory (config.json, "
                                           "model.safetensors, tokenizer.json)."),
     out_dir: Path = typer.Option(..., "-o", "--out-dir", help="Where to write the GGUF pair."),
-    text_type: str = typer.Option("f16", help="Text model type: f32, f16, q8_0, q5_k_m, q4_k_m, q5_0, q4_0."),
-    mmproj_type: str = typer.Option("f16", help="Vision projector type: f32, f16, q8_0, q5_0, q4_0."),
+    text_type: str = typer.Option("f16", help="Text model type: " + ", ".join(TEXT_TYPES) + "."),
+    mmproj_type: str = typer.Option("f16", help="Vision projector type: " + ", ".join(MMPROJ_TYPES) + "."),
     revision: Optional[str] = typer.Option(None, help="Source revision when config.json does not say "
                                            "(moondream1, 2024-03-04 ... 2024-05-08)."),
     name: Optional[str] = typer.Option(None, help="File name stem (default: the checkpoint directory name)."),

@@ -176,8 +176,9 @@ def convert(checkpoint_dir: str | Path, out_dir: str | Path, text_type: str = "f
     ck = load_checkpoint(checkpoint_dir, revision)
     out_dir = Path(out_dir)
     name = name or ck.name
-    base_t = "f32" if text_type == "f32" else "f16"
-    base_m = "f32" if mmproj_type == "f32" else "f16"
+    # bf16 is made from f32 (never via f16, which would round twice)
+    base_t = "f32" if text_type in ("f32", "bf16") else "f16"
+    base_m = "f32" if mmproj_type in ("f32", "bf16") else "f16"
     text = _write_one(out_dir / f"{name}-text-{text_type}.gguf", "text", spec.ARCH_TEXT, text_keys(ck, base_t),
                       text_tensors(ck, base_t), text_type, on_tensor, on_progress)
     mmproj = _write_one(out_dir / f"{name}-mmproj-{mmproj_type}.gguf", "mmproj", spec.ARCH_MMPROJ,

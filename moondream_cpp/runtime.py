@@ -121,6 +121,7 @@ class Moondream:
         mp = L.llama_model_default_params()
         mp.n_gpu_layers = cfg.n_gpu_layers
         mp.use_extra_bufts = cfg.extra_bufts
+        mp.load_mode = -1 if cfg.mmap else 0  # LLAMA_LOAD_MODE_AUTO (mmap where supported) or _NONE (read in)
         self._model = L.llama_model_load_from_file(str(text_info.file.path).encode(), mp)
         if not self._model:
             raise ModelFileError(f"llama.cpp could not load {text_info.file.path} (set MOONDREAM_CPP_LLAMA_LOG=1 to "

@@ -22,6 +22,7 @@ class Settings:
     flash_attn: bool = False  # text model; off is faster for decode at image-sized contexts on CPU
     kv_type: str = "f16"  # f16, q8_0 or q4_0 (a quantized V cache needs flash attention: switched on with it)
     extra_bufts: bool = True  # llama.cpp's repacked weight copies (faster matmuls, more memory)
+    mmap: bool = True  # map the text GGUF; off reads it into memory once (no mapped copy beside repacked weights)
     image_cache_mb: float = 128  # recently encoded images (embeddings)
     state_cache_mb: float = 512  # KV states of recent image prefixes
     mmproj_on_demand: bool = False  # load the vision tower for each new image and free it after

@@ -9,6 +9,11 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 py=${PYTHON:-$root/.venv/bin/python}
 [ -x "$py" ] || py=python3
 build="$root/build/native"
+# cmake from the system, else from the package registry (scikit-build-core does the same for llama-cpp-python)
+if ! command -v cmake >/dev/null; then
+  "$py" -m pip install --quiet cmake
+  PATH="$(dirname "$py"):$PATH"
+fi
 # shellcheck disable=SC2086
 CFLAGS="$cflags" CXXFLAGS="$cflags" cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release \
   -DPython3_EXECUTABLE="$py" $cmake_args >/dev/null

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -28,6 +29,7 @@ VARIANTS = [  # (name, text type, mmproj type, extra measure args)
     ("q8_0", "q8_0", "q8_0", []),
     ("q5_k_m", "q5_k_m", "q8_0", []),
     ("q4_k_m", "q4_k_m", "q8_0", []),
+    ("q4_k_m + bf16 mmproj", "q4_k_m", "bf16", []),
     ("q4_k_m --low-ram", "q4_k_m", "q8_0", ["--low-ram"]),
 ]
 
@@ -126,7 +128,7 @@ def build_models(work: Path, log: Callable[[str], None]) -> dict:
         for q in types:
             dst = f16 / f"moondream-bench-{kind}-{q}.gguf"
             if not dst.exists():
-                log(f"quantizing {kind} to {q}")
+                log(f"quantizing {kind} to {q}")  # bf16 from f16 too: speed does not depend on the values
                 tmp = dst.with_suffix(".tmp")
                 quantize(files[(kind, "f16")], tmp, q)
                 tmp.replace(dst)
@@ -151,6 +153,38 @@ def native_bench(tools: Path, text: Path, threads: int, n_prompt: int, n_gen: in
     for r in rows:
         key = "prefill_tok_s" if r.get("n_prompt") else "decode_tok_s"
         out[key] = r.get("avg_ts")
+    return out
+
+
+def native_mtmd(tools: Path, text: Path, mmproj: Path, image: Path, question: str, threads: int,
+                n_gen: int) -> dict | None:
+    """llama.cpp's own llama-mtmd-cli answering one question (a fresh process: load, encode, prefill, n_gen tokens):
+    wall time, its own encode and decode timings from its log, and its peak RSS."""
+    exe = tools / "llama-mtmd-cli"
+    if not exe.exists():
+        return None
+    cmd = [str(exe), "-m", str(text), "--mmproj", str(mmproj), "--image", str(image), "-p", question, "-n",
+           str(n_gen), "--temp", "0", "-t", str(threads), "-c", "2048", "--no-warmup", "--ignore-eos"]
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err = p.stderr.read()
+    _, status, usage = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        return {"error": (err.strip().splitlines() or ["exit code %d" % os.waitstatus_to_exitcode(status)])[-1]}
+    out = {"process_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024}
+    m = re.search(r"slice encoded in (\d+) ms", err)
+    if m:
+        out["encode_ms"] = float(m.group(1))
+    m = re.search(r"prompt eval time =\s*([\d.]+) ms /\s*(\d+) tokens", err)
+    if m:
+        out["prefill_ms"], out["prefill_tokens_log"] = float(m.group(1)), int(m.group(2))
+    m = re.search(r"\beval time =\s*([\d.]+) ms /\s*(\d+) runs.*?([\d.]+) tokens per second", err)
+    if m:
+        out["decode_tok_s"] = float(m.group(3))
+    m = re.search(r"load time =\s*([\d.]+) ms", err)
+    if m:
+        out["load_ms"] = float(m.group(1))
     return out
 
 
@@ -198,6 +232,11 @@ def run(work: Path, *, repeats: int = 3, threads: int | None = None, image: Path
         if r is not None:
             nb[tq] = r
     res["native_llama_bench"] = nb or None
+    from .measure import QUESTION
+
+    mt = [native_mtmd(tools, paths[("text", "q4_k_m")], paths[("mmproj", "q8_0")], image, QUESTION, threads, 32)
+          for _ in range(repeats)]
+    res["native_mtmd_cli_q4_k_m"] = _median(mt) if mt[0] is not None else None
     return res
 
 

@@ -26,10 +26,11 @@ def targets(res: dict) -> list[tuple[str, str, bool | None]]:
         out.append(("our Python path within 3% of native llama-bench (q4_k_m)", shown,
                     r_dec >= 0.97 and (r_pre is None or r_pre >= 0.97)))
     peers = {k: r["cold_s"] for k, r in v.items() if k.startswith("pytorch") and "cold_s" in r}
-    if "cold_s" in q4 and peers:
-        best = min(peers, key=peers.get)
-        out.append(("cold first answer faster than every CPU peer (q4_k_m)",
-                    f"{q4['cold_s']:.1f} s vs {best} {peers[best]:.1f} s", q4["cold_s"] < peers[best]))
+    ours = {k: r["cold_s"] for k, r in v.items() if not k.startswith("pytorch") and "cold_s" in r}
+    if ours and peers:
+        best, mine = min(peers, key=peers.get), min(ours, key=ours.get)
+        out.append(("cold first answer faster than every CPU peer",
+                    f"{mine} {ours[mine]:.1f} s vs {best} {peers[best]:.1f} s", ours[mine] < peers[best]))
     if "followup_ttft_vs_cold" in q4:
         out.append(("follow-up answer <= 5% of the cold answer (time to first token)",
                     f"{100 * q4['followup_ttft_vs_cold']:.1f}%", q4["followup_ttft_vs_cold"] <= 0.05))
@@ -63,6 +64,11 @@ def markdown(res: dict, command: str) -> str:
                   "| text type | prefill tok/s | decode tok/s |", "|---|---|---|"]
         for q, r in nb.items():
             lines.append(f"| {q} | {r.get('prefill_tok_s', '-')} | {r.get('decode_tok_s', '-')} |")
+    mt = res.get("native_mtmd_cli_q4_k_m")
+    if mt and "error" not in mt:
+        lines += ["", "Native llama-mtmd-cli, q4_k_m + q8_0 mmproj, one question in a fresh process (its own log's "
+                  f"timings): process {mt.get('process_s', 0):.1f} s, encode {mt.get('encode_ms', 0):.0f} ms, "
+                  f"decode {mt.get('decode_tok_s', 0):.2f} tok/s, peak RSS {mt.get('peak_rss_mb', 0):.0f} MB."]
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     for t, got, ok in targets(res):
         lines.append(f"| {t} | {got} | {'yes' if ok else 'no'} |")
