@@ -62,6 +62,7 @@ def test_ctrl_c_stops_an_answer_and_the_chat_goes_on(slow_model, tmp_path):
                           capture_output=True, text=True, timeout=120).stdout.strip()
     child = spawn("chat", EX / "shapes.png", "-m", slow_model, "--max-tokens", "1500", home=tmp_path)
     child.sendline(q)
+    child.expect_exact(q)  # the terminal's echo of the question (three words itself: not the answer yet)
     child.expect(r"\S+ \S+ \S+")  # the answer is streaming
     child.sendintr()
     child.expect_exact("[answer stopped]", timeout=10)  # long before 1,500 tokens could have been generated

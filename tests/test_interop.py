@@ -44,7 +44,7 @@ def test_llama_mtmd_cli_answers_as_we_do(at_input_size):
     text, mmproj = demo_pair()
     for (name, q), (path, ours) in at_input_size.items():
         r = subprocess.run([str(BIN / "llama-mtmd-cli"), "-m", str(text), "--mmproj", str(mmproj), "--image",
-                            str(path), "-p", q, "--temp", "0", "-n", "16", "-t", "2", "--no-warmup"],
+                            str(path), "-p", q, "--temp", "0", "-n", "16", "-t", "2", "--no-warmup", "--jinja"],
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-2000:]
         assert r.stdout.strip() == ours, (name, q, r.stdout, ours)
