@@ -97,6 +97,9 @@ class _Appender:
         os.close(self.fd)
 
 
+BATCH_IMAGE_CACHE_BYTES = 4 * 2**20
+
+
 def run_batch(md, images: list[Path], out: Path, *, question: str | None = None, length: str = "normal",
               resume: bool = True, retry_errors: bool = False, max_tokens: int | None = None, fsync: bool = False,
               on_record: Callable[[dict], None] | None = None) -> BatchReport:
@@ -112,6 +115,10 @@ def run_batch(md, images: list[Path], out: Path, *, question: str | None = None,
     t0 = time.perf_counter()
     app = _Appender(out, fsync)
     written = errors = 0
+    # each image is asked once: keeping every prefix's KV state would only grow memory, so none are kept, and the
+    # image cache shrinks to a few entries (duplicate files, equal pixels, still hit it)
+    caches = md.image_cache_bytes, md.state_cache_bytes
+    md.image_cache_bytes, md.state_cache_bytes = min(caches[0], BATCH_IMAGE_CACHE_BYTES), 0
     try:
         for p in todo:
             rec: dict = {"path": str(p), "question": q, "model": md.name}
@@ -127,6 +134,7 @@ def run_batch(md, images: list[Path], out: Path, *, question: str | None = None,
                 on_record(rec)
     finally:
         app.close()
+        md.image_cache_bytes, md.state_cache_bytes = caches
     return BatchReport(len(images), len(images) - len(todo), written, errors, time.perf_counter() - t0)
 
 

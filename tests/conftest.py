@@ -1,6 +1,7 @@
 """Shared fixtures: scaled-down checkpoints in both real layouts, converted once per test session."""
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -17,6 +18,9 @@ CLI = str(Path(sys.executable).with_name("moondream-cpp"))
 
 
 def pytest_configure(config):
+    # a shell's background job starts with SIGINT ignored, and children inherit that: the Ctrl-C tests need the
+    # default disposition in the processes they spawn (a handled signal is reset to default across exec)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if not GPT2_VOCAB.exists():
         raise pytest.UsageError(f"tests need {GPT2_VOCAB} (the shared/ folder beside the checkout)")
 

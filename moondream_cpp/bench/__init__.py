@@ -124,7 +124,7 @@ def build_models(work: Path, log: Callable[[str], None]) -> dict:
     elif (work / "convert.json").exists():
         info["convert_f16"] = json.loads((work / "convert.json").read_text())
     files = {("text", "f16"): text, ("mmproj", "f16"): f16 / "moondream-bench-mmproj-f16.gguf"}
-    for kind, types in (("text", TEXT_TYPES[1:]), ("mmproj", ("q8_0",))):
+    for kind, types in (("text", TEXT_TYPES[1:]), ("mmproj", ("q8_0", "bf16"))):
         for q in types:
             dst = f16 / f"moondream-bench-{kind}-{q}.gguf"
             if not dst.exists():
@@ -164,7 +164,7 @@ def native_mtmd(tools: Path, text: Path, mmproj: Path, image: Path, question: st
     if not exe.exists():
         return None
     cmd = [str(exe), "-m", str(text), "--mmproj", str(mmproj), "--image", str(image), "-p", question, "-n",
-           str(n_gen), "--temp", "0", "-t", str(threads), "-c", "2048", "--no-warmup", "--ignore-eos"]
+           str(n_gen), "--temp", "0", "-t", str(threads), "-c", "2048", "--no-warmup", "--ignore-eos", "--jinja"]
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     err = p.stderr.read()
