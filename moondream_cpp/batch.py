@@ -5,6 +5,7 @@ skipped, and a line torn by a crash mid-write is cut away first, so no record is
 Memory stays flat: only the set of finished paths is kept."""
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -117,9 +118,7 @@ def run_batch(md, images: list[Path], out: Path, *, question: str | None = None,
     written = errors = 0
     # each image is asked once: keeping every prefix's KV state would only grow memory, so none are kept, and the
     # image cache shrinks to a few entries (duplicate files, equal pixels, still hit it)
-    caches = md.image_cache_bytes, md.state_cache_bytes
-    md.image_cache_bytes, md.state_cache_bytes = min(caches[0], BATCH_IMAGE_CACHE_BYTES), 0
-    try:
+    with md.caches_limited(BATCH_IMAGE_CACHE_BYTES, 0), contextlib.closing(app):
         for p in todo:
             rec: dict = {"path": str(p), "question": q, "model": md.name}
             try:
@@ -132,9 +131,6 @@ def run_batch(md, images: list[Path], out: Path, *, question: str | None = None,
             written += 1
             if on_record:
                 on_record(rec)
-    finally:
-        app.close()
-        md.image_cache_bytes, md.state_cache_bytes = caches
     return BatchReport(len(images), len(images) - len(todo), written, errors, time.perf_counter() - t0)
 
 

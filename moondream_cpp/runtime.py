@@ -7,6 +7,7 @@ sequence is already in the KV cache is kept, so a follow-up question costs only 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -279,6 +280,16 @@ class Moondream:
     def clear_image_cache(self) -> None:
         self._images.clear()
         self._states.clear()
+
+    @contextlib.contextmanager
+    def caches_limited(self, image_bytes: int, state_bytes: int):
+        """Tighter cache bounds for a while (a batch asks about each image once), restored afterwards."""
+        saved = self.image_cache_bytes, self.state_cache_bytes
+        self.image_cache_bytes, self.state_cache_bytes = min(saved[0], image_bytes), min(saved[1], state_bytes)
+        try:
+            yield self
+        finally:
+            self.image_cache_bytes, self.state_cache_bytes = saved
 
     def _run_vision(self, pixels: np.ndarray, key: str) -> EncodedImage:
         M = self._M
