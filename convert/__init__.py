@@ -29,7 +29,8 @@ def text_tensors(ck: Checkpoint, kind: str) -> list[OutTensor]:
     out = []
     for hf, gg in names.items():
         shape = ck.tensors.shape(hf)
-        out.append(OutTensor(gg, shape, _float_type(kind, len(shape)), lambda hf=hf: ck.tensors.get(hf)))
+        out.append(OutTensor(gg, shape, _float_type(kind, len(shape)), lambda hf=hf: ck.tensors.get(hf),
+                             lambda a, b, hf=hf: ck.tensors.get_rows(hf, a, b)))
     return out
 
 
@@ -86,7 +87,8 @@ def mmproj_tensors(ck: Checkpoint, kind: str) -> list[OutTensor]:
                                          lambda hf=hf, j=j, n=part[0]: ck.tensors.get(hf)[j * n:(j + 1) * n]))
             else:
                 out.append(OutTensor(gg_t.format(i=gi), shape, _float_type(kind, len(shape)),
-                                     lambda hf=hf: ck.tensors.get(hf)))
+                                     lambda hf=hf: ck.tensors.get(hf),
+                                     lambda a, b, hf=hf: ck.tensors.get_rows(hf, a, b)))
     return out
 
 

@@ -51,15 +51,24 @@ class SafetensorsFiles:
 
     def get(self, name: str) -> np.ndarray:
         """The tensor as float32 (a fresh array; the memmap view is dropped right after)."""
+        shape = self.shape(name)
+        return self.get_rows(name, 0, shape[0] if shape else 1).reshape(shape)
+
+    def get_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows start:stop of the tensor's first dimension as float32, flat; only those bytes are mapped and read."""
         path, dtype, shape, offset, nbytes = self._where[name]
-        count = math.prod(shape) if shape else 1
-        raw = np.memmap(path, dtype=_ST_DTYPES[dtype], mode="r", offset=offset, shape=(count,))
+        row = math.prod(shape[1:]) if len(shape) > 1 else 1
+        item = np.dtype(_ST_DTYPES[dtype]).itemsize
+        count = (stop - start) * row
+        if count == 0:
+            return np.zeros(0, np.float32)
+        raw = np.memmap(path, dtype=_ST_DTYPES[dtype], mode="r", offset=offset + start * row * item, shape=(count,))
         if dtype == "BF16":
             out = (raw.astype(np.uint32) << 16).view(np.float32)
         else:
             out = raw.astype(np.float32)
         del raw
-        return out.reshape(shape)
+        return out
 
 
 @dataclass(frozen=True)

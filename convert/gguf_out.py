@@ -18,6 +18,28 @@ class OutTensor:
     shape: tuple[int, ...]  # PyTorch order; GGUF stores it reversed
     dtype: type  # np.float32 or np.float16
     load: Callable[[], np.ndarray]  # computes the float32 values only when written
+    # a plain cast of a checkpoint tensor: float32 rows start:stop, flat; lets a big tensor be written in slices
+    rows: Callable[[int, int], np.ndarray] | None = None
+
+
+CHUNK_BYTES = 32 * 2**20  # tensors bigger than this (the 51200-row embedding and head) are cast slice by slice
+
+
+class _RowStream:
+    """What GGUFWriter.write_tensor_data needs of a tensor (nbytes, tofile), cast and written a slice at a time, so
+    a 420 MB float32 embedding never exists in memory whole."""
+
+    def __init__(self, t: OutTensor):
+        self.t = t
+        self.nbytes = int(np.prod(t.shape)) * np.dtype(t.dtype).itemsize
+
+    def tofile(self, fout) -> None:
+        n_rows = self.t.shape[0]
+        row_bytes = max(1, self.nbytes // n_rows)
+        step = max(1, CHUNK_BYTES // row_bytes)
+        for a in range(0, n_rows, step):
+            b = min(n_rows, a + step)
+            np.ascontiguousarray(self.t.rows(a, b).astype(self.t.dtype, copy=False)).tofile(fout)
 
 
 def write_gguf(path: Path, arch: str, keys: list[tuple], tensors: list[OutTensor],
@@ -34,6 +56,11 @@ def write_gguf(path: Path, arch: str, keys: list[tuple], tensors: list[OutTensor
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
     for t in tensors:
+        if t.rows is not None and len(t.shape) > 1 and int(np.prod(t.shape)) * 4 > CHUNK_BYTES:
+            w.write_tensor_data(_RowStream(t))  # gguf 0.19's writer only asks for .nbytes and .tofile()
+            if on_tensor:
+                on_tensor(t.name)
+            continue
         data = np.ascontiguousarray(t.load().astype(t.dtype, copy=False))
         if data.shape != tuple(t.shape):
             raise AssertionError(f"{t.name}: computed shape {data.shape} != declared {t.shape}")

@@ -20,7 +20,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from . import gguf_check, spec
+from . import gguf_check, residency, spec
 from .errors import ModelFileError, MoondreamError, PromptTooLongError
 from .gguf_header import HeaderError, read_header
 from .image import load_image, preprocess
@@ -127,6 +127,10 @@ class Moondream:
         if not self._model:
             raise ModelFileError(f"llama.cpp could not load {text_info.file.path} (set MOONDREAM_CPP_LLAMA_LOG=1 to "
                                  "see why)")
+        if cfg.mmap and cfg.extra_bufts:
+            # llama.cpp copied the repacked tensors out of the mapping, whose pages would stay resident beside the
+            # copies: hand them all back; the tensors still used in place fault back in on first use
+            residency.release(text_info.file.path)
         self._vocab = L.llama_model_get_vocab(self._model)
         self.n_embd = L.llama_model_n_embd(self._model)
         self.n_vocab = L.llama_vocab_n_tokens(self._vocab)
@@ -263,15 +267,24 @@ class Moondream:
         if key in self._images:
             self._images.move_to_end(key)
             return self._images[key], True
+        on_demand = self.settings.mmproj_on_demand
+        text_file = str(self.text_info.file.path)
         with deferred_interrupt():
             if self._mtmd is None:
+                # the text weights are not used while the vision tower runs: with both on demand and mapped, the
+                # two are never resident together (the pages wait in the page cache)
+                released = on_demand and self.settings.mmap and residency.release(text_file)
                 self._open_vision()
+            else:
+                released = False
             try:
                 enc = self._run_vision(pixels, key)
             finally:
-                if self.settings.mmproj_on_demand:  # low RAM: the vision tower only lives while it works
+                if on_demand:  # low RAM: the vision tower only lives while it works
                     self._M.mtmd_free(self._mtmd)
                     self._mtmd = None
+                if released:
+                    residency.retake(text_file)
         self._images[key] = enc
         while sum(e.embeddings.nbytes for e in self._images.values()) > self.image_cache_bytes and len(self._images) > 1:
             self._images.popitem(last=False)

@@ -136,3 +136,27 @@ def test_published_vikhyatk_layout_answers_like_the_reference(checkpoint, refere
         assert md.prompt_items(md.encode_image(photo), "x")[0] == 50256  # BOS inserted all the same
         ids, _ = reference("2024-04-02").generate(photo, "What is in the image?", max_tokens=16)
         assert md.query(photo, "What is in the image?", max_tokens=16).tokens == ids
+
+
+def test_big_tensors_written_slice_by_slice_hold_the_same_values(checkpoint, tmp_path, monkeypatch):
+    """The sliced writer (used for tensors over CHUNK_BYTES, e.g. the full-size embedding) writes exactly what a
+    whole-tensor cast would: checked against safetensors' own reader, through gguf-py's reader."""
+    import gguf
+
+    from moondream_cpp.convert import gguf_out
+
+    monkeypatch.setattr(gguf_out, "CHUNK_BYTES", 4096)  # every 2-D tensor here is sliced, most into many slices
+    ck = load_checkpoint(checkpoint("2024-04-02"))
+    out = tmp_path / "sliced.gguf"
+    write_gguf(out, "phi2", text_keys(ck, "f16"), text_tensors(ck, "f16"))
+    source = load_file(str(ck.path / "model.safetensors"))
+    names = dict(spec.TEXT_TENSORS) | spec.expand(spec.TEXT_BLOCK_TENSORS, ck.text.n_layer)
+    got = {t.name: t for t in gguf.GGUFReader(out).tensors}
+    sliced = 0
+    for hf, gg in names.items():
+        want = source[hf].astype(np.float32)
+        want = want.astype(np.float16) if want.ndim > 1 else want
+        data = np.asarray(got[gg].data).reshape(want.shape)
+        assert data.dtype == want.dtype and np.array_equal(data, want), gg
+        sliced += want.ndim > 1 and want.size * 4 > 4096
+    assert sliced >= 4

@@ -8,7 +8,6 @@ bandwidth and each variant's decode roofline.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import statistics
 import subprocess
@@ -81,13 +80,35 @@ def _median(runs: list[dict]) -> dict:
     return out
 
 
+# A small process forks and execs the command and reports the child's peak RSS. The kernel carries a process's peak
+# across exec, and Python spawns children with vfork: waiting on our own child directly would report *this* (large)
+# process's peak, not the command's.
+_LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+    try:
+        os.execvp(sys.argv[1], sys.argv[1:])
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)
+"""
+
+
 def _peak_of(cmd: list[str]) -> tuple[int, float, float]:
-    """Run cmd; (exit code, peak RSS MB of that child alone, seconds)."""
+    """Run cmd; (exit code, peak RSS MB of that command alone, seconds)."""
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # an unread pipe could fill
-    _, status, usage = os.wait4(p.pid, 0)
-    p.returncode = os.waitstatus_to_exitcode(status)
-    return p.returncode, usage.ru_maxrss / 1024, time.perf_counter() - t0
+    p = subprocess.run([sys.executable, "-c", _LAUNCHER, *cmd], capture_output=True, text=True)
+    secs = time.perf_counter() - t0
+    try:
+        rc, kb = map(int, p.stdout.split())
+    except ValueError:
+        return p.returncode or 1, 0.0, secs
+    return rc, kb / 1024, secs
 
 
 def bench_image(work: Path) -> Path:
@@ -139,19 +160,29 @@ def build_models(work: Path, log: Callable[[str], None]) -> dict:
 
 
 def native_bench(tools: Path, text: Path, threads: int, n_prompt: int, n_gen: int, repeats: int) -> dict | None:
-    """llama.cpp's own llama-bench on the text model (prefill of n_prompt tokens, decode of n_gen)."""
+    """llama.cpp's own llama-bench on the text model, on our settings (threads, batch sizes, flash attention off):
+    prefill of n_prompt tokens from an empty context, and decode of n_gen tokens after n_prompt (as ours decodes after
+    the image prompt); decode from an empty context too, for reference."""
     exe = tools / "llama-bench"
     if not exe.exists():
         return None
-    p = subprocess.run([str(exe), "-m", str(text), "-t", str(threads), "-p", str(n_prompt), "-n", str(n_gen),
-                        "-r", str(repeats), "-fa", "0", "-o", "json"], capture_output=True, text=True, timeout=3600)
-    if p.returncode != 0:
-        return {"error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"exit {p.returncode}"}
-    rows = json.loads(p.stdout)
+    from ..settings import DEFAULT
+
+    common = [str(exe), "-m", str(text), "-t", str(threads), "-r", str(repeats), "-fa", "0", "-b",
+              str(DEFAULT.n_batch), "-ub", str(DEFAULT.n_ubatch), "-o", "json"]
     out = {}
-    for r in rows:
-        key = "prefill_tok_s" if r.get("n_prompt") else "decode_tok_s"
-        out[key] = r.get("avg_ts")
+    for extra in (["-p", str(n_prompt), "-n", "0"], ["-p", "0", "-n", str(n_gen), "-d", f"0,{n_prompt}"]):
+        p = subprocess.run(common + extra, capture_output=True, text=True, timeout=3600)
+        if p.returncode != 0:
+            return {"error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"exit {p.returncode}"}
+        for r in json.loads(p.stdout):
+            if r.get("n_prompt"):
+                out["prefill_tok_s"] = r.get("avg_ts")
+            elif r.get("n_depth"):
+                out["decode_tok_s"] = r.get("avg_ts")
+                out["decode_depth"] = r.get("n_depth")
+            else:
+                out["decode_tok_s_depth0"] = r.get("avg_ts")
     return out
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 COLUMNS = [("load_s", "load s"), ("encode_ms", "encode ms"), ("prefill_tok_s", "prefill tok/s"),
            ("decode_tok_s", "decode tok/s"), ("decode_roofline_tok_s", "roofline tok/s"),
-           ("cold_s", "cold answer s"), ("cold_ttft_s", "cold TTFT s"), ("followup_ttft_s", "follow-up TTFT s"),
-           ("peak_rss_mb", "peak RSS MB")]
+           ("cold_s", "cold answer s"), ("cold_ttft_s", "cold TTFT s"),
+           ("another_ttft_s", "same image, new question TTFT s"), ("followup_ttft_s", "chat follow-up TTFT s"), ("peak_rss_mb", "peak RSS MB")]
 
 
 def targets(res: dict) -> list[tuple[str, str, bool | None]]:
@@ -31,9 +31,15 @@ def targets(res: dict) -> list[tuple[str, str, bool | None]]:
         best, mine = min(peers, key=peers.get), min(ours, key=ours.get)
         out.append(("cold first answer faster than every CPU peer",
                     f"{mine} {ours[mine]:.1f} s vs {best} {peers[best]:.1f} s", ours[mine] < peers[best]))
-    if "followup_ttft_vs_cold" in q4:
-        out.append(("follow-up answer <= 5% of the cold answer (time to first token)",
-                    f"{100 * q4['followup_ttft_vs_cold']:.1f}%", q4["followup_ttft_vs_cold"] <= 0.05))
+    if "another_ttft_s" in q4:
+        r = q4["another_ttft_s"] / q4["cold_s"]
+        out.append(("follow-up answer <= 5% of the cold answer (time to first token of another question about the "
+                    "same image)", f"{100 * r:.1f}% ({q4['another_ttft_s']:.2f} s of {q4['cold_s']:.1f} s)", r <= 0.05))
+    if "followup_ttft_s" in q4:
+        r = q4["followup_ttft_s"] / q4["cold_s"]
+        out.append(("the same with chat history (random weights: the answer's text does not re-tokenize to the "
+                    f"generated ids, so its {q4.get('followup_evaluated', 0):.0f} tokens are evaluated again)",
+                    f"{100 * r:.1f}%", r <= 0.05))
     if "peak_rss_mb" in q4:
         out.append(("peak RSS <= 1.5 GB, q4_k_m + q8_0 mmproj, n_ctx 2048", f"{q4['peak_rss_mb']:.0f} MB",
                     q4["peak_rss_mb"] <= 1500))
@@ -60,10 +66,16 @@ def markdown(res: dict, command: str) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     nb = res.get("native_llama_bench")
     if nb:
-        lines += ["", "Native llama-bench (same GGUF, same threads, flash attention off):", "",
-                  "| text type | prefill tok/s | decode tok/s |", "|---|---|---|"]
+        lines += ["", "Native llama-bench (same GGUF, threads, batch sizes; flash attention off):", "",
+                  "| text type | prefill tok/s | decode tok/s after the prompt | decode tok/s, empty context |",
+                  "|---|---|---|---|"]
+
+        def num(x):
+            return "-" if x is None else f"{x:.2f}"
+
         for q, r in nb.items():
-            lines.append(f"| {q} | {r.get('prefill_tok_s', '-')} | {r.get('decode_tok_s', '-')} |")
+            lines.append(f"| {q} | {num(r.get('prefill_tok_s'))} | {num(r.get('decode_tok_s'))} "
+                         f"(depth {r.get('decode_depth', '-')}) | {num(r.get('decode_tok_s_depth0'))} |")
     mt = res.get("native_mtmd_cli_q4_k_m")
     if mt and "error" not in mt:
         lines += ["", "Native llama-mtmd-cli, q4_k_m + q8_0 mmproj, one question in a fresh process: "
