@@ -7,7 +7,8 @@ from pathlib import Path
 COLUMNS = [("load_s", "load s"), ("encode_ms", "encode ms"), ("prefill_tok_s", "prefill tok/s"),
            ("decode_tok_s", "decode tok/s"), ("decode_roofline_tok_s", "roofline tok/s"),
            ("cold_s", "cold answer s"), ("cold_ttft_s", "cold TTFT s"),
-           ("another_ttft_s", "same image, new question TTFT s"), ("followup_ttft_s", "chat follow-up TTFT s"), ("peak_rss_mb", "peak RSS MB")]
+           ("another_ttft_s", "same image, new question TTFT s"), ("followup_ttft_s", "chat follow-up TTFT s"),
+           ("peak_rss_mb", "peak RSS MB")]
 
 
 def targets(res: dict) -> list[tuple[str, str, bool | None]]:
