@@ -13,23 +13,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-COMBOS = {  # name -> Settings overrides
+COMBOS = {  # name -> Settings overrides of the defaults (settings.py)
     "default": {},
-    "flash attention on": {"flash_attn": True},
-    "no repacked weights": {"extra_bufts": False},
+    "vision kept loaded": {"mmproj_on_demand": False},
+    "repacked weights": {"extra_bufts": True},
+    "repacked weights, vision kept loaded (the earlier default)": {"extra_bufts": True, "mmproj_on_demand": False},
     "no mmap": {"mmap": False},
-    "no mmap, no repacked weights": {"mmap": False, "extra_bufts": False},
+    "flash attention on": {"flash_attn": True},
     "KV q8_0 (+FA)": {"kv_type": "q8_0"},
     "ubatch 256": {"n_ubatch": 256},
     "ubatch 1024, batch 1024": {"n_ubatch": 1024, "n_batch": 1024},
     "1 thread": {"n_threads": 1},
     "no prefix states": {"state_cache_mb": 0},
-    "vision on demand": {"mmproj_on_demand": True},
-    "vision on demand, no repacked weights": {"mmproj_on_demand": True, "extra_bufts": False},
-    "vision on demand, no repacked weights, ubatch 256": {"mmproj_on_demand": True, "extra_bufts": False,
-                                                          "n_ubatch": 256},
-    "vision on demand, no repacked weights, KV q8_0 (+FA)": {"mmproj_on_demand": True, "extra_bufts": False,
-                                                             "kv_type": "q8_0"},
 }
 
 
@@ -39,12 +34,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--only", help="combination names separated by ; (default: all)")
     a = ap.parse_args()
+    combos = {k: v for k, v in COMBOS.items() if not a.only or k in a.only.split(";")}
     paths = build_models(a.work, lambda s: print(s, file=sys.stderr))["_paths"]
     image = bench_image(a.work)
     out = {"command": "python benchmarks/settings_sweep.py" + (f" --repeats {a.repeats}" if a.repeats != 3 else ""),
            "model": "q4_k_m text + q8_0 mmproj", "results": {}}
-    for name, kw in COMBOS.items():
+    for name, kw in combos.items():
         print(f"measuring {name}", file=sys.stderr)
         args = ["--text", str(paths[("text", "q4_k_m")]), "--mmproj", str(paths[("mmproj", "q8_0")]),
                 "--image", str(image), "--settings", json.dumps(kw)]

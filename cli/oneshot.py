@@ -109,14 +109,20 @@ def caption(
             note(f"{out}: {rep.written} new records ({rep.errors} unreadable images), {rep.skipped} already done, "
                  f"{rep.total} images")
         else:
-            for p in paths:
-                rec = {"path": str(p)}
-                try:
-                    a = md.query(p, question, max_tokens=max_tokens) if question else \
-                        md.caption(p, length, max_tokens=max_tokens)
-                    rec.update(answer=a.text, timings=a.timings)
-                except ImageError as e:
-                    rec["error"] = str(e)
-                show(rec)
+            with md.batch_mode():
+                _each(md, paths, question, length, max_tokens, show)
     if failed and not out:
         raise typer.Exit(ImageError.exit_code)
+
+
+def _each(md, paths, question, length, max_tokens, show):
+    """Ask about every image in turn (the no --out path of caption), handing each record to show."""
+    for p in paths:
+        rec = {"path": str(p)}
+        try:
+            a = md.query(p, question, max_tokens=max_tokens) if question else md.caption(p, length,
+                                                                                         max_tokens=max_tokens)
+            rec.update(answer=a.text, timings=a.timings)
+        except ImageError as e:
+            rec["error"] = str(e)
+        show(rec)

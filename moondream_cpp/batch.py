@@ -98,9 +98,6 @@ class _Appender:
         os.close(self.fd)
 
 
-BATCH_IMAGE_CACHE_BYTES = 4 * 2**20
-
-
 def run_batch(md, images: list[Path], out: Path, *, question: str | None = None, length: str = "normal",
               resume: bool = True, retry_errors: bool = False, max_tokens: int | None = None, fsync: bool = False,
               on_record: Callable[[dict], None] | None = None) -> BatchReport:
@@ -116,9 +113,7 @@ def run_batch(md, images: list[Path], out: Path, *, question: str | None = None,
     t0 = time.perf_counter()
     app = _Appender(out, fsync)
     written = errors = 0
-    # each image is asked once: keeping every prefix's KV state would only grow memory, so none are kept, and the
-    # image cache shrinks to a few entries (duplicate files, equal pixels, still hit it)
-    with md.caches_limited(BATCH_IMAGE_CACHE_BYTES, 0), contextlib.closing(app):
+    with md.batch_mode(), contextlib.closing(app):  # each image asked once: no prefix states, vision kept loaded
         for p in todo:
             rec: dict = {"path": str(p), "question": q, "model": md.name}
             try:

@@ -25,8 +25,8 @@ def _madvise():
     return _libc.madvise
 
 
-def mapped_ranges(path: str | os.PathLike) -> list[tuple[int, int]]:
-    """(start, length) of this process's mappings of `path`, from /proc/self/maps; [] where there is none."""
+def mapped_ranges(path: str | os.PathLike) -> list[tuple[int, int, int]]:
+    """(address, length, file offset) of this process's mappings of `path`, from /proc/self/maps; [] if none."""
     if not sys.platform.startswith("linux"):
         return []
     want = os.path.realpath(path)
@@ -37,7 +37,7 @@ def mapped_ranges(path: str | os.PathLike) -> list[tuple[int, int]]:
                 parts = line.split(maxsplit=5)
                 if len(parts) == 6 and parts[5].rstrip("\n") == want:
                     a, b = (int(x, 16) for x in parts[0].split("-"))
-                    out.append((a, b - a))
+                    out.append((a, b - a, int(parts[2], 16)))
     except OSError:
         return []
     return out
@@ -50,9 +50,20 @@ def _advise(ranges: list[tuple[int, int]], advice: int) -> bool:
 
 def release(path: str | os.PathLike) -> bool:
     """Drop this process's resident pages of the read-only mapping of `path`. True if something was released."""
-    return _advise(mapped_ranges(path), MADV_DONTNEED)
+    return _advise([(a, n) for a, n, _ in mapped_ranges(path)], MADV_DONTNEED)
 
 
-def retake(path: str | os.PathLike) -> bool:
-    """Fault the mapping of `path` back in at once (faster than page by page during the next decode)."""
-    return _advise(mapped_ranges(path), MADV_POPULATE_READ)
+def retake(path: str | os.PathLike, skip: tuple[int, int] | None = None) -> bool:
+    """Fault the mapping of `path` back in at once (faster than page by page during the next decode), except the
+    file bytes skip = (offset, length): a tensor read a few rows at a time, like the token embedding."""
+    page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+    ranges = []
+    for addr, n, off in mapped_ranges(path):
+        parts = [(off, off + n)]
+        if skip:
+            lo = max(off, (skip[0] + page - 1) // page * page)  # only whole pages inside the skipped bytes
+            hi = min(off + n, (skip[0] + skip[1]) // page * page)
+            if lo < hi:
+                parts = [(off, lo), (hi, off + n)]
+        ranges += [(addr + a - off, b - a) for a, b in parts if b > a]
+    return _advise(ranges, MADV_POPULATE_READ)

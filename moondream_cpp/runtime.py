@@ -27,6 +27,8 @@ from .image import load_image, preprocess
 from .native import deferred_interrupt, llama, mtmd
 from .settings import DEFAULT, KV_TYPES, LOW_RAM, Settings
 
+BATCH_IMAGE_CACHE_BYTES = 4 * 2**20  # a batch's image cache: a few full-size images' embeddings
+
 
 @dataclass
 class EncodedImage:
@@ -127,9 +129,11 @@ class Moondream:
         if not self._model:
             raise ModelFileError(f"llama.cpp could not load {text_info.file.path} (set MOONDREAM_CPP_LLAMA_LOG=1 to "
                                  "see why)")
-        if cfg.mmap and cfg.extra_bufts:
-            # llama.cpp copied the repacked tensors out of the mapping, whose pages would stay resident beside the
-            # copies: hand them all back; the tensors still used in place fault back in on first use
+        embd = next((t for t in read_header(text_info.file.path).tensors if t.name == "token_embd.weight"), None)
+        self._embd_bytes = (embd.offset, embd.nbytes) if embd else None  # read by rows: never faulted in whole
+        if cfg.mmap:
+            # llama.cpp maps the whole file in (MAP_POPULATE), but repacked tensors were copied out of it and only a
+            # few rows of the token embedding are ever read: hand it all back, what is used faults back in
             residency.release(text_info.file.path)
         self._vocab = L.llama_model_get_vocab(self._model)
         self.n_embd = L.llama_model_n_embd(self._model)
@@ -172,6 +176,7 @@ class Moondream:
         self._states: OrderedDict[str, tuple[list, ctypes.Array]] = OrderedDict()
         self.state_cache_bytes = int(cfg.state_cache_mb * 2**20)
         self.last_prefix_restored = False
+        self._vision_held = False
 
     def _open_vision(self) -> None:
         M, cfg = self._M, self.settings
@@ -267,7 +272,7 @@ class Moondream:
         if key in self._images:
             self._images.move_to_end(key)
             return self._images[key], True
-        on_demand = self.settings.mmproj_on_demand
+        on_demand = self.settings.mmproj_on_demand and not self._vision_held
         text_file = str(self.text_info.file.path)
         with deferred_interrupt():
             if self._mtmd is None:
@@ -284,7 +289,7 @@ class Moondream:
                     self._M.mtmd_free(self._mtmd)
                     self._mtmd = None
                 if released:
-                    residency.retake(text_file)
+                    residency.retake(text_file, skip=self._embd_bytes)
         self._images[key] = enc
         while sum(e.embeddings.nbytes for e in self._images.values()) > self.image_cache_bytes and len(self._images) > 1:
             self._images.popitem(last=False)
@@ -293,6 +298,23 @@ class Moondream:
     def clear_image_cache(self) -> None:
         self._images.clear()
         self._states.clear()
+
+    @contextlib.contextmanager
+    def batch_mode(self):
+        """Settings for asking about many images once each: no prefix KV states (they would only grow memory), an
+        image cache of a few entries (duplicate files still hit it), the vision tower kept loaded between images
+        unless settings.keep_vision_in_batches is off (--low-ram)."""
+        held = self._vision_held
+        self._vision_held = held or self.settings.keep_vision_in_batches
+        try:
+            with self.caches_limited(BATCH_IMAGE_CACHE_BYTES, 0):
+                yield self
+        finally:
+            self._vision_held = held
+            if not held and self.settings.mmproj_on_demand and self._mtmd is not None:
+                with deferred_interrupt():
+                    self._M.mtmd_free(self._mtmd)
+                    self._mtmd = None
 
     @contextlib.contextmanager
     def caches_limited(self, image_bytes: int, state_bytes: int):
@@ -386,6 +408,7 @@ class Moondream:
             keep += 1
         keep = min(keep, len(items) - 1)  # always evaluate at least the last item: we need its logits
         prefix = 1 + max((n for n, it in enumerate(items) if isinstance(it, tuple)), default=-1)
+        self._stash_prefix(keep)
         self.last_prefix_restored = False
         if 0 < prefix < len(items) and keep < prefix and self._restore(items[:prefix]):
             keep = prefix
@@ -406,11 +429,22 @@ class Moondream:
                 self._decode(self._fill_tokens(items[i:j], i, last))
             self._kv.extend(items[i:j])
             i = j
-            if i == prefix:
-                self._save_prefix()
         return len(items) - keep
 
     # ------------------------------------------------------------------ image-prefix KV states (LRU by bytes)
+    def _stash_prefix(self, keep: int) -> None:
+        """Save the KV state of the image prefix the cache holds, just before it is overwritten (only the first
+        `keep` positions survive): saving when it is made would hold a copy that a one-image chat never uses."""
+        n = 1 + max((k for k, it in enumerate(self._kv) if isinstance(it, tuple)), default=-1)
+        if n == 0 or keep >= n or self.state_cache_bytes <= 0:
+            return
+        saved = self._states.get(self._kv[n - 1][0])
+        if saved is not None and saved[0] == self._kv[:n]:
+            return
+        self._L.llama_memory_seq_rm(self._mem, 0, n, -1)  # the state is the prefix alone
+        del self._kv[n:]
+        self._save_prefix()
+
     def _save_prefix(self) -> None:
         if self.state_cache_bytes <= 0:
             return

@@ -21,11 +21,16 @@ class Settings:
     mmproj_gpu: bool = True  # run the vision tower on the GPU when the text model is offloaded
     flash_attn: bool = False  # text model; off is faster for decode at image-sized contexts on CPU
     kv_type: str = "f16"  # f16, q8_0 or q4_0 (a quantized V cache needs flash attention: switched on with it)
-    extra_bufts: bool = True  # llama.cpp's repacked weight copies (faster matmuls, more memory)
+    # llama.cpp's repacked weight copies: on this AVX-512 CPU prefill is 1.6x slower with them and decode 4% faster
+    # (benchmarks/results/native_settings.json), so off
+    extra_bufts: bool = False
     mmap: bool = True  # map the text GGUF; off reads it into memory once (no mapped copy beside repacked weights)
     image_cache_mb: float = 128  # recently encoded images (embeddings)
     state_cache_mb: float = 512  # KV states of recent image prefixes
-    mmproj_on_demand: bool = False  # load the vision tower for each new image and free it after
+    # load the vision tower for each new image and free it after, so that it and the text weights are never resident
+    # together (+0.35 s per new image on a full-size q8_0 mmproj here, -0.6 GB peak; docs/performance.md)
+    mmproj_on_demand: bool = True
+    keep_vision_in_batches: bool = True  # ...but keep it loaded through a batch, where images come back to back
 
     def __post_init__(self):
         if self.kv_type not in KV_TYPES:
@@ -45,4 +50,4 @@ DEFAULT = Settings()
 # Little memory: a smaller q8_0 KV cache, no repacked weight copies, no prefix states, the vision tower only while
 # an image is encoded (docs/performance.md has its measured peak RSS).
 LOW_RAM = Settings(n_ctx=1024, n_batch=512, n_ubatch=256, flash_attn=True, kv_type="q8_0", extra_bufts=False,
-                   image_cache_mb=16, state_cache_mb=0, mmproj_on_demand=True)
+                   image_cache_mb=16, state_cache_mb=0, mmproj_on_demand=True, keep_vision_in_batches=False)

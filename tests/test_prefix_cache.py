@@ -14,7 +14,10 @@ def test_switching_images_restores_the_prefix_exactly(converted, photo, referenc
     with Moondream.load(text, mmproj, n_ctx=512) as md, Moondream.load(text, mmproj, n_ctx=512, image_cache_mb=0,
                                                                        state_cache_mb=0) as fresh:
         a1 = md.query(photo, q, max_tokens=8)
+        md.query(photo, "And else?", max_tokens=8)
+        assert len(md._states) == 0  # one image so far: its prefix lives in the KV cache alone, no saved copy
         b = md.query(other, q, max_tokens=8)
+        assert len(md._states) == 1  # saved just before the other image overwrote it
         a2 = md.query(photo, "And the colours?", max_tokens=8)  # back to the first image
         t = a2.timings
         assert t["image_cached"] and t["prefix_restored"]
