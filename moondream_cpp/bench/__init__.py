@@ -28,6 +28,7 @@ VARIANTS = [  # (name, text type, mmproj type, extra measure args)
     ("q5_k_m", "q5_k_m", "q8_0", []),
     ("q4_k_m", "q4_k_m", "q8_0", []),
     ("q4_k_m + bf16 mmproj", "q4_k_m", "bf16", []),
+    ("q4_k_m, vision kept loaded", "q4_k_m", "q8_0", ["--settings", '{"mmproj_on_demand": false}']),
     ("q4_k_m --low-ram", "q4_k_m", "q8_0", ["--low-ram"]),
 ]
 
