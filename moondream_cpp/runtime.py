@@ -156,8 +156,8 @@ class Moondream:
         self._mem = L.llama_get_memory(self._ctx)
         self._n_batch = cp.n_batch
         self._mtmd = None
-        if not cfg.mmproj_on_demand:
-            self._open_vision()
+        # opened now even when on demand: a broken mmproj fails the load, and the first image needs it anyway
+        self._open_vision(at_load=True)
 
         self.bos = int(text_info.file.get("tokenizer.ggml.bos_token_id", 50256))
         self.eos = int(text_info.file.get("tokenizer.ggml.eos_token_id", self.bos))
@@ -178,7 +178,7 @@ class Moondream:
         self.last_prefix_restored = False
         self._vision_held = False
 
-    def _open_vision(self) -> None:
+    def _open_vision(self, at_load: bool = False) -> None:
         M, cfg = self._M, self.settings
         mcp = M.mtmd_context_params_default()
         mcp.use_gpu = bool(cfg.mmproj_gpu and cfg.n_gpu_layers != 0)
@@ -188,7 +188,8 @@ class Moondream:
         mcp.flash_attn_type = -1  # auto: flash attention speeds the vision tower up
         self._mtmd = M.mtmd_init_from_file(str(self.mmproj_info.file.path).encode(), self._model, mcp)
         if not self._mtmd:
-            self.close()
+            if at_load:
+                self.close()
             raise ModelFileError(f"llama.cpp could not load the mmproj {self.mmproj_info.file.path} (set "
                                  "MOONDREAM_CPP_LLAMA_LOG=1 to see why)")
 
@@ -273,22 +274,22 @@ class Moondream:
             self._images.move_to_end(key)
             return self._images[key], True
         on_demand = self.settings.mmproj_on_demand and not self._vision_held
+        # the text weights are not used while the vision tower runs: with both on demand and mapped, the two are
+        # never resident together (the text pages wait in the page cache, and come back at once after)
+        lean = on_demand and self.settings.mmap
         text_file = str(self.text_info.file.path)
         with deferred_interrupt():
             if self._mtmd is None:
-                # the text weights are not used while the vision tower runs: with both on demand and mapped, the
-                # two are never resident together (the pages wait in the page cache)
-                released = on_demand and self.settings.mmap and residency.release(text_file)
+                if lean:
+                    residency.release(text_file)
                 self._open_vision()
-            else:
-                released = False
             try:
                 enc = self._run_vision(pixels, key)
             finally:
-                if on_demand:  # low RAM: the vision tower only lives while it works
+                if on_demand:  # the vision tower only lives while it works
                     self._M.mtmd_free(self._mtmd)
                     self._mtmd = None
-                if released:
+                if lean:
                     residency.retake(text_file, skip=self._embd_bytes)
         self._images[key] = enc
         while sum(e.embeddings.nbytes for e in self._images.values()) > self.image_cache_bytes and len(self._images) > 1:
