@@ -7,6 +7,7 @@ and writes benchmarks/results/settings_sweep.json (the evidence behind moondream
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ COMBOS = {  # name -> Settings overrides of the defaults (settings.py)
 
 def main():
     from moondream_cpp.bench import _child, _median, bench_image, build_models
+    from moondream_cpp.settings import DEFAULT
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work")
@@ -40,7 +42,7 @@ def main():
     paths = build_models(a.work, lambda s: print(s, file=sys.stderr))["_paths"]
     image = bench_image(a.work)
     out = {"command": "python benchmarks/settings_sweep.py" + (f" --repeats {a.repeats}" if a.repeats != 3 else ""),
-           "model": "q4_k_m text + q8_0 mmproj", "results": {}}
+           "model": "q4_k_m text + q8_0 mmproj", "defaults": dataclasses.asdict(DEFAULT), "results": {}}
     for name, kw in combos.items():
         print(f"measuring {name}", file=sys.stderr)
         args = ["--text", str(paths[("text", "q4_k_m")]), "--mmproj", str(paths[("mmproj", "q8_0")]),
