@@ -1,0 +1,74 @@
+"""Our Python path against native llama-bench on the same GGUF and settings, interleaved round by round so that the
+shared machine's drift hits both alike: decode of 32 tokens after the 770-position image prompt, and prefill of that
+prompt. Prints JSON and writes benchmarks/results/python_vs_native.json.
+
+    bash scripts/build_native.sh && python benchmarks/python_vs_native.py [--rounds 7] [--type q4_k_m]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+QUESTION = "Describe this image."
+
+
+def native(exe: Path, text: Path, threads: int, args: list[str]) -> float:
+    from moondream_cpp.settings import DEFAULT
+
+    cmd = [str(exe), "-m", str(text), "-t", str(threads), "-r", "1", "-fa", str(int(DEFAULT.flash_attn)), "--repack",
+           str(int(DEFAULT.extra_bufts)), "-b", str(DEFAULT.n_batch), "-ub", str(DEFAULT.n_ubatch), "-o", "json", *args]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, check=True)
+    return json.loads(p.stdout)[0]["avg_ts"]
+
+
+def main():
+    from moondream_cpp import Moondream
+    from moondream_cpp.bench import bench_image, build_models
+    from moondream_cpp.runtime import default_threads
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--type", default="q4_k_m")
+    ap.add_argument("--tools", type=Path, default=ROOT / "build" / "native" / "bin")
+    a = ap.parse_args()
+    exe = a.tools / "llama-bench"
+    if not exe.exists():
+        sys.exit(f"{exe} is not built: run bash scripts/build_native.sh first")
+    paths = build_models(a.work, lambda s: print(s, file=sys.stderr))["_paths"]
+    threads = default_threads()
+    md = Moondream.load(paths[("text", a.type)], paths[("mmproj", "q8_0")], n_threads=threads)
+    enc = md.encode_image(bench_image(a.work))
+    first = md.query(enc, QUESTION, max_tokens=2)
+    depth = first.timings["prompt_tokens"]
+    rows = []
+    for r in range(a.rounds):
+        md.clear_image_cache()  # drops the saved prefix states: the next query prefills the whole prompt again
+        md._kv.clear()
+        md._L.llama_memory_clear(md._mem, True)
+        ours = md.query(enc, QUESTION, max_tokens=32)  # prefill of `depth` positions, then 32 tokens after them
+        row = {"ours_prefill_tok_s": ours.timings["prompt_per_second"],
+               "ours_decode_tok_s": ours.timings["generation_per_second"],
+               "native_prefill_tok_s": native(exe, paths[("text", a.type)], threads, ["-p", str(depth), "-n", "0"]),
+               "native_decode_tok_s": native(exe, paths[("text", a.type)], threads,
+                                             ["-p", "0", "-n", "32", "-d", str(depth)])}
+        rows.append(row)
+        print(f"round {r + 1}: {row}", file=sys.stderr)
+    med = {k: round(statistics.median(x[k] for x in rows), 2) for k in rows[0]}
+    ratios = [x["ours_decode_tok_s"] / x["native_decode_tok_s"] for x in rows]
+    pre = [x["ours_prefill_tok_s"] / x["native_prefill_tok_s"] for x in rows]
+    out = {"command": "python benchmarks/python_vs_native.py" + (f" --rounds {a.rounds}" if a.rounds != 7 else ""),
+           "type": a.type, "threads": threads, "depth": depth, "medians": med,
+           "decode_ratio_median": round(statistics.median(ratios), 3),
+           "prefill_ratio_median": round(statistics.median(pre), 3), "rounds": rows}
+    print(json.dumps(out, indent=1))
+    (ROOT / "benchmarks" / "results" / "python_vs_native.json").write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
