@@ -28,8 +28,8 @@ THREADS = typer.Option(None, "--threads", min=1, help="CPU threads (default: all
 N_CTX = typer.Option(None, "--n-ctx", min=64, help="Context size in tokens (default 2048; 1024 with --low-ram).")
 MAX_TOKENS = typer.Option(None, "--max-tokens", min=1, help="Answer length limit (default: the revision's).")
 JSON = typer.Option(False, "--json", help="Print JSON instead of plain text.")
-LOW_RAM = typer.Option(False, "--low-ram", help="Little memory: q8_0 KV cache, n_ctx 1024, no repacked weight "
-                       "copies, the vision tower loaded only while encoding (docs/performance.md).")
+LOW_RAM = typer.Option(False, "--low-ram", help="Little memory: q8_0 KV cache, n_ctx 1024, no saved image "
+                       "prefixes, the vision tower loaded only while encoding even in batches (docs/performance.md).")
 
 
 def _version(value: bool):
