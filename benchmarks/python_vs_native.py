@@ -18,10 +18,9 @@ QUESTION = "Describe this image."
 
 
 def native(exe: Path, text: Path, threads: int, args: list[str]) -> float:
-    from moondream_cpp.settings import DEFAULT
+    from moondream_cpp.bench import llama_bench_settings
 
-    cmd = [str(exe), "-m", str(text), "-t", str(threads), "-r", "1", "-fa", str(int(DEFAULT.flash_attn)), "--repack",
-           str(int(DEFAULT.extra_bufts)), "-b", str(DEFAULT.n_batch), "-ub", str(DEFAULT.n_ubatch), "-o", "json", *args]
+    cmd = [str(exe), "-m", str(text), "-t", str(threads), "-r", "1", *llama_bench_settings(), "-o", "json", *args]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, check=True)
     return json.loads(p.stdout)[0]["avg_ts"]
 

@@ -30,6 +30,11 @@ from .settings import DEFAULT, KV_TYPES, LOW_RAM, Settings
 BATCH_IMAGE_CACHE_BYTES = 4 * 2**20  # a batch's image cache: a few full-size images' embeddings
 
 
+def _image_prefix_len(items: Sequence) -> int:
+    """Positions up to and including the last image row (BOS, markers, image); 0 when there is no image."""
+    return 1 + max((n for n, it in enumerate(items) if isinstance(it, tuple)), default=-1)
+
+
 @dataclass
 class EncodedImage:
     """Projected image embeddings [n_patches, n_embd]; reusable across questions and conversations."""
@@ -408,7 +413,7 @@ class Moondream:
                 break
             keep += 1
         keep = min(keep, len(items) - 1)  # always evaluate at least the last item: we need its logits
-        prefix = 1 + max((n for n, it in enumerate(items) if isinstance(it, tuple)), default=-1)
+        prefix = _image_prefix_len(items)
         self._stash_prefix(keep)
         self.last_prefix_restored = False
         if 0 < prefix < len(items) and keep < prefix and self._restore(items[:prefix]):
@@ -436,7 +441,7 @@ class Moondream:
     def _stash_prefix(self, keep: int) -> None:
         """Save the KV state of the image prefix the cache holds, just before it is overwritten (only the first
         `keep` positions survive): saving when it is made would hold a copy that a one-image chat never uses."""
-        n = 1 + max((k for k, it in enumerate(self._kv) if isinstance(it, tuple)), default=-1)
+        n = _image_prefix_len(self._kv)
         if n == 0 or keep >= n or self.state_cache_bytes <= 0:
             return
         saved = self._states.get(self._kv[n - 1][0])

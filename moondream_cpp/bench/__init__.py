@@ -160,6 +160,14 @@ def build_models(work: Path, log: Callable[[str], None]) -> dict:
     return info
 
 
+def llama_bench_settings() -> list[str]:
+    """llama-bench arguments for our default settings (flash attention, repacking, batch sizes)."""
+    from ..settings import DEFAULT
+
+    return ["-fa", str(int(DEFAULT.flash_attn)), "--repack", str(int(DEFAULT.extra_bufts)), "-b", str(DEFAULT.n_batch),
+            "-ub", str(DEFAULT.n_ubatch)]
+
+
 def native_bench(tools: Path, text: Path, threads: int, n_prompt: int, n_gen: int, repeats: int) -> dict | None:
     """llama.cpp's own llama-bench on the text model, on our default settings (threads, batch sizes, flash attention,
     repacking): prefill of n_prompt tokens from an empty context, and decode of n_gen tokens after n_prompt (as ours
@@ -167,11 +175,7 @@ def native_bench(tools: Path, text: Path, threads: int, n_prompt: int, n_gen: in
     exe = tools / "llama-bench"
     if not exe.exists():
         return None
-    from ..settings import DEFAULT
-
-    common = [str(exe), "-m", str(text), "-t", str(threads), "-r", str(repeats), "-fa", str(int(DEFAULT.flash_attn)),
-              "--repack", str(int(DEFAULT.extra_bufts)), "-b", str(DEFAULT.n_batch), "-ub", str(DEFAULT.n_ubatch),
-              "-o", "json"]
+    common = [str(exe), "-m", str(text), "-t", str(threads), "-r", str(repeats), *llama_bench_settings(), "-o", "json"]
     out = {}
     for extra in (["-p", str(n_prompt), "-n", "0"], ["-p", "0", "-n", str(n_gen), "-d", f"0,{n_prompt}"]):
         p = subprocess.run(common + extra, capture_output=True, text=True, timeout=3600)

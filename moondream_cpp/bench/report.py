@@ -67,7 +67,8 @@ def markdown(res: dict, command: str) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     nb = res.get("native_llama_bench")
     if nb:
-        lines += ["", "Native llama-bench (same GGUF and settings: threads, batch sizes, flash attention, repacking):", "",
+        lines += ["", "Native llama-bench (same GGUF and settings: threads, batch sizes, flash attention, repacking):",
+                  "",
                   "| text type | prefill tok/s | decode tok/s after the prompt | decode tok/s, empty context |",
                   "|---|---|---|---|"]
 
