@@ -2,6 +2,8 @@
 # GCC <= 12 miscompiles ggml's AMX tile-config setup (the first quantized matmul segfaults, llama.cpp #20824),
 # and -march=native turns AMX on wherever the CPU has it: switch AMX off for those compilers only.
 llama_version=0.3.36
+# our changes to that llama.cpp (patches/README.md says what each does and why); part of every build's identity
+patches_sha=$(cat "$(dirname "${BASH_SOURCE[0]}")"/../patches/*.patch | sha1sum | cut -c1-12)
 cflags=${CFLAGS:-}
 if [ "$(uname -m)" = x86_64 ] && command -v gcc >/dev/null; then
   gcc_major=$(gcc -dumpversion | cut -d. -f1)
