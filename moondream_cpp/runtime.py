@@ -26,6 +26,7 @@ from .gguf_header import HeaderError, read_header
 from .image import load_image, preprocess
 from .native import deferred_interrupt, llama, mtmd
 from .settings import DEFAULT, KV_TYPES, LOW_RAM, Settings
+from .token_embeddings import TokenEmbeddings
 
 BATCH_IMAGE_CACHE_BYTES = 4 * 2**20  # a batch's image cache: a few full-size images' embeddings
 
@@ -119,7 +120,7 @@ class Moondream:
     def __init__(self, text_info, mm_info, settings: Settings, revision=None):
         L, M = llama(), mtmd()
         self._L, self._M = L, M
-        self.settings = cfg = settings
+        self.settings = cfg = settings.for_machine()
         self.text_info, self.mmproj_info = text_info, mm_info
         self.revision = self._revision(text_info, revision)
         self.n_threads, self.n_ctx = cfg.n_threads, cfg.n_ctx
@@ -136,6 +137,7 @@ class Moondream:
                                  "see why)")
         embd = next((t for t in read_header(text_info.file.path).tensors if t.name == "token_embd.weight"), None)
         self._embd_bytes = (embd.offset, embd.nbytes) if embd else None  # read by rows: never faulted in whole
+        self._tok_embd = TokenEmbeddings(text_info.file.path, embd) if embd else None
         if cfg.mmap:
             # llama.cpp maps the whole file in (MAP_POPULATE), but repacked tensors were copied out of it and only a
             # few rows of the token embedding are ever read: hand it all back, what is used faults back in
@@ -421,6 +423,15 @@ class Moondream:
         self._L.llama_memory_seq_rm(self._mem, 0, keep, -1)
         del self._kv[keep:]
         i = keep
+        if self._tok_embd is not None and keep < prefix:
+            # the image prefix (BOS, markers, image) goes in as embeddings, its tokens' rows beside the image's: one
+            # pass over the weights per batch, not one more for a lone BOS. What follows it stays token batches, so
+            # a question costs the same evaluation whether its image's prefix was cached or not: the same logits.
+            while i < prefix:
+                j = min(i + self._n_batch, prefix)
+                self._decode(self._fill_embd(self._embedding_rows(items[i:j], images), i, j == len(items)))
+                self._kv.extend(items[i:j])
+                i = j
         while i < len(items):
             is_img = isinstance(items[i], tuple)
             j = i
@@ -436,6 +447,25 @@ class Moondream:
             self._kv.extend(items[i:j])
             i = j
         return len(items) - keep
+
+    def _embedding_rows(self, items: list, images: dict[str, EncodedImage]) -> np.ndarray:
+        """float32 [len(items), n_embd]: a token's row of the embedding table, an image position's embedding."""
+        out = np.empty((len(items), self.n_embd), dtype=np.float32)
+        toks = [(n, t) for n, t in enumerate(items) if not isinstance(t, tuple)]
+        if toks:
+            out[[n for n, _ in toks]] = self._tok_embd.rows([t for _, t in toks])
+        n = 0
+        while n < len(items):  # runs of one image's rows, copied as slices
+            if not isinstance(items[n], tuple):
+                n += 1
+                continue
+            key, first = items[n]
+            m = n
+            while m < len(items) and isinstance(items[m], tuple) and items[m][0] == key:
+                m += 1
+            out[n:m] = images[key].embeddings[first: first + m - n]
+            n = m
+        return out
 
     # ------------------------------------------------------------------ image-prefix KV states (LRU by bytes)
     def _stash_prefix(self, keep: int) -> None:
