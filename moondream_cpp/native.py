@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 from contextlib import contextmanager
+from pathlib import Path
 
 log = logging.getLogger("moondream_cpp.llama")
 _state = {"ready": False}
@@ -27,6 +28,14 @@ def llama():
         llama_cpp.llama_backend_init()
         _state["ready"] = True
     return llama_cpp
+
+
+def our_patches() -> list[str]:
+    """Our llama.cpp patches (patches/) in the installed llama-cpp-python: none in a registry build."""
+    import llama_cpp
+
+    f = Path(llama_cpp.__file__).with_name("moondream_cpp_patches.txt")
+    return f.read_text().split() if f.is_file() else []
 
 
 def mtmd():

@@ -22,10 +22,13 @@ class Settings:
     # text model: on, prefill +12%, decode +2%, peak -67 MB at q4_k_m here (benchmarks/results/settings_sweep.json)
     flash_attn: bool = True
     kv_type: str = "f16"  # f16, q8_0 or q4_0 (a quantized V cache needs flash attention: switched on with it)
-    # llama.cpp's repacked weight copies: on this AVX-512 CPU prefill is 1.6x slower with them and decode 4% faster
-    # (benchmarks/results/native_settings.json), so off
-    extra_bufts: bool = False
-    mmap: bool = True  # map the text GGUF; off reads it into memory once (no mapped copy beside repacked weights)
+    # llama.cpp's extra weight layouts (AMX tiles, repacked q4_K...). None: on where the CPU has AMX (decode 1.4x,
+    # prefill 1.1x, follow-ups 3x faster on a 2-core Xeon), off elsewhere (on an AVX-512 EPYC the repacked kernels
+    # made prefill 1.6x slower for 4% faster decode). benchmarks/results/native_settings.json has both.
+    extra_bufts: bool | None = None
+    # map the text GGUF; off reads it into memory once. None: off when extra_bufts is on, where the weights live in
+    # their own copy and a mapping would only add a second one while loading.
+    mmap: bool | None = None
     image_cache_mb: float = 128  # recently encoded images (embeddings)
     state_cache_mb: float = 512  # KV states of recent image prefixes
     # load the vision tower for each new image and free it after, so that it and the text weights are never resident
@@ -39,6 +42,11 @@ class Settings:
         if self.n_threads is not None and self.n_threads < 1:
             raise MoondreamError("n_threads must be at least 1")
 
+    def for_machine(self) -> "Settings":
+        """These settings with every `None` (automatic) field decided for this machine and llama.cpp build."""
+        extra = has_amx() if self.extra_bufts is None else self.extra_bufts
+        return replace(self, extra_bufts=extra, mmap=(not extra) if self.mmap is None else self.mmap)
+
     def with_(self, **kw) -> "Settings":
         known = {f.name for f in fields(self)}
         bad = set(kw) - known
@@ -47,8 +55,19 @@ class Settings:
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
 
 
+AMX_FIX = "0003-amx-tile-config-survives-gcc-12.patch"  # without it, GCC <= 12 builds of AMX segfault
+
+
+def has_amx() -> bool:
+    """Whether this llama.cpp build runs Intel AMX kernels here (built in, the CPU has them) and is ours, with the
+    AMX fix: a stock GCC 12 build also reports AMX, and faults in its first AMX matmul (llama.cpp #20824)."""
+    from .native import llama, our_patches
+
+    return AMX_FIX in our_patches() and "AMX_INT8 = 1" in llama().llama_print_system_info().decode()
+
+
 DEFAULT = Settings()
 # Little memory: a smaller q8_0 KV cache, no repacked weight copies, no prefix states, the vision tower only while
 # an image is encoded (docs/performance.md has its measured peak RSS).
 LOW_RAM = Settings(n_ctx=1024, n_batch=512, n_ubatch=256, flash_attn=True, kv_type="q8_0", extra_bufts=False,
-                   image_cache_mb=16, state_cache_mb=0, mmproj_on_demand=True, keep_vision_in_batches=False)
+                   mmap=True, image_cache_mb=16, state_cache_mb=0, mmproj_on_demand=True, keep_vision_in_batches=False)

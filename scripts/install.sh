@@ -16,12 +16,13 @@ fi
 . "$root/scripts/llama_flags.sh"
 
 # pip's own wheel cache ignores build flags, so keep our builds in a folder keyed by them.
-key=$(printf '%s|%s|%s|%s|%s' "$llama_version" "$patches_sha" "$cflags" "$cmake_args" "$(uname -m)" | sha1sum | cut -c1-12)
+key=$(printf '%s|%s|%s|%s|%s|%s' "$llama_version" "$patches_sha" "$compiler" "$cflags" "$cmake_args" "$(uname -m)" \
+  | sha1sum | cut -c1-12)
 wheels=${MOONDREAM_CPP_WHEELS:-${XDG_CACHE_HOME:-$HOME/.cache}/moondream-cpp/wheels}/$key
 wheel=$(ls "$wheels"/llama_cpp_python-$llama_version-*.whl 2>/dev/null | head -n1 || true)
 if [ -z "$wheel" ]; then
   echo "Building llama-cpp-python $llama_version (about 5 minutes on 2 cores; once per build flags)" >&2
-  echo "  CFLAGS='$cflags' CMAKE_ARGS='$cmake_args'" >&2
+  echo "  compiler $compiler, CFLAGS='$cflags' CMAKE_ARGS='$cmake_args'" >&2
   mkdir -p "$wheels"
   src=$(PYTHON="$py" bash "$root/scripts/llama_source.sh" "$wheels/src")
   CFLAGS="$cflags" CXXFLAGS="$cflags" CMAKE_ARGS="$cmake_args" \

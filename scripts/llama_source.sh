@@ -19,6 +19,8 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$patches_sha" ]; then
   for p in "$root"/patches/*.patch; do
     patch --quiet --forward -p1 -d "$tree" -i "$p" >&2 || { echo "error: $p does not apply to llama-cpp-python $llama_version" >&2; exit 1; }
   done
+  # the built package says which of our patches it carries: the runtime turns AMX on only where 0003 is in
+  (cd "$root/patches" && ls ./*.patch | sed 's|^\./||') > "$tree/llama_cpp/moondream_cpp_patches.txt"
   echo "$patches_sha" > "$stamp"
 fi
 echo "$tree"

@@ -26,3 +26,20 @@ def test_bad_settings_are_refused():
         LOW_RAM.with_(kv_type="q2")
     with pytest.raises(TypeError, match="unknown setting"):
         LOW_RAM.with_(n_ctxx=5)
+
+
+def test_automatic_settings_follow_the_machine(monkeypatch):
+    from moondream_cpp import native, settings
+    from moondream_cpp.settings import DEFAULT, Settings
+
+    info = native.llama().llama_print_system_info().decode()
+    cfg = DEFAULT.for_machine()
+    # AMX kernels where this build is ours (the GCC 12 fix) and the CPU has them; then no mapping beside their copy
+    assert cfg.extra_bufts == ("AMX_INT8 = 1" in info and settings.AMX_FIX in native.our_patches())
+    assert cfg.mmap == (not cfg.extra_bufts)
+    assert Settings(extra_bufts=True).for_machine().mmap is False
+    assert Settings(extra_bufts=False, mmap=False).for_machine() == Settings(extra_bufts=False, mmap=False)
+    assert LOW_RAM.for_machine() == LOW_RAM  # the preset decides everything itself
+    # a registry llama-cpp-python (no patches) never gets AMX: its GCC 12 builds fault in the first AMX matmul
+    monkeypatch.setattr(native, "our_patches", lambda: [])
+    assert settings.has_amx() is False and DEFAULT.for_machine().extra_bufts is False

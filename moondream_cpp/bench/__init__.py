@@ -164,8 +164,9 @@ def llama_bench_settings() -> list[str]:
     """llama-bench arguments for our default settings (flash attention, repacking, batch sizes)."""
     from ..settings import DEFAULT
 
-    return ["-fa", str(int(DEFAULT.flash_attn)), "--repack", str(int(DEFAULT.extra_bufts)), "-b", str(DEFAULT.n_batch),
-            "-ub", str(DEFAULT.n_ubatch)]
+    cfg = DEFAULT.for_machine()
+    return ["-fa", str(int(cfg.flash_attn)), "--repack", str(int(cfg.extra_bufts)),
+            "-lm", "auto" if cfg.mmap else "none", "-b", str(cfg.n_batch), "-ub", str(cfg.n_ubatch)]
 
 
 def native_bench(tools: Path, text: Path, threads: int, n_prompt: int, n_gen: int, repeats: int) -> dict | None:
