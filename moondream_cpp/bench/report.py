@@ -7,7 +7,8 @@ from pathlib import Path
 COLUMNS = [("load_s", "load s"), ("encode_ms", "encode ms"), ("prefill_tok_s", "prefill tok/s"),
            ("decode_tok_s", "decode tok/s"), ("decode_roofline_tok_s", "roofline tok/s"),
            ("cold_s", "cold answer s"), ("cold_ttft_s", "cold TTFT s"),
-           ("another_ttft_s", "same image, new question TTFT s"), ("followup_ttft_s", "chat follow-up TTFT s"),
+           ("another_first_token_s", "same image, new question: first token s"),
+           ("another_ttft_s", "... first text s"), ("followup_first_token_s", "chat follow-up: first token s"),
            ("peak_rss_mb", "peak RSS MB")]
 
 
@@ -32,12 +33,14 @@ def targets(res: dict) -> list[tuple[str, str, bool | None]]:
         best, mine = min(peers, key=peers.get), min(ours, key=ours.get)
         out.append(("cold first answer faster than every CPU peer",
                     f"{mine} {ours[mine]:.1f} s vs {best} {peers[best]:.1f} s", ours[mine] < peers[best]))
-    if "another_ttft_s" in q4:
-        r = q4["another_ttft_s"] / q4["cold_s"]
+    if "another_first_token_s" in q4:
+        r, t = q4["another_first_token_s"] / q4["cold_s"], q4["another_ttft_s"] / q4["cold_s"]
         out.append(("follow-up answer <= 5% of the cold answer (time to first token of another question about the "
-                    "same image)", f"{100 * r:.1f}% ({q4['another_ttft_s']:.2f} s of {q4['cold_s']:.1f} s)", r <= 0.05))
-    if "followup_ttft_s" in q4:
-        r = q4["followup_ttft_s"] / q4["cold_s"]
+                    "same image; to its first text in brackets)",
+                    f"{100 * r:.1f}% ({q4['another_first_token_s']:.2f} s of {q4['cold_s']:.1f} s; first text "
+                    f"{100 * t:.1f}%)", r <= 0.05))
+    if "followup_first_token_s" in q4:
+        r = q4["followup_first_token_s"] / q4["cold_s"]
         out.append(("the same with chat history (random weights: the answer's text does not re-tokenize to the "
                     f"generated ids, so its {q4.get('followup_evaluated', 0):.0f} tokens are evaluated again)",
                     f"{100 * r:.1f}%", r <= 0.05))
