@@ -20,7 +20,7 @@ QUESTION = "Describe this image."
 def native(exe: Path, text: Path, threads: int, args: list[str]) -> float:
     from moondream_cpp.bench import llama_bench_settings
 
-    cmd = [str(exe), "-m", str(text), "-t", str(threads), "-r", "1", *llama_bench_settings(), "-o", "json", *args]
+    cmd = [str(exe), "-m", str(text), "-t", str(threads), "-r", "1", *llama_bench_settings(text), "-o", "json", *args]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, check=True)
     return json.loads(p.stdout)[0]["avg_ts"]
 

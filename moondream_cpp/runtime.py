@@ -120,7 +120,7 @@ class Moondream:
     def __init__(self, text_info, mm_info, settings: Settings, revision=None):
         L, M = llama(), mtmd()
         self._L, self._M = L, M
-        self.settings = cfg = settings.for_machine()
+        self.settings = cfg = settings.for_machine(text_info.quant)
         self.text_info, self.mmproj_info = text_info, mm_info
         self.revision = self._revision(text_info, revision)
         self.n_threads, self.n_ctx = cfg.n_threads, cfg.n_ctx

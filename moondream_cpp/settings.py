@@ -19,12 +19,12 @@ class Settings:
     n_ubatch: int = 512
     n_gpu_layers: int = 0
     mmproj_gpu: bool = True  # run the vision tower on the GPU when the text model is offloaded
-    # text model: on, prefill +12%, decode +2%, peak -67 MB at q4_k_m here (benchmarks/results/settings_sweep.json)
+    # text model: on, prefill +12%, decode +2%, peak -67 MB at q4_k_m (benchmarks/results/settings_sweep-amd-epyc.json)
     flash_attn: bool = True
     kv_type: str = "f16"  # f16, q8_0 or q4_0 (a quantized V cache needs flash attention: switched on with it)
-    # llama.cpp's extra weight layouts (AMX tiles, repacked q4_K...). None: on where the CPU has AMX (decode 1.4x,
-    # prefill 1.1x, follow-ups 3x faster on a 2-core Xeon), off elsewhere (on an AVX-512 EPYC the repacked kernels
-    # made prefill 1.6x slower for 4% faster decode). benchmarks/results/native_settings.json has both.
+    # llama.cpp's extra weight layouts (AMX, repacked q4_K...). None: on where the CPU has AMX (llama-bench q4_k_m on a
+    # 2-core Xeon: decode 1.36x, prefill 1.17x, a 20-token prompt 1.75x; docs/performance.md), off elsewhere (on an
+    # AVX-512 EPYC the repacked kernels made prefill 1.3-1.7x slower: benchmarks/results/native_settings-amd-epyc.json)
     extra_bufts: bool | None = None
     # map the text GGUF; off reads it into memory once. None: off when extra_bufts is on, where the weights live in
     # their own copy and a mapping would only add a second one while loading.
@@ -42,9 +42,11 @@ class Settings:
         if self.n_threads is not None and self.n_threads < 1:
             raise MoondreamError("n_threads must be at least 1")
 
-    def for_machine(self) -> "Settings":
-        """These settings with every `None` (automatic) field decided for this machine and llama.cpp build."""
-        extra = has_amx() if self.extra_bufts is None else self.extra_bufts
+    def for_machine(self, weight_type: str | None = None) -> "Settings":
+        """These settings with every `None` (automatic) field decided for this machine and llama.cpp build, and for
+        the text model's weight type (e.g. "Q4_K"; AMX has kernels for quantized types only)."""
+        quantized = weight_type is None or weight_type.upper() not in ("F32", "F16", "BF16")
+        extra = (has_amx() and quantized) if self.extra_bufts is None else self.extra_bufts
         return replace(self, extra_bufts=extra, mmap=(not extra) if self.mmap is None else self.mmap)
 
     def with_(self, **kw) -> "Settings":

@@ -37,6 +37,8 @@ def test_automatic_settings_follow_the_machine(monkeypatch):
     # AMX kernels where this build is ours (the GCC 12 fix) and the CPU has them; then no mapping beside their copy
     assert cfg.extra_bufts == ("AMX_INT8 = 1" in info and settings.AMX_FIX in native.our_patches())
     assert cfg.mmap == (not cfg.extra_bufts)
+    assert DEFAULT.for_machine("F16").extra_bufts is False  # no AMX kernels for float weights: keep the lean path
+    assert DEFAULT.for_machine("Q4_K").extra_bufts == cfg.extra_bufts
     assert Settings(extra_bufts=True).for_machine().mmap is False
     assert Settings(extra_bufts=False, mmap=False).for_machine() == Settings(extra_bufts=False, mmap=False)
     assert LOW_RAM.for_machine() == LOW_RAM  # the preset decides everything itself

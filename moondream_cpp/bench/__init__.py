@@ -160,11 +160,13 @@ def build_models(work: Path, log: Callable[[str], None]) -> dict:
     return info
 
 
-def llama_bench_settings() -> list[str]:
-    """llama-bench arguments for our default settings (flash attention, repacking, batch sizes)."""
+def llama_bench_settings(text: Path | None = None) -> list[str]:
+    """llama-bench arguments for our default settings (flash attention, extra weight layouts, mapping, batch sizes),
+    as they are decided for this machine and the text model at `text`."""
+    from ..gguf_check import check_text
     from ..settings import DEFAULT
 
-    cfg = DEFAULT.for_machine()
+    cfg = DEFAULT.for_machine(check_text(text).quant if text else None)
     return ["-fa", str(int(cfg.flash_attn)), "--repack", str(int(cfg.extra_bufts)),
             "-lm", "auto" if cfg.mmap else "none", "-b", str(cfg.n_batch), "-ub", str(cfg.n_ubatch)]
 
@@ -176,7 +178,8 @@ def native_bench(tools: Path, text: Path, threads: int, n_prompt: int, n_gen: in
     exe = tools / "llama-bench"
     if not exe.exists():
         return None
-    common = [str(exe), "-m", str(text), "-t", str(threads), "-r", str(repeats), *llama_bench_settings(), "-o", "json"]
+    common = [str(exe), "-m", str(text), "-t", str(threads), "-r", str(repeats), *llama_bench_settings(text),
+              "-o", "json"]
     out = {}
     for extra in (["-p", str(n_prompt), "-n", "0"], ["-p", "0", "-n", str(n_gen), "-d", f"0,{n_prompt}"]):
         p = subprocess.run(common + extra, capture_output=True, text=True, timeout=3600)
