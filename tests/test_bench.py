@@ -50,7 +50,7 @@ def test_targets_and_table():
     got = {t: ok for t, _, ok in targets(res)}
     assert got["decode >= 0.8x the memory roofline at q4_k_m"] is False
     assert got["cold first answer faster than every CPU peer"] is True
-    assert got["our Python path within 3% of native llama-bench (q4_k_m)"] is True  # 10.0 / 10.2 = 0.98
+    assert [ok for t, ok in got.items() if t.startswith("our Python path within 3%")] == [True]  # 10.0 / 10.2
     assert [ok for t, ok in got.items() if t.startswith("follow-up answer")] == [True]  # 0.3 / 8.0 < 5%
     v["q4_k_m"]["another_first_token_s"] = 0.5  # 6.25%: the first token is what counts
     assert [ok for t, _, ok in targets(res) if t.startswith("follow-up answer")] == [False]
