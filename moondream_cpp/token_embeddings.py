@@ -1,6 +1,7 @@
-"""Rows of the text model's token embedding, read from the GGUF file, so a whole prompt (BOS, image, question) can go
-to llama.cpp as one batch of embeddings: llama.cpp takes either token ids or embeddings per batch, and splitting the
-prompt at each switch costs extra passes over the weights (a 1-token BOS pass alone reads all 0.9 GB of them).
+"""Rows of the text model's token embedding, read from the GGUF file, so an image prefix (BOS, markers, image) can go
+to llama.cpp as one batch of embeddings: llama.cpp takes either token ids or embeddings per batch, and a separate
+batch for the tokens costs another pass over the weights (a 1-token BOS pass alone reads all 0.9 GB of them). Only the
+prefix's few tokens come through here, so the row cache stays a handful of rows.
 """
 from __future__ import annotations
 
