@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Kernel experiments against the native build's ggml (bash scripts/build_native.sh first); prints JSON lines and
+# writes benchmarks/results/kernels.json.   bash benchmarks/kernels/run.sh
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd); root=$(cd "$here/../.." && pwd); lib="$root/build/native/bin"; out=$(mktemp -d)
+for t in q4k_matvec matvec_chunks; do
+  gcc -O3 -march=native -fopenmp "$here/$t.c" -o "$out/$t" -L"$lib" -lggml-cpu -lggml-base -Wl,-rpath,"$lib" -lm
+done
+{ echo '{"q4k_matvec": ['; for r in 1 2 3; do OMP_NUM_THREADS=2 "$out/q4k_matvec"; [ $r -lt 3 ] && echo ,; done
+  echo '], "matvec_chunks_9.4mb": '; "$out/matvec_chunks" 8192; echo ', "matvec_chunks_2.4mb": '; "$out/matvec_chunks" 2048
+  echo '}'; } | tee "$out/k.json"
+python3 -c "import json,sys; json.dump(json.load(open(sys.argv[1])), open(sys.argv[2], 'w'), indent=1)" "$out/k.json" "$root/benchmarks/results/kernels.json"
