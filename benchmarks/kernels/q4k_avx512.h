@@ -1,4 +1,6 @@
-// AVX-512 q4_K x q8_K dot product (one row), VNNI where available.
+// AVX-512 q4_K x q8_K dot product (one row), VNNI where available: the q4 nibbles of two sub-blocks in one register
+// (maddubs), their 6-bit scales applied and summed by one vpdpwssd. Not in the build: on the Zen-class EPYC it measured
+// no faster than ggml's AVX2 kernel (benchmarks/results/kernels.json).
 #include <immintrin.h>
 #include <stdint.h>
 #include <string.h>
@@ -6,7 +8,6 @@
 typedef uint16_t gh_t;
 typedef struct { gh_t d, dmin; uint8_t scales[12]; uint8_t qs[128]; } bq4K;
 typedef struct { float d; int8_t qs[256]; int16_t bsums[16]; } bq8K;
-typedef struct { uint8_t ql[128]; uint8_t qh[64]; int8_t scales[16]; gh_t d; } bq6K;
 
 static inline float h2f(gh_t h) { return _cvtsh_ss(h); }
 
@@ -31,11 +32,6 @@ static void vec_dot_q4_K_q8_K_avx512(int n, float *s, const void *vx, const void
     __m512 acc = _mm512_setzero_ps();
     __m128 acc_m = _mm_setzero_ps();
     for (int i = 0; i < nb; ++i) {
-#ifdef PF
-        _mm_prefetch((const char *) (x + i) + PF, _MM_HINT_T0);
-        _mm_prefetch((const char *) (x + i) + PF + 64, _MM_HINT_T0);
-        _mm_prefetch((const char *) (x + i) + PF + 128, _MM_HINT_T0);
-#endif
         const float d = y[i].d * h2f(x[i].d);
         const float dmin = -y[i].d * h2f(x[i].dmin);
         uint32_t utmp[4];

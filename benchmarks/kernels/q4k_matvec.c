@@ -2,7 +2,6 @@
 #include <time.h>
 // An AVX-512 (VNNI) q4_K x q8_K dot product (q4k_avx512.h) against ggml's own, in a mat-vec over a buffer larger
 // than the caches, and a plain read of the same bytes. Built and run by benchmarks/kernels/run.sh.
-// Times q4_K x q8_K mat-vec kernels over a buffer larger than the caches, against a plain read of the same bytes.
 #include <stdio.h>
 #include <stdlib.h>
 #include <math.h>
