@@ -75,6 +75,11 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
                                                code="invalid_api_key"))
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > cfg.max_body_bytes:
+            # a client still sending when we close gets a broken pipe, not our 413: read (and drop) a body up to
+            # 8x the limit first; a larger one is cut off at once
+            if int(length) <= 8 * cfg.max_body_bytes:
+                async for _ in request.stream():
+                    pass
             return error_response(ApiError(413, f"the request body is {length} bytes, over the "
                                            f"{cfg.max_body_bytes}-byte limit", code="body_too_large"))
         return await call_next(request)
