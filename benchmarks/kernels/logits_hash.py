@@ -1,0 +1,20 @@
+"""Hash of the logits of 16 one-token decode steps of a text GGUF: the same hash from two llama.cpp builds means
+their decode is bit-identical (patch 0005 was checked so, stock build against patched, swapped in by LD_LIBRARY_PATH).
+
+    LD_LIBRARY_PATH=DIR_WITH_LIBGGML python benchmarks/kernels/logits_hash.py MODEL.gguf THREADS
+"""
+import ctypes, hashlib, sys
+import llama_cpp as L
+L.llama_backend_init()
+mp = L.llama_model_default_params()
+m = L.llama_model_load_from_file(sys.argv[1].encode(), mp)
+cp = L.llama_context_default_params(); cp.n_ctx = 256; cp.n_threads = cp.n_threads_batch = int(sys.argv[2])
+ctx = L.llama_init_from_model(m, cp)
+n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(m))
+h = hashlib.sha1()
+toks = [50256, 464, 3290, 318, 257, 1332]
+for i, t in enumerate(toks + [13] * 10):  # one token per decode: the mat-vec path each step
+    arr = (L.llama_token * 1)(t)
+    assert L.llama_decode(ctx, L.llama_batch_get_one(arr, 1)) == 0
+    h.update(ctypes.string_at(L.llama_get_logits(ctx), 4 * n_vocab))
+print(h.hexdigest()[:16])
