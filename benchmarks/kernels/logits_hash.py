@@ -3,7 +3,9 @@ their decode is bit-identical (patch 0005 was checked so, stock build against pa
 
     LD_LIBRARY_PATH=DIR_WITH_LIBGGML python benchmarks/kernels/logits_hash.py MODEL.gguf THREADS
 """
-import ctypes, hashlib, sys
+import ctypes
+import hashlib
+import sys
 import llama_cpp as L
 L.llama_backend_init()
 mp = L.llama_model_default_params()
