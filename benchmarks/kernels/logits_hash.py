@@ -10,7 +10,9 @@ import llama_cpp as L
 L.llama_backend_init()
 mp = L.llama_model_default_params()
 m = L.llama_model_load_from_file(sys.argv[1].encode(), mp)
-cp = L.llama_context_default_params(); cp.n_ctx = 256; cp.n_threads = cp.n_threads_batch = int(sys.argv[2])
+cp = L.llama_context_default_params()
+cp.n_ctx = 256
+cp.n_threads = cp.n_threads_batch = int(sys.argv[2])
 ctx = L.llama_init_from_model(m, cp)
 n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(m))
 h = hashlib.sha1()
