@@ -1,5 +1,6 @@
-"""Hash of the logits of 16 one-token decode steps of a text GGUF: the same hash from two llama.cpp builds means
-their decode is bit-identical (patch 0005 was checked so, stock build against patched, swapped in by LD_LIBRARY_PATH).
+"""Hash of the logits of 16 one-token decode steps of a text GGUF, then of one 48-token batch (the prefill path): the
+same hash from two llama.cpp builds means their decode and prefill are bit-identical (patches 0005 and 0006 were
+checked so, the build before each against the build with it, swapped in by LD_LIBRARY_PATH).
 
     LD_LIBRARY_PATH=DIR_WITH_LIBGGML python benchmarks/kernels/logits_hash.py MODEL.gguf THREADS
 """
@@ -21,4 +22,8 @@ for i, t in enumerate(toks + [13] * 10):  # one token per decode: the mat-vec pa
     arr = (L.llama_token * 1)(t)
     assert L.llama_decode(ctx, L.llama_batch_get_one(arr, 1)) == 0
     h.update(ctypes.string_at(L.llama_get_logits(ctx), 4 * n_vocab))
+batch = [(t * 7919) % 50000 for t in range(48)]
+arr = (L.llama_token * len(batch))(*batch)
+assert L.llama_decode(ctx, L.llama_batch_get_one(arr, len(batch))) == 0
+h.update(ctypes.string_at(L.llama_get_logits(ctx), 4 * n_vocab))
 print(h.hexdigest()[:16])
