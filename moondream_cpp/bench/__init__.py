@@ -33,6 +33,9 @@ VARIANTS = [  # (name, text type, mmproj type, extra measure args)
 ]
 
 
+VERSUS_ROUNDS = 5  # interleaved rounds of ours against llama-bench (python_vs_native.py runs more)
+
+
 def memory_bandwidth_gbs(threads: int, gb: float = 2.0) -> float:
     """Read bandwidth with `threads` threads summing their share of a large array (numpy releases the GIL)."""
     a = np.ones(int(gb * 2**30 / 8), np.float64)
@@ -49,7 +52,10 @@ def memory_bandwidth_gbs(threads: int, gb: float = 2.0) -> float:
     return best
 
 
-def decode_bytes(text_gguf: Path, n_ctx_used: int) -> int:
+KV_BYTES_PER_VALUE = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}  # ggml block sizes: q8_0 34 B, q4_0 18 B per 32
+
+
+def decode_bytes(text_gguf: Path, n_ctx_used: int, kv_type: str = "f16") -> int:
     """Bytes one decoded token reads: every weight but the embedding table (one row of it), plus the KV cache."""
     from ..gguf_check import check_text
 
@@ -59,8 +65,8 @@ def decode_bytes(text_gguf: Path, n_ctx_used: int) -> int:
 
     h = read_header(f.path)
     weights = sum(t.nbytes for t in h.tensors if t.name != "token_embd.weight")
-    kv = 2 * info.n_layer * info.n_embd * 2 * n_ctx_used  # K and V, f16
-    return weights + kv
+    kv = 2 * info.n_layer * info.n_embd * KV_BYTES_PER_VALUE[kv_type] * n_ctx_used  # K and V
+    return int(weights + kv)
 
 
 def _child(args: list[str], timeout: float = 1800) -> dict:
@@ -213,6 +219,7 @@ def run(work: Path, *, repeats: int = 3, threads: int | None = None, image: Path
         with_torch: bool = True, tools: Path | None = None, variants=None,
         log: Callable[[str], None] = lambda s: None) -> dict:
     from ..runtime import default_threads
+    from ..settings import DEFAULT, LOW_RAM
 
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -223,22 +230,30 @@ def run(work: Path, *, repeats: int = 3, threads: int | None = None, image: Path
     res = {"machine": {"cpu": _cpu_name(), "threads": threads, "python": platform.python_version(),
                        "llama_cpp": _llama_info()},
            "settings": {"repeats": repeats, "tokens": 32, "n_ctx": 2048, "image": str(image)}, "models": models}
-    log("measuring memory bandwidth")
-    bw = memory_bandwidth_gbs(threads)
-    res["machine"]["read_bandwidth_gbs"] = round(bw, 1)
     res["variants"] = {}
+    bws = []
     for name, tq, mq, extra in variants or VARIANTS:
-        log(f"measuring {name} ({repeats} fresh processes)")
+        log(f"measuring {name} ({repeats} fresh processes, the memory bandwidth before each)")
         args = ["--text", str(paths[("text", tq)]), "--mmproj", str(paths[("mmproj", mq)]), "--image", str(image),
                 "--threads", str(threads), *extra]
-        m = _median([_child(args) for _ in range(repeats)])
+        runs, bw_runs = [], []
+        for _ in range(repeats):  # the shared machine's bandwidth drifts: each variant's roofline from its own minutes
+            bw_runs.append(memory_bandwidth_gbs(threads))
+            runs.append(_child(args))
+        bws += bw_runs
+        bw = statistics.median(bw_runs)
+        m = _median(runs)
         if "error" not in m:
             ctx = int(m["prefill_tokens"] + m["generated"] / 2)
-            per_tok = decode_bytes(paths[("text", tq)], ctx)
+            kv = (LOW_RAM if "--low-ram" in extra else DEFAULT).kv_type
+            per_tok = decode_bytes(paths[("text", tq)], ctx, kv)
+            m["read_bandwidth_gbs"] = round(bw, 1)
             m["decode_roofline_tok_s"] = round(bw * 1e9 / per_tok, 2)
             m["decode_vs_roofline"] = round(m["decode_tok_s"] / m["decode_roofline_tok_s"], 3)
             m["followup_ttft_vs_cold"] = round(m["followup_ttft_s"] / m["cold_s"], 4)
         res["variants"][name] = m
+    res["machine"]["read_bandwidth_gbs"] = round(statistics.median(bws), 1) if bws else None
+    res["machine"]["read_bandwidth_range_gbs"] = [round(min(bws), 1), round(max(bws), 1)] if bws else None
     if with_torch:
         for dt in ("fp32", "bf16"):
             log(f"measuring the PyTorch reference, {dt}")
@@ -253,6 +268,12 @@ def run(work: Path, *, repeats: int = 3, threads: int | None = None, image: Path
         if r is not None:
             nb[tq] = r
     res["native_llama_bench"] = nb or None
+    if (tools / "llama-bench").exists() and ("text", "q4_k_m") in paths:
+        from .versus_native import interleaved
+
+        log(f"our Python path against llama-bench, q4_k_m, {VERSUS_ROUNDS} interleaved rounds")
+        res["python_vs_native"] = interleaved(tools / "llama-bench", paths[("text", "q4_k_m")],
+                                              paths[("mmproj", "q8_0")], image, threads, VERSUS_ROUNDS, log=log)
     from .measure import QUESTION
 
     mt = [native_mtmd(tools, paths[("text", "q4_k_m")], paths[("mmproj", "q8_0")], image, QUESTION, threads, 32)
