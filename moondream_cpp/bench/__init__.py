@@ -52,9 +52,6 @@ def memory_bandwidth_gbs(threads: int, gb: float = 2.0) -> float:
     return best
 
 
-KV_BYTES_PER_VALUE = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}  # ggml block sizes: q8_0 34 B, q4_0 18 B per 32
-
-
 def decode_bytes(text_gguf: Path, n_ctx_used: int, kv_type: str = "f16") -> int:
     """Bytes one decoded token reads: every weight but the embedding table (one row of it), plus the KV cache."""
     from ..gguf_check import check_text
@@ -65,7 +62,12 @@ def decode_bytes(text_gguf: Path, n_ctx_used: int, kv_type: str = "f16") -> int:
 
     h = read_header(f.path)
     weights = sum(t.nbytes for t in h.tensors if t.name != "token_embd.weight")
-    kv = 2 * info.n_layer * info.n_embd * KV_BYTES_PER_VALUE[kv_type] * n_ctx_used  # K and V
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    from ..settings import KV_TYPES
+
+    block, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType(KV_TYPES[kv_type])]  # f16: (1, 2); q8_0: (32, 34)
+    kv = 2 * info.n_layer * info.n_embd * n_ctx_used * block_bytes / block  # K and V
     return int(weights + kv)
 
 
