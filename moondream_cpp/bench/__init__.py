@@ -36,15 +36,15 @@ VARIANTS = [  # (name, text type, mmproj type, extra measure args)
 VERSUS_ROUNDS = 5  # interleaved rounds of ours against llama-bench (python_vs_native.py runs more)
 
 
-def memory_bandwidth_gbs(threads: int, gb: float = 2.0) -> float:
+def memory_bandwidth_gbs(threads: int, gb: float = 2.0, read=np.count_nonzero, dtype=np.uint64) -> float:
     """Read bandwidth: `threads` threads each counting the nonzero words of their share of a large array (numpy
     releases the GIL). Not a float sum: that is bound by its own arithmetic (25-28 GB/s here in every round, where
     this read 33-46 and a C AVX-512 loop 34-69; benchmarks/bandwidth_methods.py), so decode could beat its roofline."""
-    a = np.ones(int(gb * 2**30 / 8), np.uint64)
+    a = np.ones(int(gb * 2**30 / 8), dtype)
     parts = np.array_split(a, threads)
     best = 0.0
     for _ in range(3):
-        ts = [threading.Thread(target=np.count_nonzero, args=(p,)) for p in parts]
+        ts = [threading.Thread(target=read, args=(p,)) for p in parts]
         t0 = time.perf_counter()
         for t in ts:
             t.start()
