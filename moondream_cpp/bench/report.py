@@ -24,8 +24,11 @@ def targets(res: dict) -> list[tuple[str, str, bool | None]]:
     nb = (res.get("native_llama_bench") or {}).get("q4_k_m")
     if pv:
         d, p = pv["decode_ratio_median"], pv["prefill_ratio_median"]
+        reps = pv.get("reps_per_round", 1)
+        per_round = f", each the fastest of {reps} runs a side" if reps > 1 else ""
         out.append((f"our Python path within 3% of native llama-bench (q4_k_m; medians of {len(pv['rounds'])} "
-                    "interleaved rounds, their range in brackets; our time outside llama.cpp per decoded token)",
+                    f"interleaved rounds{per_round}, their range in brackets; our time outside llama.cpp per decoded "
+                    "token)",
                     f"decode {d:.3f}x ({pv['decode_ratio_range'][0]:.2f}-{pv['decode_ratio_range'][1]:.2f}), "
                     f"prefill {p:.3f}x ({pv['prefill_ratio_range'][0]:.2f}-{pv['prefill_ratio_range'][1]:.2f}); "
                     f"Python {100 * pv['python_share_of_decode_median']:.2f}% of decode", d >= 0.97 and p >= 0.97))
