@@ -21,13 +21,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main():
     from moondream_cpp.bench import bench_image, build_models
-    from moondream_cpp.bench.versus_native import interleaved
+    from moondream_cpp.bench.versus_native import REPS, interleaved
     from moondream_cpp.runtime import default_threads
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work")
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--reps", type=int, default=3, help="runs a side per round; a round compares the fastest of each")
+    ap.add_argument("--reps", type=int, default=REPS,
+                    help="runs a side per round; a round compares the fastest of each")
     ap.add_argument("--type", default="q4_k_m")
     ap.add_argument("--tools", type=Path, default=ROOT / "build" / "native" / "bin")
     ap.add_argument("--match-ctx", action="store_true",
@@ -40,7 +41,7 @@ def main():
     res = interleaved(exe, paths[("text", a.type)], paths[("mmproj", "q8_0")], bench_image(a.work), default_threads(),
                       a.rounds, a.match_ctx, log=lambda s: print(s, file=sys.stderr), reps=a.reps)
     cmd = "python benchmarks/python_vs_native.py" + (f" --rounds {a.rounds}" if a.rounds != 7 else "")
-    cmd += f" --reps {a.reps}" if a.reps != 3 else ""
+    cmd += f" --reps {a.reps}" if a.reps != REPS else ""
     cmd += " --match-ctx" if a.match_ctx else ""
     out = {"command": cmd, "type": a.type, **res}
     print(json.dumps(out, indent=1))

@@ -34,7 +34,6 @@ VARIANTS = [  # (name, text type, mmproj type, extra measure args)
 
 
 VERSUS_ROUNDS = 5  # interleaved rounds of ours against llama-bench (python_vs_native.py runs more)
-VERSUS_REPS = 3  # runs a side per round: a round compares the fastest of each
 
 
 def memory_bandwidth_gbs(threads: int, gb: float = 2.0, read=np.count_nonzero, dtype=np.uint64) -> float:
@@ -278,8 +277,7 @@ def run(work: Path, *, repeats: int = 3, threads: int | None = None, image: Path
 
         log(f"our Python path against llama-bench, q4_k_m, {VERSUS_ROUNDS} interleaved rounds")
         res["python_vs_native"] = interleaved(tools / "llama-bench", paths[("text", "q4_k_m")],
-                                              paths[("mmproj", "q8_0")], image, threads, VERSUS_ROUNDS, log=log,
-                                              reps=VERSUS_REPS)
+                                              paths[("mmproj", "q8_0")], image, threads, VERSUS_ROUNDS, log=log)
     from .measure import QUESTION
 
     mt = [native_mtmd(tools, paths[("text", "q4_k_m")], paths[("mmproj", "q8_0")], image, QUESTION, threads, 32)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 QUESTION = "Describe this image."
+REPS = 3  # runs a side per round: a round compares the fastest of each
 
 
 def native_tok_s(exe: Path, text: Path, threads: int, args: list[str], reps: int = 1) -> list[float]:
@@ -27,7 +28,7 @@ def native_tok_s(exe: Path, text: Path, threads: int, args: list[str], reps: int
 
 
 def interleaved(exe: Path, text: Path, mmproj: Path, image: Path, threads: int, rounds: int, match_ctx: bool = False,
-                log: Callable[[str], None] = lambda s: None, reps: int = 1) -> dict:
+                log: Callable[[str], None] = lambda s: None, reps: int = REPS) -> dict:
     """`rounds` rounds of (our query, llama-bench prefill + decode at the same depth), each side `reps` times a round;
     medians and ranges of the rounds' best-against-best ratios, and our Python share of decode. match_ctx: our context
     sized as llama-bench sizes its own."""
@@ -84,15 +85,17 @@ def interleaved(exe: Path, text: Path, mmproj: Path, image: Path, threads: int, 
     dec = [x["ours_decode_tok_s"] / x["native_decode_tok_s"] for x in rows]
     pre = [x["ours_prefill_tok_s"] / x["native_prefill_tok_s"] for x in rows]
 
-    def best(key):  # the fastest run of the whole series
+    def series_max(key):  # the largest sample of the whole series (for tok/s: the fastest run)
         return max(max(x[key]) for x in rows)
     return {"threads": threads, "depth": depth, "n_ctx": n_ctx, "reps_per_round": reps, "medians": med,
             "decode_ratio_median": round(statistics.median(dec), 3),
             "decode_ratio_range": [round(min(dec), 3), round(max(dec), 3)],
             "prefill_ratio_median": round(statistics.median(pre), 3),
             "prefill_ratio_range": [round(min(pre), 3), round(max(pre), 3)],
-            "decode_ratio_best_of_all": round(best("ours_decode_samples") / best("native_decode_samples"), 3),
-            "prefill_ratio_best_of_all": round(best("ours_prefill_samples") / best("native_prefill_samples"), 3),
+            "decode_ratio_best_of_all": round(series_max("ours_decode_samples")
+                                              / series_max("native_decode_samples"), 3),
+            "prefill_ratio_best_of_all": round(series_max("ours_prefill_samples")
+                                               / series_max("native_prefill_samples"), 3),
             # the share of our decode wall time outside llama_decode (sampling, detokenizing, streaming, ctypes)
             "python_share_of_decode_median": med["ours_python_share"],
-            "python_share_of_decode_max": best("ours_python_share_samples"), "rounds": rows}
+            "python_share_of_decode_max": series_max("ours_python_share_samples"), "rounds": rows}
