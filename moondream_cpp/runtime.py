@@ -307,6 +307,13 @@ class Moondream:
         self._images.clear()
         self._states.clear()
 
+    def forget_context(self) -> None:
+        """Empty the KV cache and the saved image-prefix states; encoded images stay. The next question evaluates
+        its whole prompt, as a first question about its image does (benchmarks time prefill this way)."""
+        self._states.clear()
+        self._kv.clear()
+        self._L.llama_memory_clear(self._mem, True)
+
     @contextlib.contextmanager
     def batch_mode(self):
         """Settings for asking about many images once each: no prefix KV states (they would only grow memory), an

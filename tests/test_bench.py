@@ -55,15 +55,33 @@ def test_targets_and_table():
     v["q4_k_m"]["another_first_token_s"] = 0.5  # 6.25%: the first token is what counts
     assert [ok for t, _, ok in targets(res) if t.startswith("follow-up answer")] == [False]
     assert got["full-size conversion to f16 with peak RSS <= 1 GB"] is True
-    # interleaved rounds, when the run has them, decide it instead of the one-shot numbers
-    res["python_vs_native"] = {"decode_ratio_median": 0.95, "decode_ratio_range": [0.9, 1.1],
-                               "prefill_ratio_median": 1.01, "prefill_ratio_range": [0.9, 1.1],
-                               "python_share_of_decode_median": 0.004, "rounds": [{}] * 5}
+    # paired runs, when the run has them, decide it instead of the one-shot numbers: met only when the whole 95%
+    # confidence interval of the median ratio clears 0.97, whatever the median
+    res["python_vs_native"] = {"native": "llama-server", "decode_ratio": {"median": 1.0, "ci": [0.96, 1.04], "n": 30},
+                               "prefill_ratio": {"median": 1.01, "ci": [0.99, 1.02], "n": 30},
+                               "python_share_of_decode_median": 0.004}
     row = [(m, ok) for t, m, ok in targets(res) if t.startswith("our Python path within 3%")]
-    assert row == [("decode 0.950x (0.90-1.10), prefill 1.010x (0.90-1.10); Python 0.40% of decode", False)]
-    res["python_vs_native"]["reps_per_round"] = 3  # each round compares the fastest of 3 runs a side, and says so
+    assert row == [("decode 1.000x (95% CI 0.960-1.040), prefill 1.010x (95% CI 0.990-1.020); Python 0.40% of "
+                    "decode", False)]
+    res["python_vs_native"]["decode_ratio"]["ci"] = [0.975, 1.03]
+    assert [ok for t, _, ok in targets(res) if t.startswith("our Python path within 3%")] == [True]
+    res["python_vs_native"]["decode_ratio"]["ci"] = [None, None]  # too few pairs for an interval: not shown
+    assert [ok for t, _, ok in targets(res) if t.startswith("our Python path within 3%")] == [False]
+    # llama-bench rounds say how each round compared its runs
+    res["python_vs_native"].update(native="llama-bench", reps_per_round=3)
     name = [t for t, _, _ in targets(res) if t.startswith("our Python path within 3%")][0]
-    assert name.count("fastest of 3 runs") == 1
+    assert "native llama-bench" in name and name.count("fastest of 3 runs") == 1
+    # the paired roofline measurement decides the decode target the same way
+    res["decode_roofline_paired"] = {"q4_k_m": {"decode_vs_roofline": {"median": 0.85, "ci": [0.79, 0.9], "n": 24},
+                                                "tokens": 32, "decode_tok_s_median": 30.0, "read_gbs_median": 35.0,
+                                                "read_gbs_range": [30.0, 40.0], "pairs": 24,
+                                                "roofline_tok_s_median": 35.3, "best_decode_vs_best_read": 0.7}}
+    roof = [(m, ok) for t, m, ok in targets(res) if t.startswith("decode >= 0.8x")]
+    assert roof == [("0.850x (95% CI 0.790-0.900): 30.0 tok/s against 35.0 GB/s", False)]
+    res["decode_roofline_paired"]["q4_k_m"]["decode_vs_roofline"]["ci"] = [0.81, 0.9]
+    assert [ok for t, _, ok in targets(res) if t.startswith("decode >= 0.8x")] == [True]
+    assert "| q4_k_m | 24 | 30.00 | 35.0 (30.0-40.0) | 35.30 | 0.850x (95% CI 0.810-0.900) | 0.700x |" in markdown(
+        res, "moondream-cpp bench")
     assert "| q4_k_m |" in markdown(res, "moondream-cpp bench")
 
 
@@ -87,3 +105,19 @@ def test_decode_bytes_counts_the_kv_cache_at_its_type():
     f16, q8 = decode_bytes(text, 700), decode_bytes(text, 700, "q8_0")
     assert f16 - decode_bytes(text, 0) == values * 2  # f16: 2 bytes a value
     assert abs((f16 - q8) - values * (2 - 34 / 32)) <= 1  # q8_0: 34 bytes a block of 32
+
+
+def test_median_ci_is_the_binomial_order_statistics_interval():
+    from moondream_cpp.bench.stats import median_ci, summary
+
+    # the 95% interval for a median from n samples spans the k-th smallest to the k-th largest sample, k the largest
+    # with P(Binomial(n, 1/2) <= k - 1) <= 2.5%, worked by hand: n=20: P(<= 5) = 0.0207, P(<= 6) = 0.0577 -> k=6;
+    # n=10: P(<= 1) = 0.0107, P(<= 2) = 0.0547 -> 2; n=40: P(<= 13) = 0.0192, P(<= 14) = 0.0403 -> 14; n=6: 1/64 -> 1
+    for n, k in ((6, 1), (10, 2), (20, 6), (40, 14)):
+        xs = [float(i) for i in range(1, n + 1)][::-1]  # order must not matter
+        med, lo, hi = median_ci(xs)
+        assert (lo, hi) == (k, n + 1 - k), n
+        assert med == (n + 1) / 2
+    assert median_ci([1.0, 2.0, 3.0, 4.0, 5.0])[1:] == (None, None)  # too few for 95%: no interval, not a fake one
+    s = summary([0.9, 1.1, 1.0, 0.95, 1.05, 1.02, 0.98])
+    assert s["median"] == 1.0 and s["n"] == 7 and s["range"] == [0.9, 1.1] and s["ci"] == [0.9, 1.1]

@@ -76,3 +76,21 @@ def test_llama_server_with_mmproj_answers_as_we_do(at_input_size):
     finally:
         p.terminate()
         p.wait(timeout=30)
+
+
+def test_lockstep_with_llama_server_runs_the_same_work_on_both_sides():
+    """The Python-vs-native measurement: llama-server's own timings must say it prefilled exactly our prompt's
+    length (or, prompt cached, one position) and decoded the same number of tokens, else lockstep raises; each
+    ratio is one turn's ours over native."""
+    from moondream_cpp.bench.versus_native import TOKENS, lockstep
+
+    text, mmproj = demo_pair()
+    r = lockstep(BIN / "llama-server", text, mmproj, ROOT / "examples" / "shapes.png", 2, pairs=2, decode_pairs=3)
+    with Moondream.load(text, mmproj) as md:
+        assert r["depth"] == md.query(ROOT / "examples" / "shapes.png", "Describe this image.",
+                                      max_tokens=1).timings["prompt_tokens"]
+    assert r["tokens"] == TOKENS and [x["fresh"] for x in r["rows"]] == [True, True, False, False, False]
+    assert r["decode_ratio"]["n"] == 5 and r["prefill_ratio"]["n"] == 2  # prefill only from the fresh turns
+    want = sorted(round(x["ours_decode"] / x["native_decode"], 3) for x in r["rows"])
+    assert r["decode_ratio"]["range"] == [want[0], want[-1]]
+    assert 0 < r["python_share_of_decode_median"] < 1

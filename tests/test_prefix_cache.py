@@ -42,3 +42,18 @@ def test_the_caches_stay_within_their_byte_budgets(converted, photo):
         assert sum(e.embeddings.nbytes for e in md._images.values()) <= 0.2 * 2**20 or len(md._images) == 1
         assert sum(len(b) for _, b in md._states.values()) <= 0.3 * 2**20
         assert len(md._states) < 6
+
+
+def test_forget_context_evaluates_the_whole_prompt_again(converted, photo):
+    text, mmproj = converted("2024-04-02", "f32", "f32")
+    with Moondream.load(text, mmproj, n_ctx=512) as md:
+        q = "What is in the image?"
+        first = md.query(photo, q, max_tokens=8)
+        md.query(Image.fromarray(np.asarray(photo)[::-1].copy()), q, max_tokens=1)  # saves photo's prefix state
+        assert len(md._states) == 1
+        md.forget_context()
+        again = md.query(photo, q, max_tokens=8)
+        t = again.timings
+        assert t["image_cached"] and not t["prefix_restored"]  # the embeddings stay; the KV state does not
+        assert t["prompt_evaluated"] == t["prompt_tokens"]  # BOS included: nothing was left in the cache
+        assert again.tokens == first.tokens

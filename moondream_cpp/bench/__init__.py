@@ -12,7 +12,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -20,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from .fullsize import write_checkpoint
+from .memory import decode_bytes, memory_bandwidth_gbs  # noqa: F401  (the bench's names for them)
 
 TEXT_TYPES = ("f16", "q8_0", "q5_k_m", "q4_k_m")
 VARIANTS = [  # (name, text type, mmproj type, extra measure args)
@@ -33,49 +33,12 @@ VARIANTS = [  # (name, text type, mmproj type, extra measure args)
 ]
 
 
-VERSUS_ROUNDS = 5  # interleaved rounds of ours against llama-bench (python_vs_native.py runs more)
+ROOFLINE_PAIRS = 24  # decodes, each between two reads of the memory (moondream_cpp/bench/roofline.py)
 
 
-def memory_bandwidth_gbs(threads: int, gb: float = 2.0, read=np.count_nonzero, dtype=np.uint64) -> float:
-    """Read bandwidth: `threads` threads each counting the nonzero words of their share of a large array (numpy
-    releases the GIL). Not a float sum: that is bound by its own arithmetic (25-28 GB/s here in every round, where
-    this read 33-46 and a C AVX-512 loop 34-69; benchmarks/bandwidth_methods.py), so decode could beat its roofline."""
-    a = np.ones(int(gb * 2**30 / 8), dtype)
-    parts = np.array_split(a, threads)
-    best = 0.0
-    for _ in range(3):
-        ts = [threading.Thread(target=read, args=(p,)) for p in parts]
-        t0 = time.perf_counter()
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-        best = max(best, a.nbytes / (time.perf_counter() - t0) / 1e9)
-    return best
-
-
-def decode_bytes(text_gguf: Path, n_ctx_used: int, kv_type: str = "f16") -> int:
-    """Bytes one decoded token reads: every weight but the embedding table (one row of it), plus the KV cache."""
-    from ..gguf_check import check_text
-
-    info = check_text(text_gguf)
-    f = info.file
-    from ..gguf_header import read_header
-
-    h = read_header(f.path)
-    weights = sum(t.nbytes for t in h.tensors if t.name != "token_embd.weight")
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
-    from ..settings import KV_TYPES
-
-    block, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType(KV_TYPES[kv_type])]  # f16: (1, 2); q8_0: (32, 34)
-    kv = 2 * info.n_layer * info.n_embd * n_ctx_used * block_bytes / block  # K and V
-    return int(weights + kv)
-
-
-def _child(args: list[str], timeout: float = 1800) -> dict:
-    """Run a measurement in a fresh process; its JSON line, or an error record."""
-    p = subprocess.run([sys.executable, "-m", "moondream_cpp.bench.measure", *args], capture_output=True, text=True,
+def _child(args: list[str], timeout: float = 1800, module: str = "measure") -> dict:
+    """Run a measurement (moondream_cpp.bench.<module>) in a fresh process; its JSON line, or an error record."""
+    p = subprocess.run([sys.executable, "-m", f"moondream_cpp.bench.{module}", *args], capture_output=True, text=True,
                        timeout=timeout)
     if p.returncode != 0:
         return {"error": (p.stderr.strip().splitlines() or ["exit %d" % p.returncode])[-1]}
@@ -256,6 +219,13 @@ def run(work: Path, *, repeats: int = 3, threads: int | None = None, image: Path
             m["decode_vs_roofline"] = round(m["decode_tok_s"] / m["decode_roofline_tok_s"], 3)
             m["followup_ttft_vs_cold"] = round(m["followup_ttft_s"] / m["cold_s"], 4)
         res["variants"][name] = m
+    res["decode_roofline_paired"] = {}
+    for name, tq, mq, extra in variants or VARIANTS:
+        if name in ("q4_k_m", "q4_k_m --low-ram"):
+            log(f"decode of {name} against the roofline, {ROOFLINE_PAIRS} pairs in one process")
+            res["decode_roofline_paired"][name] = _child(
+                ["--text", str(paths[("text", tq)]), "--mmproj", str(paths[("mmproj", mq)]), "--image", str(image),
+                 "--threads", str(threads), "--pairs", str(ROOFLINE_PAIRS), *extra], module="roofline")
     res["machine"]["read_bandwidth_gbs"] = round(statistics.median(bws), 1) if bws else None
     res["machine"]["read_bandwidth_range_gbs"] = [round(min(bws), 1), round(max(bws), 1)] if bws else None
     if with_torch:
@@ -272,12 +242,12 @@ def run(work: Path, *, repeats: int = 3, threads: int | None = None, image: Path
         if r is not None:
             nb[tq] = r
     res["native_llama_bench"] = nb or None
-    if (tools / "llama-bench").exists() and ("text", "q4_k_m") in paths:
-        from .versus_native import interleaved
+    if (tools / "llama-server").exists() and ("text", "q4_k_m") in paths:
+        from .versus_native import lockstep
 
-        log(f"our Python path against llama-bench, q4_k_m, {VERSUS_ROUNDS} interleaved rounds")
-        res["python_vs_native"] = interleaved(tools / "llama-bench", paths[("text", "q4_k_m")],
-                                              paths[("mmproj", "q8_0")], image, threads, VERSUS_ROUNDS, log=log)
+        log("our Python path against llama-server, q4_k_m, turn about")
+        res["python_vs_native"] = lockstep(tools / "llama-server", paths[("text", "q4_k_m")],
+                                           paths[("mmproj", "q8_0")], image, threads, log=log)
     from .measure import QUESTION
 
     mt = [native_mtmd(tools, paths[("text", "q4_k_m")], paths[("mmproj", "q8_0")], image, QUESTION, threads, 32)
