@@ -190,7 +190,7 @@ def interleaved(exe: Path, text: Path, mmproj: Path, image: Path, threads: int, 
                     runs = [ours.run() for _ in range(reps)]
                     row.update({"ours_prefill": max(x["prefill"] for x in runs),
                                 "ours_decode": max(x["decode"] for x in runs),
-                                "ours_python_share": statistics.median(x["python_share"] for x in runs)})
+                                "ours_python_share": round(statistics.median(x["python_share"] for x in runs), 4)})
             rows.append(row)
             log(f"round {r + 1}/{rounds}: {row}")
         n_ctx = ours.md.n_ctx
