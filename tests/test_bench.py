@@ -121,3 +121,27 @@ def test_median_ci_is_the_binomial_order_statistics_interval():
     assert median_ci([1.0, 2.0, 3.0, 4.0, 5.0])[1:] == (None, None)  # too few for 95%: no interval, not a fake one
     s = summary([0.9, 1.1, 1.0, 0.95, 1.05, 1.02, 0.98])
     assert s["median"] == 1.0 and s["n"] == 7 and s["range"] == [0.9, 1.1] and s["ci"] == [0.9, 1.1]
+
+
+def test_paired_roofline_compares_each_decode_with_the_reads_around_it():
+    import gguf
+    import numpy as np
+
+    from moondream_cpp import Moondream
+    from moondream_cpp.bench.roofline import paired
+
+    text, mmproj = demo_pair()
+    with Moondream.load(text, mmproj, n_threads=2) as md:
+        r = paired(md, ROOT / "examples" / "shapes.png", "Describe this image.", text, "f16", 2, pairs=6, tokens=8)
+    assert len(r["decode_tok_s"]) == 6 and len(r["read_gbs"]) == 7 and r["decode_vs_roofline"]["n"] == 6
+    # bytes a token reads, from gguf-py's own reader: every tensor but the embedding table, and f16 K and V at the
+    # decode's mean depth (the prompt, then about half of the answer)
+    reader = gguf.GGUFReader(text)
+    weights = sum(int(t.n_bytes) for t in reader.tensors if t.name != "token_embd.weight")
+    n_embd = int(reader.fields["phi2.embedding_length"].parts[-1][0])
+    n_layer = int(reader.fields["phi2.block_count"].parts[-1][0])
+    depth = r["bytes_per_token"] - weights
+    assert depth % (2 * n_layer * n_embd * 2) == 0 and r["depth"] <= depth // (4 * n_layer * n_embd) <= r["depth"] + 4
+    ratios = [d * r["bytes_per_token"] / ((a + b) / 2 * 1e9)
+              for d, a, b in zip(r["decode_tok_s"], r["read_gbs"], r["read_gbs"][1:])]
+    assert abs(np.median(ratios) - r["decode_vs_roofline"]["median"]) < 0.01 * r["decode_vs_roofline"]["median"]
