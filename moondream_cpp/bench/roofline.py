@@ -67,13 +67,17 @@ def main(argv=None):
     import sys
 
     from .. import Moondream
+    from ..errors import MoondreamError
     from ..image import load_image
     from ..runtime import default_threads
     from ..settings import DEFAULT, LOW_RAM
 
     threads = a.threads or default_threads()
-    image = load_image(a.image)  # a bad path fails here, before the model loads
-    md = Moondream.load(a.text, a.mmproj, n_threads=threads, low_ram=a.low_ram)
+    try:
+        image = load_image(a.image)  # a bad path fails here, before the model loads
+        md = Moondream.load(a.text, a.mmproj, n_threads=threads, low_ram=a.low_ram)
+    except MoondreamError as e:
+        sys.exit(f"error: {e}")
     from .measure import QUESTION
 
     out = paired(md, image, QUESTION, Path(a.text), (LOW_RAM if a.low_ram else DEFAULT).kv_type, threads, a.pairs,
