@@ -45,7 +45,8 @@ def targets(res: dict) -> list[tuple[str, str, bool | None]]:
     nb = (res.get("native_llama_bench") or {}).get("q4_k_m")
     if pv:
         d, p = pv["decode_ratio"], pv["prefill_ratio"]
-        how = (f"{d['n']} turns about with llama-server" if pv["native"] == "llama-server" else
+        how = (f"{d['n']} turns about with llama-server, {p['n']} of them with a fresh prefill"
+               if pv["native"] == "llama-server" else
                f"{d['n']} interleaved llama-bench rounds, each the fastest of {pv.get('reps_per_round', 1)} runs a "
                "side")
         out.append((f"our Python path within 3% of native {pv['native']} (q4_k_m; the median ratio of {how}, and "
