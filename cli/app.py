@@ -25,6 +25,8 @@ MODEL = typer.Option(None, "--model", "-m", help="A model name (`moondream-cpp l
 TEXT = typer.Option(None, "--text", help="Text model GGUF (with --mmproj).")
 MMPROJ = typer.Option(None, "--mmproj", help="Vision projector (mmproj) GGUF (with --text).")
 THREADS = typer.Option(None, "--threads", min=1, help="CPU threads (default: all available).")
+GPU_LAYERS = typer.Option(None, "--gpu-layers", min=0, help="Text-model layers on the GPU (default: all, where "
+                          "llama.cpp was built with CUDA, Metal or Vulkan; 0: CPU only).")
 N_CTX = typer.Option(None, "--n-ctx", min=64, help="Context size in tokens (default 2048; 1024 with --low-ram).")
 MAX_TOKENS = typer.Option(None, "--max-tokens", min=1, help="Answer length limit (default: the revision's).")
 JSON = typer.Option(False, "--json", help="Print JSON instead of plain text.")

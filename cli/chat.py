@@ -10,8 +10,8 @@ import typer
 
 from moondream_cpp.errors import MoondreamError
 
-from .app import (JSON, LOW_RAM, MAX_TOKENS, MMPROJ, MODEL, N_CTX, TEXT, THREADS, app, load_model, note, print_json,
-                  timings_line)
+from .app import (GPU_LAYERS, JSON, LOW_RAM, MAX_TOKENS, MMPROJ, MODEL, N_CTX, TEXT, THREADS, app, load_model, note,
+                  print_json, timings_line)
 
 HELP = """Commands:
   /image PATH      talk about another image (recent images stay encoded); starts a new conversation
@@ -32,6 +32,7 @@ def chat(
     max_tokens: Optional[int] = MAX_TOKENS,
     temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy, as the original."),
     threads: Optional[int] = THREADS,
+    gpu_layers: Optional[int] = GPU_LAYERS,
     n_ctx: Optional[int] = N_CTX,
     low_ram: bool = LOW_RAM,
     revision: Optional[str] = typer.Option(None, help="Override the prompt format of the file's revision."),
@@ -40,21 +41,22 @@ def chat(
 ):
     """Ask questions about an image: once with -p, else interactively (type /help), or one per stdin line."""
     try:
-        _chat(image, prompt, model, text, mmproj, max_tokens, temperature, threads, n_ctx, low_ram, revision, verbose,
-              as_json)
+        _chat(image, prompt, model, text, mmproj, max_tokens, temperature, threads, gpu_layers, n_ctx, low_ram,
+              revision, verbose, as_json)
     except KeyboardInterrupt:  # while loading, answering -p or reading a script; click would say "Aborted!"
         sys.stdout.write("\n")
         note("interrupted")
         raise typer.Exit(130)
 
 
-def _chat(image, prompt, model, text, mmproj, max_tokens, temperature, threads, n_ctx, low_ram, revision, verbose,
-          as_json):
+def _chat(image, prompt, model, text, mmproj, max_tokens, temperature, threads, gpu_layers, n_ctx, low_ram, revision,
+          verbose, as_json):
     from moondream_cpp.chat import ChatSession
     from moondream_cpp.image import load_image
 
     picture = load_image(image)  # a bad image is reported before the model takes time to load
-    md = load_model(model, text, mmproj, n_threads=threads, n_ctx=n_ctx, low_ram=low_ram, revision=revision)
+    md = load_model(model, text, mmproj, n_threads=threads, n_gpu_layers=gpu_layers, n_ctx=n_ctx, low_ram=low_ram,
+                    revision=revision)
     session = ChatSession(md, max_tokens=max_tokens, temperature=temperature)
     session.set_image(picture, name=str(image))
     out = Output(verbose, as_json)

@@ -11,7 +11,7 @@ from moondream_cpp.convert.quantize import MMPROJ_TYPES, TEXT_TYPES
 from moondream_cpp.errors import MoondreamError
 
 from . import bench, chat, models, oneshot, serve  # noqa: F401  (they register their commands on app)
-from .app import JSON, LOW_RAM, MMPROJ, MODEL, TEXT, THREADS, app, conversion_progress, load_model, stderr
+from .app import GPU_LAYERS, JSON, LOW_RAM, MMPROJ, MODEL, TEXT, THREADS, app, conversion_progress, load_model, stderr
 
 
 @app.command()
@@ -49,6 +49,7 @@ def eval_cmd(
     predictions: Optional[Path] = typer.Option(None, "--predictions", help="Also write every prediction here "
                                                "(JSON lines)."),
     threads: Optional[int] = THREADS,
+    gpu_layers: Optional[int] = GPU_LAYERS,
     low_ram: bool = LOW_RAM,
 ):
     """Score a model on VQA-format questions: VQAv2 normalisation, min(matches/3,1) accuracy, per type."""
@@ -72,7 +73,7 @@ def eval_cmd(
             return ref.generate(load_image(img), q, max_tokens=max_tokens)[1]
         name = f"reference:{reference}"
     else:
-        md = load_model(model, text, mmproj, n_threads=threads, low_ram=low_ram)
+        md = load_model(model, text, mmproj, n_threads=threads, n_gpu_layers=gpu_layers, low_ram=low_ram)
 
         def answer(img, q):
             return md.query(img, q, max_tokens=max_tokens).text

@@ -9,8 +9,8 @@ import typer
 
 from moondream_cpp.errors import ImageError
 
-from .app import (JSON, LOW_RAM, MAX_TOKENS, MMPROJ, MODEL, N_CTX, TEXT, THREADS, app, load_model, note, print_json,
-                  stderr)
+from .app import (GPU_LAYERS, JSON, LOW_RAM, MAX_TOKENS, MMPROJ, MODEL, N_CTX, TEXT, THREADS, app, load_model, note,
+                  print_json, stderr)
 
 
 @app.command()
@@ -22,6 +22,7 @@ def query(
     mmproj: Optional[Path] = MMPROJ,
     max_tokens: Optional[int] = MAX_TOKENS,
     threads: Optional[int] = THREADS,
+    gpu_layers: Optional[int] = GPU_LAYERS,
     n_ctx: Optional[int] = N_CTX,
     low_ram: bool = LOW_RAM,
     as_json: bool = JSON,
@@ -30,7 +31,7 @@ def query(
     from moondream_cpp.image import load_image
 
     picture = load_image(image)
-    md = load_model(model, text, mmproj, n_threads=threads, n_ctx=n_ctx, low_ram=low_ram)
+    md = load_model(model, text, mmproj, n_threads=threads, n_gpu_layers=gpu_layers, n_ctx=n_ctx, low_ram=low_ram)
     a = md.query(picture, question, max_tokens=max_tokens)
     if as_json:
         print_json({"image": str(image), "question": question, "answer": a.text, "finish_reason": a.finish_reason,
@@ -54,6 +55,7 @@ def caption(
     mmproj: Optional[Path] = MMPROJ,
     max_tokens: Optional[int] = MAX_TOKENS,
     threads: Optional[int] = THREADS,
+    gpu_layers: Optional[int] = GPU_LAYERS,
     n_ctx: Optional[int] = N_CTX,
     low_ram: bool = LOW_RAM,
     as_json: bool = JSON,
@@ -69,7 +71,7 @@ def caption(
     paths = collect_images(images)
     if not paths:
         raise ImageError(f"no images found in {' '.join(images)}")
-    md = load_model(model, text, mmproj, n_threads=threads, n_ctx=n_ctx, low_ram=low_ram)
+    md = load_model(model, text, mmproj, n_threads=threads, n_gpu_layers=gpu_layers, n_ctx=n_ctx, low_ram=low_ram)
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 

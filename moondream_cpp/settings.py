@@ -17,7 +17,9 @@ class Settings:
     n_ctx: int = 2048
     n_batch: int = 1024
     n_ubatch: int = 512
-    n_gpu_layers: int = 0
+    # text-model layers on the GPU. None: all of them where llama.cpp was built with a GPU backend (CUDA, Metal,
+    # Vulkan...), none elsewhere; 0 keeps everything on the CPU
+    n_gpu_layers: int | None = None
     mmproj_gpu: bool = True  # run the vision tower on the GPU when the text model is offloaded
     # text model: on, prefill +12%, decode +2%, peak -67 MB at q4_k_m (benchmarks/results/settings_sweep-amd-epyc.json)
     flash_attn: bool = True
@@ -41,13 +43,17 @@ class Settings:
             raise MoondreamError(f"KV cache type must be one of {', '.join(KV_TYPES)}, not {self.kv_type!r}")
         if self.n_threads is not None and self.n_threads < 1:
             raise MoondreamError("n_threads must be at least 1")
+        if self.n_gpu_layers is not None and self.n_gpu_layers < 0:
+            raise MoondreamError("n_gpu_layers must be 0 (CPU only) or more; leave it unset for all layers on the GPU")
 
     def for_machine(self, weight_type: str | None = None) -> "Settings":
         """These settings with every `None` (automatic) field decided for this machine and llama.cpp build, and for
         the text model's weight type (e.g. "Q4_K"; AMX has kernels for quantized types only)."""
         quantized = weight_type is None or weight_type.upper() not in ("F32", "F16", "BF16")
         extra = (has_amx() and quantized) if self.extra_bufts is None else self.extra_bufts
-        return replace(self, extra_bufts=extra, mmap=(not extra) if self.mmap is None else self.mmap)
+        gpu = (ALL_LAYERS if has_gpu() else 0) if self.n_gpu_layers is None else self.n_gpu_layers
+        return replace(self, extra_bufts=extra, mmap=(not extra) if self.mmap is None else self.mmap,
+                       n_gpu_layers=gpu)
 
     def with_(self, **kw) -> "Settings":
         known = {f.name for f in fields(self)}
@@ -55,6 +61,16 @@ class Settings:
         if bad:
             raise TypeError(f"unknown setting(s): {', '.join(sorted(bad))}")
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
+
+
+ALL_LAYERS = 999  # llama.cpp clamps a layer count to the model's (24 + the output layer for moondream)
+
+
+def has_gpu() -> bool:
+    """Whether this llama.cpp build can offload layers to a GPU (built with CUDA, Metal, Vulkan... and one found)."""
+    from .native import llama
+
+    return bool(llama().llama_supports_gpu_offload())
 
 
 AMX_FIX = "0003-amx-tile-config-survives-gcc-12.patch"  # without it, GCC <= 12 builds of AMX segfault

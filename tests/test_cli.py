@@ -35,7 +35,8 @@ def test_chat_prints_the_reference_answer(cli_pair, photo_file, reference):
     from PIL import Image
 
     _, want = reference("2024-04-02").generate(Image.open(photo_file), QUESTION, max_tokens=20)
-    r = run("chat", photo_file, "-p", QUESTION, "--text", text, "--mmproj", mmproj, "--max-tokens", 20)
+    r = run("chat", photo_file, "-p", QUESTION, "--text", text, "--mmproj", mmproj, "--max-tokens", 20,
+            "--gpu-layers", 0)
     assert r.returncode == 0, r.stderr
     assert r.stdout == want + "\n"
 

@@ -41,6 +41,7 @@ CASES = [
     (["pull", "moondream-demo"], 1, "bundled"),
     (["rm", "moondream-demo"], 1, "bundled"),
     (["chat", str(IMG), "--max-tokens", "0"], 2, ""),
+    (["query", str(IMG), "What?", "--gpu-layers", "-1"], 2, "--gpu-layers"),
 ]
 
 

@@ -1,5 +1,7 @@
 """Runtime settings: the --low-ram preset (q8_0 KV cache, no repacked copies, vision tower on demand) answers as the
 default settings do, within the KV quantisation's error; bad settings are refused before llama.cpp sees them."""
+from dataclasses import replace
+
 import pytest
 
 from conftest import rel_logits
@@ -26,6 +28,8 @@ def test_bad_settings_are_refused():
         LOW_RAM.with_(kv_type="q2")
     with pytest.raises(TypeError, match="unknown setting"):
         LOW_RAM.with_(n_ctxx=5)
+    with pytest.raises(MoondreamError, match="n_gpu_layers"):
+        LOW_RAM.with_(n_gpu_layers=-1)
 
 
 def test_automatic_settings_follow_the_machine(monkeypatch):
@@ -40,8 +44,16 @@ def test_automatic_settings_follow_the_machine(monkeypatch):
     assert DEFAULT.for_machine("F16").extra_bufts is False  # no AMX kernels for float weights: keep the lean path
     assert DEFAULT.for_machine("Q4_K").extra_bufts == cfg.extra_bufts
     assert Settings(extra_bufts=True).for_machine().mmap is False
-    assert Settings(extra_bufts=False, mmap=False).for_machine() == Settings(extra_bufts=False, mmap=False)
-    assert LOW_RAM.for_machine() == LOW_RAM  # the preset decides everything itself
+    fixed = Settings(extra_bufts=False, mmap=False, n_gpu_layers=0)
+    assert fixed.for_machine() == fixed
+    assert replace(LOW_RAM.for_machine(), n_gpu_layers=None) == LOW_RAM  # the preset decides all but the GPU
+    # every layer on the GPU where the build has a GPU backend (as llama.cpp's tools do), none elsewhere
+    gpu = bool(native.llama().llama_supports_gpu_offload())
+    assert cfg.n_gpu_layers == (settings.ALL_LAYERS if gpu else 0)
+    assert Settings(n_gpu_layers=3).for_machine().n_gpu_layers == 3
+    monkeypatch.setattr(settings, "has_gpu", lambda: True)
+    assert DEFAULT.for_machine().n_gpu_layers == settings.ALL_LAYERS
+    assert Settings(n_gpu_layers=0).for_machine().n_gpu_layers == 0
     # a registry llama-cpp-python (no patches) never gets AMX: its GCC 12 builds fault in the first AMX matmul
     monkeypatch.setattr(native, "our_patches", lambda: [])
     assert settings.has_amx() is False and DEFAULT.for_machine().extra_bufts is False
