@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -40,6 +41,8 @@ def _child(args: list[str], timeout: float = 1800, module: str = "measure") -> d
     """Run a measurement (moondream_cpp.bench.<module>) in a fresh process; its JSON line, or an error record."""
     p = subprocess.run([sys.executable, "-m", f"moondream_cpp.bench.{module}", *args], capture_output=True, text=True,
                        timeout=timeout)
+    if p.returncode < 0:  # a native crash leaves no Python error line: name the signal
+        return {"error": f"killed by {signal.Signals(-p.returncode).name}"}
     if p.returncode != 0:
         return {"error": (p.stderr.strip().splitlines() or ["exit %d" % p.returncode])[-1]}
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -109,8 +112,8 @@ def build_models(work: Path, log: Callable[[str], None]) -> dict:
     text = f16 / "moondream-bench-text-f16.gguf"
     if not text.exists():
         log("converting to f16 (peak RSS measured)")
-        cli = str(Path(sys.executable).with_name("moondream-cpp"))
-        rc, peak, secs = _peak_of([cli, "convert", str(ck), "-o", str(f16), "--name", "moondream-bench"])
+        rc, peak, secs = _peak_of([sys.executable, "-m", "moondream_cpp", "convert", str(ck), "-o", str(f16),
+                                   "--name", "moondream-bench"])
         if rc != 0:
             raise RuntimeError("conversion failed")
         info["convert_f16"] = {"peak_rss_mb": round(peak, 1), "seconds": round(secs, 1)}
@@ -141,7 +144,8 @@ def llama_bench_settings(text: Path | None = None) -> list[str]:
 
     cfg = DEFAULT.for_machine(check_text(text).quant if text else None)
     return ["-fa", str(int(cfg.flash_attn)), "--repack", str(int(cfg.extra_bufts)),
-            "-lm", "auto" if cfg.mmap else "none", "-b", str(cfg.n_batch), "-ub", str(cfg.n_ubatch)]
+            "-lm", "auto" if cfg.mmap else "none", "-b", str(cfg.n_batch), "-ub", str(cfg.n_ubatch),
+            "-ngl", str(cfg.n_gpu_layers)]
 
 
 def native_bench(tools: Path, text: Path, threads: int, n_prompt: int, n_gen: int, repeats: int) -> dict | None:
@@ -173,12 +177,15 @@ def native_mtmd(tools: Path, text: Path, mmproj: Path, image: Path, question: st
                 n_gen: int) -> dict | None:
     """llama.cpp's own llama-mtmd-cli answering one question in a fresh process (load, encode, prefill, n_gen
     tokens): its wall time and peak RSS."""
+    from ..settings import DEFAULT
+
     exe = tools / "llama-mtmd-cli"
     if not exe.exists():
         return None
     rc, peak, secs = _peak_of([str(exe), "-m", str(text), "--mmproj", str(mmproj), "--image", str(image), "-p",
                                question, "-n", str(n_gen), "--temp", "0", "-t", str(threads), "-c", "2048",
-                               "--no-warmup", "--ignore-eos", "--jinja"])
+                               "--no-warmup", "--ignore-eos", "--jinja",
+                               "-ngl", str(DEFAULT.for_machine().n_gpu_layers)])
     return {"process_s": secs, "peak_rss_mb": peak} if rc == 0 else {"error": f"llama-mtmd-cli exit code {rc}"}
 
 

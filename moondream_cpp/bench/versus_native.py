@@ -85,7 +85,7 @@ def server_args(text: Path, threads: int) -> list[str]:
     return ["-m", str(text), "-t", str(threads), "-tb", str(threads), "-c", str(cfg.n_ctx), "-b", str(cfg.n_batch),
             "-ub", str(cfg.n_ubatch), "-fa", "on" if cfg.flash_attn else "off",
             "--repack" if cfg.extra_bufts else "--no-repack", "-lm", "mmap" if cfg.mmap else "none",
-            "-ctk", cfg.kv_type, "-ctv", cfg.kv_type, "-np", "1", "--cache-ram", "0"]
+            "-ctk", cfg.kv_type, "-ctv", cfg.kv_type, "-np", "1", "--cache-ram", "0", "-ngl", str(cfg.n_gpu_layers)]
 
 
 @contextmanager

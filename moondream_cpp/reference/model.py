@@ -23,24 +23,24 @@ P = spec.PROJECTION_PREFIX
 
 class ReferenceMoondream:
     def __init__(self, checkpoint: str | Path | Checkpoint, dtype: torch.dtype = torch.float32,
-                 revision: str | None = None):
+                 revision: str | None = None, device: str | torch.device = "cpu"):
         ck = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, revision)
-        self.ck, self.rev, self.dtype = ck, ck.revision, dtype
-        self.w = {n: torch.from_numpy(ck.tensors.get(n)).to(dtype) for n in ck.tensors.names()}
+        self.ck, self.rev, self.dtype, self.device = ck, ck.revision, dtype, torch.device(device)
+        self.w = {n: torch.from_numpy(ck.tensors.get(n)).to(self.device, dtype) for n in ck.tensors.names()}
         self.tokenizer = Tokenizer.from_file(str(ck.path / "tokenizer.json"))
         self.bos = self.tokenizer.token_to_id(spec.BOS_TOKEN)
         self.n_real_tokens = self.tokenizer.get_vocab_size(with_added_tokens=True)
         t = ck.text
         inv = 1.0 / (spec.ROPE_BASE ** (torch.arange(0, t.rotary_dim, 2, dtype=torch.float64) / t.rotary_dim))
         freqs = torch.outer(torch.arange(t.n_ctx, dtype=torch.float64), inv)
-        self.cos, self.sin = freqs.cos().float(), freqs.sin().float()
+        self.cos, self.sin = freqs.cos().float().to(self.device), freqs.sin().float().to(self.device)
 
     # ---------------------------------------------------------------- vision (spec §2, §3.1, §3.2)
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         s = self.ck.vision.image_size
         img = image.convert("RGB").resize((s, s), Image.BICUBIC)
         x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)  # [3, s, s]
-        return (x - 0.5) / 0.5
+        return ((x - 0.5) / 0.5).to(self.device)
 
     def _gelu_vision(self, x):
         return F.gelu(x, approximate="tanh" if self.rev.vision_gelu == "tanh" else "none")
@@ -86,8 +86,8 @@ class ReferenceMoondream:
         hd = t.n_embd // t.n_head
         past = 0 if not cache else cache[0][0].shape[1]
         T = embeds.shape[0]
-        pos = torch.arange(past, past + T)
-        mask = torch.full((T, past + T), float("-inf")).triu(past + 1)
+        pos = torch.arange(past, past + T, device=self.device)
+        mask = torch.full((T, past + T), float("-inf"), device=self.device).triu(past + 1)
         cache = cache or [None] * t.n_layer
         x = embeds.to(self.dtype)
         for i in range(t.n_layer):
@@ -110,7 +110,7 @@ class ReferenceMoondream:
         return self.tokenizer.encode(text, add_special_tokens=False).ids if text else []
 
     def embed(self, ids: list[int]) -> torch.Tensor:
-        return self.w["text_model.transformer.embd.wte.weight"][torch.tensor(ids, dtype=torch.long)]
+        return self.w["text_model.transformer.embd.wte.weight"][torch.tensor(ids, dtype=torch.long, device=self.device)]
 
     def prompt_embeds(self, image_embeds: torch.Tensor, question: str, history=()) -> torch.Tensor:
         hist = "".join(spec.TURN_FORMAT.format(question=q, answer=a) for q, a in history)
@@ -139,7 +139,7 @@ class ReferenceMoondream:
     def logits(self, image: Image.Image | torch.Tensor, question: str, history=()) -> np.ndarray:
         emb = image if isinstance(image, torch.Tensor) else self.encode_image(image)
         out, _ = self.forward(self.prompt_embeds(emb, question, history))
-        return out[-1].numpy()
+        return out[-1].cpu().numpy()
 
     @torch.no_grad()
     def generate(self, image, question: str, max_tokens: int | None = None, history=()) -> tuple[list[int], str]:
