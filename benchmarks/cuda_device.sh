@@ -65,6 +65,17 @@ diagnose() {
   timeout 60 python3 -c "from moondream_cpp import Moondream; Moondream.load('$T', '$M'); print('loaded')" 2>&1 | tail -1
   timeout 60 cuda-gdb -q -batch -ex run -ex bt --args python3 -c \
     "from moondream_cpp import Moondream; Moondream.load('$T', '$M')" 2>&1 | grep -a '^#[0-9] ' | cut -c1-240 | head -12
+  # the backtrace ran libstdc++'s ostream code inside libggml-cuda.so: does that library carry (and export) its own
+  # copy, and which copy does libllama's call bind to in the crashing process and in a bare load?
+  echo "libstdc++ symbols exported by libggml-cuda: $(nm -D --defined-only build/cuda/bin/libggml-cuda.so | grep -c '_ZNS[aot]')"
+  readelf -d build/cuda/bin/libllama.so build/cuda/bin/libggml.so | grep -E 'File|NEEDED'
+  for what in "import llama_cpp as L; L.llama_backend_init(); p = L.llama_model_default_params(); $load" \
+              "from moondream_cpp import Moondream; Moondream.load('$T', '$M')"; do
+    LD_DEBUG=bindings LD_DEBUG_OUTPUT=/tmp/bind timeout 60 python3 -c "$what" >/dev/null 2>&1
+    echo "${what:0:40}... binds libllama's ostream calls to:"  # libstdc++.so.6 alone is the sane answer
+    cat /tmp/bind.* | grep -a 'file [^ ]*libllama.so .*_ZNSo' | sed 's/.* to \([^ ]*\) .*/\1/' | sort | uniq -c
+    rm -f /tmp/bind.*
+  done
 }
 
 case "${1:-all}" in
