@@ -1,5 +1,6 @@
 """The command line as a user runs it: real subprocesses."""
 import subprocess
+import sys
 
 import pytest
 from conftest import CLI
@@ -67,6 +68,9 @@ def test_version_and_help():
     assert run("--version").stdout.startswith("moondream-cpp ")
     r = run("--help")
     assert r.returncode == 0 and "Exit codes" in r.stdout
+    # the same command without its console script
+    m = subprocess.run([sys.executable, "-m", "moondream_cpp", "--version"], capture_output=True, text=True)
+    assert m.returncode == 0 and m.stdout == run("--version").stdout
 
 
 @pytest.mark.parametrize("delay", [0.8, 2.5])  # while loading, and while waiting for a question
