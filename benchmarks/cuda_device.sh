@@ -57,10 +57,16 @@ diagnose() {
   local load="m = L.llama_model_load_from_file(b'$T', p); print('loaded' if m else 'load failed')"
   for step in "pass" "mtmd()" "L.llama_print_system_info()" "L.llama_supports_gpu_offload()" \
               "p.use_extra_bufts = False" "p.n_gpu_layers = 999; p.load_mode = -1" \
+              "import numpy, PIL.Image, yaml" "import gguf" \
               "mtmd(); L.llama_print_system_info(); L.llama_supports_gpu_offload(); p.use_extra_bufts = False"; do
     printf '%-100s ' "$step"
     timeout 60 python3 -c "$pre; $step; $load" 2>&1 | tail -1
   done
+  # our runtime imports gguf, and gguf imports sentencepiece and mistral_common where they are installed: does that
+  # pull in a second CUDA or C++ runtime (torch loads its CUDA libraries RTLD_GLOBAL) before libggml-cuda binds?
+  python3 -c "import sys, gguf; print('import gguf brings in:', sorted(m for m in ('torch', 'sentencepiece', \
+    'mistral_common', 'transformers', 'tiktoken') if m in sys.modules)); print('\n'.join(sorted({l.split()[-1] \
+    for l in open('/proc/self/maps') if any(k in l for k in ('cuda', 'cublas', 'stdc++', 'torch'))})))" 2>&1 | head -20
   printf '%-100s ' "Moondream.load"
   timeout 60 python3 -c "from moondream_cpp import Moondream; Moondream.load('$T', '$M'); print('loaded')" 2>&1 | tail -1
   timeout 60 cuda-gdb -q -batch -ex run -ex bt --args python3 -c \
