@@ -4,6 +4,7 @@ Defaults are what measured fastest on CPU (benchmarks/, docs/performance.md); th
 memory."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields, replace
 
 from .errors import MoondreamError
@@ -71,6 +72,22 @@ def has_gpu() -> bool:
     from .native import llama
 
     return bool(llama().llama_supports_gpu_offload())
+
+
+NOT_GPU_BACKENDS = {"CPU", "BLAS", "RPC"}
+
+
+def backends(system_info: str) -> list[str]:
+    """The backends a llama.cpp build carries, by name, from its system info ("CUDA : ARCHS = 900 | ... | CPU : SSE3 =
+    1 | ..."): a backend is listed whether or not it found a device."""
+    return re.findall(r"(?:^|\| )(\w+) : ", system_info)
+
+
+def gpu_backends() -> list[str]:
+    """The GPU backends this llama.cpp build was compiled with (CUDA, Metal, Vulkan...), usable here or not."""
+    from .native import llama
+
+    return [b for b in backends(llama().llama_print_system_info().decode()) if b not in NOT_GPU_BACKENDS]
 
 
 AMX_FIX = "0003-amx-tile-config-survives-gcc-12.patch"  # without it, GCC <= 12 builds of AMX segfault

@@ -57,3 +57,15 @@ def test_automatic_settings_follow_the_machine(monkeypatch):
     # a registry llama-cpp-python (no patches) never gets AMX: its GCC 12 builds fault in the first AMX matmul
     monkeypatch.setattr(native, "our_patches", lambda: [])
     assert settings.has_amx() is False and DEFAULT.for_machine().extra_bufts is False
+
+
+def test_backends_are_read_from_the_system_info():
+    from moondream_cpp.settings import backends
+
+    # what llama_print_system_info() printed for our CUDA build on a machine without a driver, and for the CPU build
+    cuda = ("CUDA : ARCHS = 900 | NO_VMM = 1 | USE_GRAPHS = 1 | FA_QUANTS = q4_0-q4_0,q8_0-q8_0,f16-f16,bf16-bf16 | "
+            "CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 | AVX512 = 1 | "
+            "AVX512_VBMI = 1 | AVX512_VNNI = 1 | AVX512_BF16 = 1 | LLAMAFILE = 1 | OPENMP = 1 | REPACK = 1 | ")
+    cpu = cuda[cuda.index("CPU :"):]
+    assert backends(cuda) == ["CUDA", "CPU"]
+    assert backends(cpu) == ["CPU"]
