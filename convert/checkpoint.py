@@ -153,7 +153,8 @@ def detect_revision(config: dict, override: str | None = None) -> spec.Revision:
 
 def _check_names(names: set[str], n_vision: int, n_text: int) -> None:
     expected = set(spec.TEXT_TENSORS) | set(spec.VISION_TENSORS)
-    expected |= set(spec.expand(spec.TEXT_BLOCK_TENSORS, n_text)) | set(spec.expand(spec.VISION_BLOCK_TENSORS, n_vision))
+    expected |= set(spec.expand(spec.TEXT_BLOCK_TENSORS, n_text))
+    expected |= set(spec.expand(spec.VISION_BLOCK_TENSORS, n_vision))
     missing = sorted(expected - names)
     unknown = sorted(names - expected)
     if missing:
@@ -199,7 +200,8 @@ def load_checkpoint(path: str | Path, revision: str | None = None) -> Checkpoint
     n_vision = _count_blocks(names, spec.VISION_PREFIX + "blocks.")
     n_text = _count_blocks(names, "text_model.transformer.h.")
     # multi-crop revisions (>= 2024-05-20) feed the projector 2 x vision width
-    fc1 = tensors.shape(spec.PROJECTION_PREFIX + "fc1.weight") if spec.PROJECTION_PREFIX + "fc1.weight" in names else None
+    fc1_name = spec.PROJECTION_PREFIX + "fc1.weight"
+    fc1 = tensors.shape(fc1_name) if fc1_name in names else None
     patch = tensors.shape(spec.VISION_PREFIX + "patch_embed.linear.weight")
     if fc1 is not None and fc1[1] == 2 * patch[0]:
         raise CheckpointError("this is a multi-crop moondream2 revision (2024-05-20 or later, projector input "

@@ -60,7 +60,8 @@ def load_image(source) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(bomb) from None
     except UnidentifiedImageError as e:
-        raise ImageError(f"{name} is not a readable image ({e}); use a JPEG, PNG, GIF, WebP, BMP or TIFF file") from None
+        raise ImageError(f"{name} is not a readable image ({e}); use a JPEG, PNG, GIF, WebP, BMP or TIFF "
+                         "file") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageError(f"{name} could not be decoded ({e}); the file may be truncated or corrupt") from None
 

@@ -299,7 +299,8 @@ class Moondream:
                 if lean:
                     residency.retake(text_file, skip=self._embd_bytes)
         self._images[key] = enc
-        while sum(e.embeddings.nbytes for e in self._images.values()) > self.image_cache_bytes and len(self._images) > 1:
+        while (sum(e.embeddings.nbytes for e in self._images.values()) > self.image_cache_bytes
+               and len(self._images) > 1):
             self._images.popitem(last=False)
         return enc, False
 
@@ -346,7 +347,8 @@ class Moondream:
         t0 = time.perf_counter()
         # handed over at exactly image_size, so mtmd's own letterboxing never applies (pitfall P3)
         data = pixels.tobytes()
-        bitmap = M.mtmd_bitmap_init(self.image_size, self.image_size, (ctypes.c_ubyte * len(data)).from_buffer_copy(data))
+        buf = (ctypes.c_ubyte * len(data)).from_buffer_copy(data)
+        bitmap = M.mtmd_bitmap_init(self.image_size, self.image_size, buf)
         chunks = M.mtmd_input_chunks_init()
         try:
             part = M.mtmd_input_part(text=None, bitmap=bitmap)

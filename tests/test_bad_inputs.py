@@ -93,7 +93,8 @@ def test_wrong_typed_key_is_caught_before_llama_cpp_aborts(pair, checkpoint, tmp
         Moondream.load(pair[0], bad)
     # proof that the check matters: llama.cpp itself kills the process on this file
     probe = ("import llama_cpp, sys; from llama_cpp import mtmd_cpp as M; "
-             f"m = llama_cpp.llama_model_load_from_file({str(pair[0])!r}.encode(), llama_cpp.llama_model_default_params()); "
+             f"m = llama_cpp.llama_model_load_from_file({str(pair[0])!r}.encode(), "
+             "llama_cpp.llama_model_default_params()); "
              "p = M.mtmd_context_params_default(); p.use_gpu = False; p.warmup = False; "
              f"M.mtmd_init_from_file({str(bad)!r}.encode(), m, p); print('survived')")
     r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)

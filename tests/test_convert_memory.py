@@ -25,5 +25,6 @@ def test_conversion_peak_memory_is_a_fraction_of_the_model(tmp_path):
     assert r.returncode == 0, r.stderr
     base, peak = map(int, r.stdout.split())
     grew = peak - base
-    print(f"conversion peak RSS {peak / 1e6:.0f} MB (growth {grew / 1e6:.0f} MB) for a {fp32_bytes / 1e6:.0f} MB fp32 model")
+    print(f"conversion peak RSS {peak / 1e6:.0f} MB (growth {grew / 1e6:.0f} MB) for a {fp32_bytes / 1e6:.0f} MB "
+          "fp32 model")
     assert grew < 0.25 * fp32_bytes

@@ -35,7 +35,8 @@ def tensor_shapes() -> dict[str, tuple[int, ...]]:
     for i in range(t["layers"]):
         b = f"text_model.transformer.h.{i}."
         out.update({b + "ln.weight": (w,), b + "ln.bias": (w,), b + "mixer.Wqkv.weight": (3 * w, w),
-                    b + "mixer.Wqkv.bias": (3 * w,), b + "mixer.out_proj.weight": (w, w), b + "mixer.out_proj.bias": (w,),
+                    b + "mixer.Wqkv.bias": (3 * w,), b + "mixer.out_proj.weight": (w, w),
+                    b + "mixer.out_proj.bias": (w,),
                     b + "mlp.fc1.weight": (t["ff"], w), b + "mlp.fc1.bias": (t["ff"],),
                     b + "mlp.fc2.weight": (w, t["ff"]), b + "mlp.fc2.bias": (w,)})
     out.update({"text_model.lm_head.ln.weight": (w,), "text_model.lm_head.ln.bias": (w,),
