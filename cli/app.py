@@ -65,15 +65,11 @@ def print_json(obj) -> None:
 def load_model(model: Optional[str], text: Optional[Path], mmproj: Optional[Path], **kw):
     """The model a command runs: --text/--mmproj, else --model (name or directory), else the bundled demo."""
     from moondream_cpp import Moondream
-    from moondream_cpp.settings import gpu_backends, has_gpu
+    from moondream_cpp.settings import why_no_gpu
     from moondream_cpp.store import resolve
 
-    if kw.get("n_gpu_layers") and not has_gpu():  # llama.cpp would quietly run it all on the CPU
-        built = gpu_backends()
-        why = (f"this llama.cpp build has {', '.join(built)} but found no usable GPU (is its driver installed and the "
-               "GPU visible? For CUDA, `nvidia-smi` tells)" if built else
-               "this llama.cpp build has no GPU backend (reinstall with e.g. CMAKE_ARGS=\"-DGGML_CUDA=on\" bash "
-               "scripts/install.sh)")
+    why = why_no_gpu() if kw.get("n_gpu_layers") else None
+    if why:
         note(f"note: --gpu-layers has no effect: {why}; running on the CPU")
     if text and mmproj:
         return Moondream.load(text, mmproj, **kw)

@@ -90,6 +90,18 @@ def gpu_backends() -> list[str]:
     return [b for b in backends(llama().llama_print_system_info().decode()) if b not in NOT_GPU_BACKENDS]
 
 
+def why_no_gpu() -> str | None:
+    """Why layers cannot go to a GPU here (llama.cpp would quietly keep them on the CPU), or None if they can."""
+    if has_gpu():
+        return None
+    built = gpu_backends()
+    if built:
+        return (f"this llama.cpp build has {', '.join(built)} but found no usable GPU (is its driver installed and "
+                "the GPU visible? For CUDA, `nvidia-smi` tells)")
+    return ("this llama.cpp build has no GPU backend (reinstall with e.g. CMAKE_ARGS=\"-DGGML_CUDA=on\" bash "
+            "scripts/install.sh)")
+
+
 AMX_FIX = "0003-amx-tile-config-survives-gcc-12.patch"  # without it, GCC <= 12 builds of AMX segfault
 
 
