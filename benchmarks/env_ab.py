@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from moondream_cpp.bench import _cpu_name, build_models
+from moondream_cpp.bench import _cpu_name, build_models, llama_bench_settings
+from moondream_cpp.bench.stats import summary
+from moondream_cpp.runtime import default_threads
 
 here = Path(__file__).resolve().parent
 VARIANTS = {  # name: (extra environment, extra llama-bench arguments)
@@ -23,9 +25,12 @@ VARIANTS = {  # name: (extra environment, extra llama-bench arguments)
 }
 
 
-def decode(tool: Path, text: Path, env: dict, extra: list) -> float:
-    cmd = [str(tool), "-m", str(text), "-t", "2", "-fa", "1", "--repack", "0", "-p", "0", "-n", "64", "-r", "3",
-           "-o", "json", *extra]
+def decode(tool: Path, text: Path, threads: int, env: dict, extra: list) -> float:
+    """llama-bench decode of 64 tokens (best of its 3 repeats averaged) on our settings, `extra` replacing theirs."""
+    settings = llama_bench_settings(text)
+    for flag, value in zip(extra[::2], extra[1::2]):
+        settings[settings.index(flag) + 1] = value
+    cmd = [str(tool), "-m", str(text), "-t", str(threads), *settings, "-p", "0", "-n", "64", "-r", "3", "-o", "json"]
     out = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, check=True).stdout
     return float(json.loads(out)[0]["avg_ts"])
 
@@ -37,22 +42,24 @@ def main():
     args = ap.parse_args()
     text = build_models(args.work, print)["_paths"][("text", "q4_k_m")]
     tool = here.parent / "build" / "native" / "bin" / "llama-bench"
+    threads = default_threads()
     runs = {name: [] for name in VARIANTS}
     for r in range(args.rounds):
         order = list(VARIANTS) if r % 2 == 0 else list(VARIANTS)[::-1]
         for name in order:
-            runs[name].append(decode(tool, text, *VARIANTS[name]))
+            runs[name].append(decode(tool, text, threads, *VARIANTS[name]))
         print(f"round {r + 1}: " + ", ".join(f"{n} {runs[n][-1]:.2f}" for n in VARIANTS), flush=True)
     base = np.array(runs["plain (mapped)"])
     out = {"command": "python benchmarks/env_ab.py" + (f" --rounds {args.rounds}" if args.rounds != 6 else ""),
-           "machine": {"cpu": _cpu_name(), "threads": 2},
-           "what": "llama-bench q4_k_m decode tok/s, empty context, 64 tokens x 3 per run; rounds alternate order",
+           "machine": {"cpu": _cpu_name(), "threads": threads},
+           "what": "llama-bench q4_k_m decode tok/s, empty context, 64 tokens x 3 per run, our settings "
+                   f"({' '.join(llama_bench_settings(text))}); rounds alternate order",
            "variants": {n: {"tok_s": v, "median": round(float(np.median(v)), 2),
                             "paired_ratio_vs_plain": [round(x, 3) for x in np.array(v) / base],
-                            "median_ratio": round(float(np.median(np.array(v) / base)), 3)}
+                            "ratio_vs_plain": summary(list(np.array(v) / base))}
                         for n, v in runs.items()}}
     (here / "results" / "env_ab.json").write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps({n: v["median_ratio"] for n, v in out["variants"].items()}, indent=2))
+    print(json.dumps({n: v["ratio_vs_plain"] for n, v in out["variants"].items()}, indent=2))
 
 
 if __name__ == "__main__":
