@@ -12,14 +12,15 @@ from .app import THREADS, app, note
 
 @app.command()
 def bench(
-    work: Path = typer.Option(Path("benchmarks/work"), "--work", help="Where the random full-size models are built "
-                              "(about 12 GB; reused by later runs)."),
+    work: Path = typer.Option(Path("benchmarks/work"), "--work", file_okay=False,
+                              help="Where the random full-size models are built (about 12 GB; reused by later runs)."),
     repeats: int = typer.Option(3, "--repeats", min=1, help="Fresh processes per variant (the median is reported)."),
     threads: Optional[int] = THREADS,
     no_torch: bool = typer.Option(False, "--no-torch", help="Skip the PyTorch reference runs."),
-    results: Path = typer.Option(Path("benchmarks/results"), "--results", help="Where bench.json and bench.png go."),
-    docs: Optional[Path] = typer.Option(Path("docs/performance.md"), "--docs", help="Markdown file whose bench table "
-                                        "is replaced."),
+    results: Path = typer.Option(Path("benchmarks/results"), "--results", file_okay=False,
+                                 help="Where bench.json and bench.png go."),
+    docs: Optional[Path] = typer.Option(Path("docs/performance.md"), "--docs", dir_okay=False,
+                                        help="Markdown file whose bench table is replaced."),
 ):
     """Speed and memory of full-size moondream on this machine: every GGUF variant, PyTorch fp32/bf16 and native
     llama-bench, side by side, with the memory roofline."""

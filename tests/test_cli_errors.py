@@ -42,6 +42,7 @@ CASES = [
     (["rm", "moondream-demo"], 1, "bundled"),
     (["chat", str(IMG), "--max-tokens", "0"], 2, ""),
     (["query", str(IMG), "What?", "--gpu-layers", "-1"], 2, "--gpu-layers"),
+    (["bench", "--work", "{d}/notes.png"], 2, "is a file"),  # refused before 12 GB of models are written
 ]
 
 
