@@ -3,7 +3,9 @@
 // taking half the rows, one "token" (all layers) per turn. Prints the read rate of each (K and V bytes over time)
 // and the largest difference of its output from the current kernel's. Variants: software prefetch ahead, one pass
 // (each row's V right after its K), the same bytes read alone in the current order (the pattern's ceiling), and each
-// half of the current kernel alone. Results: benchmarks/results/fa_decode_ab.json, patches/README.md.
+// half of the current kernel alone, and the current kernel, one pass and the read on a cache allocated as
+// patches/experiments/cpu-buffers-on-huge-pages.patch does (2 MiB aligned, MADV_HUGEPAGE). Results:
+// benchmarks/results/fa_decode_ab.json, patches/README.md.
 //   gcc -O3 -march=native -fopenmp fa_decode_ab.c -o fa && ./fa [rows=900] [turns=40]
 #include <immintrin.h>
 #include <math.h>
@@ -12,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #define H 32
@@ -124,7 +127,7 @@ static void readonly(const float *q, const uint16_t *K, const uint16_t *V, int r
 }
 
 typedef void (*kern_t)(const float *, const uint16_t *, const uint16_t *, int, int, part_t *, int);
-typedef struct { const char *name; kern_t f; int pf; } variant_t;
+typedef struct { const char *name; kern_t f; int pf; int huge; } variant_t;
 
 static void token(variant_t v, uint16_t **K, uint16_t **V, float **Q, int rows, float *out) {
     #pragma omp parallel num_threads(2)
@@ -144,22 +147,34 @@ static void token(variant_t v, uint16_t **K, uint16_t **V, float **Q, int rows, 
     }
 }
 
+// the cache as patch 0009 allocates it: 2 MiB aligned, transparent huge pages asked for
+static uint16_t *huge_alloc(size_t n) {
+    void *p = NULL;
+    if (posix_memalign(&p, (size_t) 2 << 20, n) != 0) abort();
+    madvise(p, n, MADV_HUGEPAGE);
+    return p;
+}
+
 int main(int argc, char **argv) {
     const int rows = argc > 1 ? atoi(argv[1]) : 900, turns = argc > 2 ? atoi(argv[2]) : 40;
-    uint16_t *K[LAYERS], *V[LAYERS]; float *Q[LAYERS];
+    uint16_t *K[LAYERS], *V[LAYERS], *KH[LAYERS], *VH[LAYERS]; float *Q[LAYERS];
     for (int l = 0; l < LAYERS; ++l) {
         K[l] = aligned_alloc(64, (size_t) CELLS * E * 2); V[l] = aligned_alloc(64, (size_t) CELLS * E * 2);
+        KH[l] = huge_alloc((size_t) CELLS * E * 2); VH[l] = huge_alloc((size_t) CELLS * E * 2);
         Q[l] = aligned_alloc(64, E * 4);
         for (size_t i = 0; i < (size_t) CELLS * E; ++i) {
             K[l][i] = _cvtss_sh(((int) (rnd() % 2001) - 1000) * 1e-3f, 0);
             V[l][i] = _cvtss_sh(((int) (rnd() % 2001) - 1000) * 1e-3f, 0);
         }
         for (int i = 0; i < E; ++i) Q[l][i] = ((int) (rnd() % 2001) - 1000) * 3e-3f;
+        memcpy(KH[l], K[l], (size_t) CELLS * E * 2); memcpy(VH[l], V[l], (size_t) CELLS * E * 2);
     }
     variant_t vs[] = {{"tiled (current)", tiled, 0}, {"tiled, prefetch 4 rows ahead", tiled, 4},
                       {"tiled, prefetch 16 rows ahead", tiled, 16}, {"one pass", onepass, 0},
                       {"one pass, prefetch 4 rows ahead", onepass, 4}, {"read only", readonly, 0},
-                      {"K half only", konly, 0}, {"V half only", vonly, 0}};
+                      {"K half only", konly, 0}, {"V half only", vonly, 0},
+                      {"tiled (current), huge pages", tiled, 0, 1}, {"one pass, huge pages", onepass, 0, 1},
+                      {"read only, huge pages", readonly, 0, 1}};
     const int nv = sizeof vs / sizeof vs[0];
     float ref[H * D], got[H * D];
     token(vs[0], K, V, Q, rows, ref);
@@ -169,7 +184,7 @@ int main(int argc, char **argv) {
         for (int i = 0; i < nv; ++i) {
             const int k = (i + t) % nv;  // rotate the order each turn
             double t0 = now();
-            token(vs[k], K, V, Q, rows, NULL);
+            token(vs[k], vs[k].huge ? KH : K, vs[k].huge ? VH : V, Q, rows, NULL);
             const double gbs = bytes / (now() - t0) / 1e9;
             sum[k] += gbs; if (gbs > best[k]) best[k] = gbs;
         }
@@ -177,7 +192,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < nv; ++i) {
         float err = 0;
         if (vs[i].f == tiled || vs[i].f == onepass) {
-            token(vs[i], K, V, Q, rows, got);
+            token(vs[i], vs[i].huge ? KH : K, vs[i].huge ? VH : V, Q, rows, got);
             for (int j = 0; j < H * D; ++j) err = fmaxf(err, fabsf(got[j] - ref[j]));
         }
         printf("  {\"name\": \"%s\", \"mean_gbs\": %.1f, \"best_gbs\": %.1f, \"max_abs_diff\": %.3g}%s\n", vs[i].name,
