@@ -62,6 +62,19 @@ def text_keys(ck: Checkpoint, kind: str) -> list[tuple]:
     ]
 
 
+def _pad_ff(name: str, shape: tuple, load, n_ff: int):
+    """The vision MLP padded to spec.padded_ff(n_ff) wide with zeros: fc1's rows and bias, fc2's columns."""
+    width = spec.padded_ff(n_ff)
+    if width == n_ff or not (name.endswith("mlp.fc1.weight") or name.endswith("mlp.fc1.bias")
+                             or name.endswith("mlp.fc2.weight")):
+        return shape, load
+    axis = len(shape) - 1 if name.endswith("fc2.weight") else 0
+    pad = [(0, 0)] * len(shape)
+    pad[axis] = (0, width - n_ff)
+    shape = tuple(width if a == axis else n for a, n in enumerate(shape))
+    return shape, lambda load=load: np.pad(load(), pad)
+
+
 def mmproj_tensors(ck: Checkpoint, kind: str) -> list[OutTensor]:
     v = ck.vision
     out = []
@@ -86,9 +99,9 @@ def mmproj_tensors(ck: Checkpoint, kind: str) -> list[OutTensor]:
                     out.append(OutTensor(g.format(i=gi), part, _float_type(kind, len(part)),
                                          lambda hf=hf, j=j, n=part[0]: ck.tensors.get(hf)[j * n:(j + 1) * n]))
             else:
-                out.append(OutTensor(gg_t.format(i=gi), shape, _float_type(kind, len(shape)),
-                                     lambda hf=hf: ck.tensors.get(hf),
-                                     lambda a, b, hf=hf: ck.tensors.get_rows(hf, a, b)))
+                padded, load = _pad_ff(hf, shape, lambda hf=hf: ck.tensors.get(hf), v.n_ff)
+                rows = None if padded != shape else (lambda a, b, hf=hf: ck.tensors.get_rows(hf, a, b))
+                out.append(OutTensor(gg_t.format(i=gi), padded, _float_type(kind, len(shape)), load, rows))
     return out
 
 
@@ -106,7 +119,7 @@ def mmproj_keys(ck: Checkpoint, kind: str) -> list[tuple]:
         ("clip.vision.image_size", v.image_size, T.UINT32, None),
         ("clip.vision.patch_size", v.patch_size, T.UINT32, None),
         ("clip.vision.embedding_length", v.n_embd, T.UINT32, None),
-        ("clip.vision.feed_forward_length", v.n_ff, T.UINT32, None),
+        ("clip.vision.feed_forward_length", spec.padded_ff(v.n_ff), T.UINT32, None),
         ("clip.vision.projection_dim", v.proj_out, T.UINT32, None),
         ("clip.vision.attention.head_count", v.n_head, T.UINT32, None),
         ("clip.vision.attention.layer_norm_epsilon", ck.revision.vision_eps, T.FLOAT32, None),

@@ -138,6 +138,16 @@ VISION_BLOCK_TENSORS = {
 }
 
 
+# SigLIP's MLP is 4304 wide, a multiple of 16 but not of 32: its fc2 rows could take no 32-block quant (q8_0 kept
+# them f16) and ggml's fast bf16 matmul (llamafile's, 32 columns a step) skipped them for a slow dot product loop.
+# The mmproj pads the width with zero rows of fc1 (bias 0, GELU(0) = 0) and zero columns of fc2: the same outputs.
+VISION_FF_MULTIPLE = 32
+
+
+def padded_ff(n_ff: int) -> int:
+    return -(-n_ff // VISION_FF_MULTIPLE) * VISION_FF_MULTIPLE
+
+
 def expand(table: dict, n_blocks: int) -> dict:
     """Per-block table -> concrete names for blocks 0..n_blocks-1."""
     out = {}

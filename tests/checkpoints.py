@@ -51,7 +51,10 @@ def make_checkpoint(out: Path, layout: str = "2024-04-02", seed: int = 0, v_embd
     n_vocab = -(-n_real // 64) * 64  # padded to a multiple of 64 like phi
     patch = 14
     n_pos = (image_size // patch) ** 2
-    v_ff, t_ff = int(v_embd * 3.75), 4 * t_embd
+    # the vision MLP like SigLIP's 4304 = 1152 * 3.75 - 16: a multiple of 16 but not of 32, so the converter's
+    # padding is exercised (drawn 3.75x wide, then cut, so every other tensor keeps its random values)
+    v_draw, t_ff = int(v_embd * 3.75), 4 * t_embd
+    v_ff = v_draw - 16
 
     def lin(o, i, scale=1.0):
         return rng.normal(0, scale / np.sqrt(i), (o, i)), rng.normal(0, 0.02, o)
@@ -76,8 +79,10 @@ def make_checkpoint(out: Path, layout: str = "2024-04-02", seed: int = 0, v_embd
         w[b + "attn.qkv.weight"], w[b + "attn.qkv.bias"] = qkv, qkv_b
         put(b + "attn.proj", v_embd, v_embd)
         norm(b + "norm2", v_embd)
-        put(b + "mlp.fc1", v_ff, v_embd, 2.0)
-        put(b + "mlp.fc2", v_embd, v_ff)
+        put(b + "mlp.fc1", v_draw, v_embd, 2.0)
+        put(b + "mlp.fc2", v_embd, v_draw)
+        for name, cut in (("fc1.weight", np.s_[:v_ff]), ("fc1.bias", np.s_[:v_ff]), ("fc2.weight", np.s_[:, :v_ff])):
+            w[b + "mlp." + name] = w[b + "mlp." + name][cut]
     norm(V + "norm", v_embd)
     put(spec.PROJECTION_PREFIX + "fc1", 4 * t_embd, v_embd, 2.0)
     put(spec.PROJECTION_PREFIX + "fc2", t_embd, 4 * t_embd)

@@ -160,3 +160,30 @@ def test_big_tensors_written_slice_by_slice_hold_the_same_values(checkpoint, tmp
         assert data.dtype == want.dtype and np.array_equal(data, want), gg
         sliced += want.ndim > 1 and want.size * 4 > 4096
     assert sliced >= 4
+
+
+def test_vision_mlp_padded_with_zeros_to_a_32_multiple(checkpoint, converted):
+    """SigLIP's MLP width (4304; the test checkpoint's 464) is no multiple of 32: the mmproj carries it padded with
+    zeros (fc1 rows and bias, fc2 columns), the checkpoint's own values unchanged, so q8_0 can quantize fc2."""
+    from gguf import GGUFReader
+
+    ck = load_checkpoint(checkpoint("2024-04-02"))
+    n_ff = ck.vision.n_ff
+    assert n_ff % 32 == 16  # the case the padding is for
+    width = -(-n_ff // 32) * 32
+    _, mmproj = converted("2024-04-02", "f32", "f32")
+    r = GGUFReader(mmproj)
+    assert r.fields["clip.vision.feed_forward_length"].contents() == width
+    t = {x.name: x for x in r.tensors}
+    V = spec.VISION_PREFIX + "blocks.1.mlp."
+    fc1 = np.asarray(t["v.blk.1.ffn_down.weight"].data).reshape(width, -1)
+    fc1_b = np.asarray(t["v.blk.1.ffn_down.bias"].data)
+    fc2 = np.asarray(t["v.blk.1.ffn_up.weight"].data).reshape(-1, width)
+    np.testing.assert_array_equal(fc1[:n_ff], ck.tensors.get(V + "fc1.weight"))
+    np.testing.assert_array_equal(fc1_b[:n_ff], ck.tensors.get(V + "fc1.bias"))
+    np.testing.assert_array_equal(fc2[:, :n_ff], ck.tensors.get(V + "fc2.weight"))
+    assert not fc1[n_ff:].any() and not fc1_b[n_ff:].any() and not fc2[:, n_ff:].any()
+    # the point of it: every vision matrix of a q8_0 mmproj is q8_0 (fc2 used to stay f16)
+    _, q8 = converted("2024-04-02", "f16", "q8_0")
+    types = {x.name: x.tensor_type.name for x in GGUFReader(q8).tensors if x.name.startswith("v.blk.")}
+    assert {ty for n, ty in types.items() if n.endswith(".weight") and ".ln" not in n} == {"Q8_0"}
