@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -19,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 
+from .. import spec
 from .fullsize import write_checkpoint
 from .memory import decode_bytes, memory_bandwidth_gbs  # noqa: F401  (the bench's names for them)
 
@@ -99,6 +101,17 @@ def bench_image(work: Path) -> Path:
     return image
 
 
+def _converted_before_padding(mmproj: Path) -> bool:
+    """An mmproj written before the converter padded the vision MLP (spec.VISION_FF_MULTIPLE) measures old code."""
+    from ..gguf_header import read_header
+
+    try:
+        width = {t.name: t for t in read_header(mmproj).tensors}["v.blk.0.ffn_up.weight"].ne[0]
+    except (OSError, KeyError, ValueError):
+        return True
+    return width % spec.VISION_FF_MULTIPLE != 0
+
+
 def build_models(work: Path, log: Callable[[str], None]) -> dict:
     """The checkpoint and every GGUF file the variants need (reused when present). Records conversion memory."""
     from ..convert.quantize import quantize
@@ -110,6 +123,10 @@ def build_models(work: Path, log: Callable[[str], None]) -> dict:
         write_checkpoint(ck)
     f16 = work / "gguf"
     text = f16 / "moondream-bench-text-f16.gguf"
+    mmproj = f16 / "moondream-bench-mmproj-f16.gguf"
+    if text.exists() and _converted_before_padding(mmproj):
+        log("the GGUF files predate the converter's vision MLP padding: converting again")
+        shutil.rmtree(f16)
     if not text.exists():
         log("converting to f16 (peak RSS measured)")
         rc, peak, secs = _peak_of([sys.executable, "-m", "moondream_cpp", "convert", str(ck), "-o", str(f16),
