@@ -8,7 +8,8 @@ from moondream_cpp.errors import MoondreamError
 # type name -> llama_ftype (llama.h); f32/f16 are written directly by our writer
 LLAMA_FTYPES = {"q4_0": 2, "q8_0": 7, "q5_0": 8, "q4_k_m": 15, "q5_k_m": 17, "bf16": 32}
 TEXT_TYPES = ("f32", "f16", "bf16", "q8_0", "q5_k_m", "q4_k_m", "q5_0", "q4_0")
-# SigLIP's 1152/4304-wide rows take no K-quant; llama.cpp falls back per tensor for the 32-block types
+# SigLIP's 1152/4320-wide rows (its MLP padded from 4304) take no K-quant; llama.cpp falls back per tensor
+# for the 32-block types
 # bf16: CPUs with AVX512-BF16 multiply it natively (ggml's bf16 dot product), twice f16's rate there
 MMPROJ_TYPES = ("f32", "f16", "bf16", "q8_0", "q5_0", "q4_0")
 

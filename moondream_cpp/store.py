@@ -277,7 +277,7 @@ def pull(ref: str, quant: str | None = None, *, on_step: Callable[[str], None] |
                 got[role] = download(entry["repo"], f["name"], entry["revision"], work / "src" / f["name"],
                                      sha256=f.get("sha256"), size=f.get("size"))
             files["text"] = _quantized(got["text"], build, quant, step)
-            files["mmproj"] = _quantized(got["mmproj"], build, mmproj_type, step)
+            files["mmproj"] = _quantized(got["mmproj"], build, mmproj_type, step, pad_vision_mlp=True)
         else:
             ck = work / "src"
             for fname in entry["files"]:
@@ -313,16 +313,22 @@ def pull(ref: str, quant: str | None = None, *, on_step: Callable[[str], None] |
     return find_local(name, quant)
 
 
-def _quantized(src: Path, build: Path, qtype: str, step) -> Path:
-    """src itself (moved into build) for f16, else llama.cpp's quantization of it."""
+def _quantized(src: Path, build: Path, qtype: str, step, pad_vision_mlp: bool = False) -> Path:
+    """src itself (moved into build) for f16, else llama.cpp's quantization of it: an mmproj's vision MLP padded
+    first, as our converter writes it, so that fc2 is quantized too (the published moondream2 mmproj is not)."""
     if qtype == "f16":
         dst = build / src.name
         os.replace(src, dst)  # the download is the f16 file: move, never copy gigabytes
         return dst
+    from moondream_cpp.convert.pad_gguf import pad_vision_mlp as pad
     from moondream_cpp.convert.quantize import quantize
 
     stem = src.name.removesuffix(".gguf").removesuffix("-f16")
     dst = build / f"{stem}-{qtype}.gguf"
+    padded = build / f"{stem}-padded.gguf"
+    padding = lambda: step(f"padding the vision MLP of {src.name}")  # noqa: E731
+    source = padded if pad_vision_mlp and pad(src, padded, padding) else src
     step(f"quantizing {src.name} to {qtype}")
-    quantize(src, dst, qtype)
+    quantize(source, dst, qtype)
+    padded.unlink(missing_ok=True)
     return dst
