@@ -13,6 +13,7 @@ from moondream_cpp.errors import CheckpointError
 
 from .checkpoint import Checkpoint, load_checkpoint
 from .gguf_out import OutTensor, atomic_path, scratch_path, write_gguf
+from .pad_gguf import with_padded_mlp
 from .quantize import MMPROJ_TYPES, TEXT_TYPES, quantize
 from .tokenizer import read_vocab, vocab_keys
 
@@ -62,19 +63,6 @@ def text_keys(ck: Checkpoint, kind: str) -> list[tuple]:
     ]
 
 
-def _pad_ff(name: str, shape: tuple, load, n_ff: int):
-    """The vision MLP padded to spec.padded_ff(n_ff) wide with zeros: fc1's rows and bias, fc2's columns."""
-    width = spec.padded_ff(n_ff)
-    if width == n_ff or not (name.endswith("mlp.fc1.weight") or name.endswith("mlp.fc1.bias")
-                             or name.endswith("mlp.fc2.weight")):
-        return shape, load
-    axis = len(shape) - 1 if name.endswith("fc2.weight") else 0
-    pad = [(0, 0)] * len(shape)
-    pad[axis] = (0, width - n_ff)
-    shape = tuple(width if a == axis else n for a, n in enumerate(shape))
-    return shape, lambda load=load: np.pad(load(), pad)
-
-
 def mmproj_tensors(ck: Checkpoint, kind: str) -> list[OutTensor]:
     v = ck.vision
     out = []
@@ -99,9 +87,9 @@ def mmproj_tensors(ck: Checkpoint, kind: str) -> list[OutTensor]:
                     out.append(OutTensor(g.format(i=gi), part, _float_type(kind, len(part)),
                                          lambda hf=hf, j=j, n=part[0]: ck.tensors.get(hf)[j * n:(j + 1) * n]))
             else:
-                padded, load = _pad_ff(hf, shape, lambda hf=hf: ck.tensors.get(hf), v.n_ff)
-                rows = None if padded != shape else (lambda a, b, hf=hf: ck.tensors.get_rows(hf, a, b))
-                out.append(OutTensor(gg_t.format(i=gi), padded, _float_type(kind, len(shape)), load, rows))
+                t = OutTensor(gg_t.format(i=gi), shape, _float_type(kind, len(shape)),
+                              lambda hf=hf: ck.tensors.get(hf), lambda a, b, hf=hf: ck.tensors.get_rows(hf, a, b))
+                out.append(with_padded_mlp(t, v.n_ff))
     return out
 
 

@@ -15,7 +15,7 @@ from .gguf_out import OutTensor, write_gguf
 
 FF_KEY = "clip.vision.feed_forward_length"
 _MLP = re.compile(r"v\.blk\.\d+\.ffn_(up|down)\.(weight|bias)$")
-_FLOATS = {"F16": np.float16, "F32": np.float32}
+_FLOATS = {"F16", "F32"}  # what the rewrite can pad; a quantized mmproj is left as it is
 
 
 def _keys(r: GGUFReader, width: int) -> list[tuple]:
@@ -29,13 +29,15 @@ def _keys(r: GGUFReader, width: int) -> list[tuple]:
     return out
 
 
-def _padded(t, n_ff: int, width: int) -> OutTensor:
-    data = t.data  # numpy order: a matrix is [rows, row length]
-    if not _MLP.match(t.name) or n_ff not in data.shape:
-        return OutTensor(t.name, tuple(data.shape), data.dtype.type, lambda d=data: np.asarray(d, np.float32))
-    pad = [(0, width - n_ff) if n == n_ff else (0, 0) for n in data.shape]
-    return OutTensor(t.name, tuple(n + p for n, (_, p) in zip(data.shape, pad)), data.dtype.type,
-                     lambda d=data, pad=pad: np.pad(np.asarray(d, np.float32), pad))
+def with_padded_mlp(t: OutTensor, n_ff: int) -> OutTensor:
+    """t itself, or, for a vision MLP tensor (fc1 rows and bias, fc2 columns), t with its n_ff-long axis padded with
+    zeros to spec.padded_ff(n_ff). The one padding rule: our converter and the GGUF rewrite below both use it."""
+    width = spec.padded_ff(n_ff)
+    if width == n_ff or not _MLP.match(t.name) or n_ff not in t.shape:
+        return t
+    pad = [(0, width - n_ff) if n == n_ff else (0, 0) for n in t.shape]
+    return OutTensor(t.name, tuple(n + p for n, (_, p) in zip(t.shape, pad)), t.dtype,
+                     lambda load=t.load: np.pad(load(), pad))
 
 
 def pad_vision_mlp(src: Path, dst: Path, on_start: Callable[[], None] | None = None) -> bool:
@@ -52,5 +54,7 @@ def pad_vision_mlp(src: Path, dst: Path, on_start: Callable[[], None] | None = N
     if on_start:
         on_start()
     arch = r.fields["general.architecture"].contents()
-    write_gguf(dst, arch, _keys(r, width), [_padded(t, n_ff, width) for t in r.tensors])
+    tensors = [with_padded_mlp(OutTensor(t.name, tuple(t.data.shape), t.data.dtype.type,  # numpy order
+                                         lambda d=t.data: np.asarray(d, np.float32)), n_ff) for t in r.tensors]
+    write_gguf(dst, arch, _keys(r, width), tensors)
     return True

@@ -326,8 +326,8 @@ def _quantized(src: Path, build: Path, qtype: str, step, pad_vision_mlp: bool = 
     stem = src.name.removesuffix(".gguf").removesuffix("-f16")
     dst = build / f"{stem}-{qtype}.gguf"
     padded = build / f"{stem}-padded.gguf"
-    padding = lambda: step(f"padding the vision MLP of {src.name}")  # noqa: E731
-    source = padded if pad_vision_mlp and pad(src, padded, padding) else src
+    announce = lambda: step(f"padding the vision MLP of {src.name}")  # noqa: E731
+    source = padded if pad_vision_mlp and pad(src, padded, announce) else src
     step(f"quantizing {src.name} to {qtype}")
     quantize(source, dst, qtype)
     padded.unlink(missing_ok=True)
