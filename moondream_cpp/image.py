@@ -59,9 +59,10 @@ def load_image(source) -> Image.Image:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(bomb) from None
-    except UnidentifiedImageError as e:
-        raise ImageError(f"{name} is not a readable image ({e}); use a JPEG, PNG, GIF, WebP, BMP or TIFF "
-                         "file") from None
+    except UnidentifiedImageError:
+        # Pillow's own message names a BytesIO's repr for uploads; ours names what the user sent
+        raise ImageError(f"{name} is not a readable image (no image format Pillow knows); use a JPEG, PNG, GIF, "
+                         "WebP, BMP or TIFF file") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageError(f"{name} could not be decoded ({e}); the file may be truncated or corrupt") from None
 

@@ -177,6 +177,7 @@ def test_every_bad_request_is_a_4xx_and_the_server_survives(tmp_path):
             status, err, _ = post(url, "/v1/chat/completions", body, raw=raw)
             assert status == code, (words, err)
             assert words in err["error"]["message"] and err["error"]["type"], err
+            assert " object at 0x" not in err["error"]["message"], err  # a message for people, not a Python repr
         status, a, _ = post(url, "/v1/chat/completions", with_image("ok.png"))  # under the media root: allowed
         assert status == 200
         status, err, _ = post(url, "/v1/query", {"question": "What?"})
