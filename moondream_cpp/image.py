@@ -61,8 +61,8 @@ def load_image(source) -> Image.Image:
         raise ImageError(bomb) from None
     except UnidentifiedImageError:
         # Pillow's own message names a BytesIO's repr for uploads; ours names what the user sent
-        raise ImageError(f"{name} is not a readable image (no image format Pillow knows); use a JPEG, PNG, GIF, "
-                         "WebP, BMP or TIFF file") from None
+        raise ImageError(f"{name} is not a readable image (no image format Pillow knows, or cut short); use a "
+                         "JPEG, PNG, GIF, WebP, BMP or TIFF file") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageError(f"{name} could not be decoded ({e}); the file may be truncated or corrupt") from None
 
