@@ -63,7 +63,7 @@ def caption(
     """Caption images (or ask --question about each): one model load, a progress bar with images/s and ETA.
     With --out, records go to a JSON-lines file that a crash cannot corrupt; run again to resume."""
     from moondream_cpp import spec
-    from moondream_cpp.batch import collect_images, run_batch
+    from moondream_cpp.batch import check_output, collect_images, run_batch
     from moondream_cpp.errors import MoondreamError
 
     if length not in spec.CAPTION_QUESTIONS:
@@ -71,6 +71,8 @@ def caption(
     paths = collect_images(images)
     if not paths:
         raise ImageError(f"no images found in {' '.join(images)}")
+    if out:
+        check_output(out)
     md = load_model(model, text, mmproj, n_threads=threads, n_gpu_layers=gpu_layers, n_ctx=n_ctx, low_ram=low_ram)
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)

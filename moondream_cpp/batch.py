@@ -68,6 +68,22 @@ def read_done(out: Path, retry_errors: bool = False) -> set[str]:
     return done
 
 
+def check_output(out: Path) -> None:
+    """Fail now, before a model loads, if the records file cannot be written (its folder is made if missing)."""
+    out = Path(out)
+    if out.is_dir():
+        raise MoondreamError(f"{out} is a directory; name a file for the records, e.g. {out / 'captions.jsonl'}")
+    existed = out.exists()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
+        if not existed:
+            out.unlink()
+    except OSError as e:
+        raise MoondreamError(f"cannot write the records file {out} ({e.strerror or e}); choose a writable path "
+                             "for --out") from None
+
+
 @dataclass
 class BatchReport:
     total: int
@@ -106,6 +122,7 @@ def run_batch(md, images: list[Path], out: Path, *, question: str | None = None,
         raise MoondreamError(f"caption length must be one of {', '.join(spec.CAPTION_QUESTIONS)}")
     q = question or spec.CAPTION_QUESTIONS[length]
     out = Path(out)
+    check_output(out)
     if not resume and out.exists():
         out.unlink()
     done = read_done(out, retry_errors) if resume else set()

@@ -38,6 +38,9 @@ CASES = [
     (["info", "{d}"], 3, "is truncated"),
     (["info", "{d}/notes.png"], 3, "not a readable GGUF"),
     (["caption", str(IMG), "--length", "long"], 1, "--length must be one of short, normal"),
+    # an unwritable --out fails before the model is even looked up (-m names none)
+    (["caption", str(IMG), "-o", "{d}/notes.png/out.jsonl", "-m", "nope"], 1, "cannot write the records file"),
+    (["caption", str(IMG), "-o", "{d}", "-m", "nope"], 1, "is a directory; name a file"),
     (["pull", "moondream-demo"], 1, "bundled"),
     (["rm", "moondream-demo"], 1, "bundled"),
     (["chat", str(IMG), "--max-tokens", "0"], 2, ""),
