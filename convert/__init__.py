@@ -10,6 +10,7 @@ from gguf import GGUFValueType as T
 
 from moondream_cpp import gguf_check, spec
 from moondream_cpp.errors import CheckpointError
+from moondream_cpp.outputs import writable_dir
 
 from .checkpoint import Checkpoint, load_checkpoint
 from .gguf_out import OutTensor, atomic_path, scratch_path, write_gguf
@@ -177,7 +178,7 @@ def convert(checkpoint_dir: str | Path, out_dir: str | Path, text_type: str = "f
     if mmproj_type not in MMPROJ_TYPES:
         raise CheckpointError(f"unknown mmproj type {mmproj_type!r}; choose one of {', '.join(MMPROJ_TYPES)}")
     ck = load_checkpoint(checkpoint_dir, revision)
-    out_dir = Path(out_dir)
+    out_dir = writable_dir(out_dir, "-o/--out-dir")
     name = name or ck.name
     # bf16 is made from f32 (never via f16, which would round twice)
     base_t = "f32" if text_type in ("f32", "bf16") else "f16"

@@ -16,6 +16,7 @@ from typing import Callable, Iterable, Iterator
 
 from . import spec
 from .errors import ImageError, MoondreamError
+from .outputs import writable_dir
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
 
@@ -73,12 +74,10 @@ def check_output(out: Path) -> None:
     out = Path(out)
     if out.is_dir():
         raise MoondreamError(f"{out} is a directory; name a file for the records, e.g. {out / 'captions.jsonl'}")
-    existed = out.exists()
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
-        if not existed:
-            out.unlink()
+    writable_dir(out.parent, "--out", for_file=True)
+    try:  # the folder takes new files; an existing records file must also take appends
+        if out.exists():
+            os.close(os.open(out, os.O_WRONLY | os.O_APPEND))
     except OSError as e:
         raise MoondreamError(f"cannot write the records file {out} ({e.strerror or e}); choose a writable path "
                              "for --out") from None

@@ -39,13 +39,16 @@ CASES = [
     (["info", "{d}/notes.png"], 3, "not a readable GGUF"),
     (["caption", str(IMG), "--length", "long"], 1, "--length must be one of short, normal"),
     # an unwritable --out fails before the model is even looked up (-m names none)
-    (["caption", str(IMG), "-o", "{d}/notes.png/out.jsonl", "-m", "nope"], 1, "cannot write the records file"),
+    (["caption", str(IMG), "-o", "{d}/notes.png/out.jsonl", "-m", "nope"], 1, "give --out a file in a writable"),
     (["caption", str(IMG), "-o", "{d}", "-m", "nope"], 1, "is a directory; name a file"),
     (["pull", "moondream-demo"], 1, "bundled"),
     (["rm", "moondream-demo"], 1, "bundled"),
     (["chat", str(IMG), "--max-tokens", "0"], 2, ""),
     (["query", str(IMG), "What?", "--gpu-layers", "-1"], 2, "--gpu-layers"),
     (["bench", "--work", "{d}/notes.png"], 2, "is a file"),  # refused before 12 GB of models are written
+    (["bench", "--work", "{d}/notes.png/work"], 1, "cannot write to"),
+    (["convert", str(ROOT / "gguf_models/demo/checkpoint"), "-o", "{d}/notes.png"], 1, "is a file, not a directory"),
+    (["convert", str(ROOT / "gguf_models/demo/checkpoint"), "-o", "{d}/notes.png/x"], 1, "give -o/--out-dir a"),
 ]
 
 

@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from .. import spec
+from ..outputs import writable_dir
 from .fullsize import write_checkpoint
 from .memory import decode_bytes, memory_bandwidth_gbs  # noqa: F401  (the bench's names for them)
 
@@ -212,8 +213,7 @@ def run(work: Path, *, repeats: int = 3, threads: int | None = None, image: Path
     from ..runtime import default_threads
     from ..settings import DEFAULT, LOW_RAM
 
-    work = Path(work)
-    work.mkdir(parents=True, exist_ok=True)
+    work = writable_dir(work, "--work")
     threads = threads or default_threads()
     image = image or bench_image(work)
     models = build_models(work, log)
