@@ -62,8 +62,15 @@ def read_jsonl(path: str | Path, limit: int | None = None) -> list[dict]:
     path = Path(path)
     if not path.exists():
         raise MoondreamError(f"{path}: no such file")
+    if not path.is_file():
+        raise MoondreamError(f"{path} is a directory; give eval a JSON-lines file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise MoondreamError(f"{path} is not a text file (byte {e.start} is not UTF-8); give eval a JSON-lines file "
+                             "of {image, question, answers} objects") from None
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:

@@ -21,6 +21,7 @@ def broken(tmp_path_factory):
     shutil.copy(mmproj, d / mmproj.name)
     (d / "notes.png").write_text("not an image")
     (d / "q.jsonl").write_text('{"image": "x.png", "question": "?", "answers": ["a"]}\n')
+    (d / "binary.jsonl").write_bytes(b"GGUF\x03\x00\xed\xa0\x80 not text")
     return d
 
 
@@ -34,6 +35,8 @@ CASES = [
     (["query", str(IMG), "What?", "-m", "moondream2"], 8, "moondream-cpp pull moondream2"),
     (["info", "no-such-model"], 8, "known models: moondream-demo"),
     (["eval", "{d}/q.jsonl", "-m", "nope"], 8, "unknown model name"),
+    (["eval", "{d}/binary.jsonl", "-m", "nope"], 1, "is not a text file (byte 6 is not UTF-8)"),
+    (["eval", "{d}", "-m", "nope"], 1, "is a directory; give eval a JSON-lines file"),
     (["chat", str(IMG), "-p", "hi", "-m", "{d}"], 3, "is truncated"),
     (["info", "{d}"], 3, "is truncated"),
     (["info", "{d}/notes.png"], 3, "not a readable GGUF"),
