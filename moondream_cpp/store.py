@@ -306,7 +306,9 @@ def pull(ref: str, quant: str | None = None, *, on_step: Callable[[str], None] |
         shutil.rmtree(work / f"build-{quant}", ignore_errors=True)
         if (err := disk_full_error(e, root)) is not None:
             raise err from None
-        raise MoondreamError(f"could not write the model store {root}: {e}") from None
+        raise MoondreamError(f"could not write the model store {root} ({e.strerror or e}"
+                             f"{': ' + str(e.filename) if e.filename else ''}); set MOONDREAM_CPP_HOME to a writable "
+                             "directory") from None
     except BaseException:
         shutil.rmtree(work / f"build-{quant}", ignore_errors=True)  # downloads (.part) are kept for resuming
         raise

@@ -64,3 +64,12 @@ def test_error(args, code, words, broken, tmp_path):
     assert words in r.stderr and "Traceback" not in r.stderr
     if code != 2:
         assert r.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_pull_into_an_unwritable_store_says_which_setting_to_change(broken, tmp_path):
+    home = broken / "notes.png" / "home"  # under a file: no directory can be made there
+    r = subprocess.run([CLI, "pull", "moondream2"], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                       env={"MOONDREAM_CPP_HOME": str(home), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "could not write the model store" in r.stderr and "set MOONDREAM_CPP_HOME to a writable" in r.stderr
+    assert "[Errno" not in r.stderr
