@@ -189,6 +189,42 @@ def test_every_bad_request_is_a_4xx_and_the_server_survives(tmp_path):
         assert proc.poll() is None
 
 
+def test_remote_image_urls_when_allowed(tmp_path):
+    """--allow-remote-images: an http URL on loopback is fetched and answered; a 404, a refused connection and a
+    server that never answers are 400s that say what went wrong (no Python repr), and the server goes on."""
+    import functools
+    import http.server
+
+    class Slow(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            if self.path.startswith("/slow"):
+                time.sleep(15)  # past the server's 10 s fetch timeout
+            return super().do_GET()
+
+        def log_message(self, *a):
+            pass
+
+    pics = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Slow, directory=str(EX)))
+    threading.Thread(target=pics.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{pics.server_address[1]}"
+    try:
+        with server("--allow-remote-images", home=tmp_path) as (url, proc):
+            for row in TRUTH[:2]:
+                status, a, _ = post(url, "/v1/query", {"image_url": f"{base}/{row['image']}",
+                                                       "question": row["question"]})
+                assert status == 200 and a["answer"] == row["answers"][0], a
+            for ref, words in [(f"{base}/missing.png", "HTTP 404"),
+                               (f"http://127.0.0.1:{free_port()}/a.png", "refused"),
+                               (f"{base}/slow/shapes.png", "no answer within 10 s")]:
+                status, err, _ = post(url, "/v1/query", {"image_url": ref, "question": "What?"})
+                msg = err["error"]["message"]
+                assert status == 400 and words in msg and "could not fetch the image URL" in msg, msg
+                assert "<" not in msg and "Errno" not in msg, msg
+            assert proc.poll() is None
+    finally:
+        pics.shutdown()
+
+
 def test_api_key_guards_every_route_but_health(tmp_path):
     with server("--api-key", "s3cret", home=tmp_path) as (url, _):
         body = chat_body(EX / "shapes.png", "What color is the circle?")

@@ -73,8 +73,24 @@ def _remote(url: str, policy: ImagePolicy) -> bytes:
         with urllib.request.urlopen(url, timeout=policy.remote_timeout_s) as r:
             raw = r.read(policy.max_image_bytes + 1)
     except Exception as e:  # network, HTTP status, timeout
-        raise ApiError(400, f"could not fetch the image URL: {e}", param="image_url") from None
+        raise ApiError(400, f"could not fetch the image URL ({_fetch_failure(e, policy)}); check the URL or send the "
+                       "image as a data: URI", param="image_url") from None
     return raw
+
+
+def _fetch_failure(e: Exception, policy: ImagePolicy) -> str:
+    """What went wrong, in words: urllib's own str() is a repr such as '<urlopen error [Errno 111] ...>'."""
+    import socket
+    import urllib.error
+
+    if isinstance(e, urllib.error.HTTPError):
+        return f"the server answered HTTP {e.code} {e.reason}"
+    reason = e.reason if isinstance(e, urllib.error.URLError) else e
+    if isinstance(reason, (TimeoutError, socket.timeout)):
+        return f"no answer within {policy.remote_timeout_s:g} s"
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror
+    return str(reason) or reason.__class__.__name__
 
 
 def _local(path: str, policy: ImagePolicy) -> bytes:
