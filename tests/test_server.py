@@ -169,6 +169,10 @@ def test_every_bad_request_is_a_4xx_and_the_server_survives(tmp_path):
         (with_image("../secret.png"), None, 403, "outside the media root"),
         ({**good, "max_tokens": -3}, None, 400, "max_tokens"),
         ({**good, "temperature": "hot"}, None, 400, "temperature"),
+        ({**good, "n": 3}, None, 400, "n must be 1"),
+        ({**good, "tools": [{"type": "function", "function": {"name": "f"}}]}, None, 400, "cannot call tools"),
+        ({**good, "response_format": {"type": "json_object"}}, None, 400, "plain text only"),
+        ({**good, "logprobs": True}, None, 400, "logprobs are not available"),
         (chat_body(EX / "shapes.png", "why " * 600), None, 400, "context"),
         (None, b'{"messages": "' + b"x" * (2 * 2**20) + b'"}', 413, "limit"),
     ]
@@ -184,7 +188,8 @@ def test_every_bad_request_is_a_4xx_and_the_server_survives(tmp_path):
         assert status == 400 and "image_url is required" in err["error"]["message"]
         status, err, _ = post(url, "/v1/caption", {"image_url": data_uri(EX / "shapes.png"), "length": "epic"})
         assert status == 400
-        status, a, _ = post(url, "/v1/chat/completions", good)
+        neutral = {"n": 1, "response_format": {"type": "text"}, "logprobs": False, "tools": [], "user": "u1"}
+        status, a, _ = post(url, "/v1/chat/completions", {**good, **neutral})  # what changes nothing is accepted
         assert status == 200 and a["choices"][0]["message"]["content"] == "red"  # still serving, still right
         assert proc.poll() is None
 

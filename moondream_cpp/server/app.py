@@ -21,7 +21,7 @@ from .engine import Engine, Job
 from .errors import ApiError
 from .images import ImagePolicy
 from .images import load as load_image_ref
-from .openai_api import chunk, completion, new_id, timings, to_query, usage
+from .openai_api import chunk, completion, new_id, refuse_unsupported, timings, to_query, usage
 
 
 @dataclass
@@ -184,6 +184,7 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         data = await body_json(request)
+        refuse_unsupported(data)
         ref, history, question = to_query(data.get("messages"))
         opts = options(data)
         stream = bool(data.get("stream", False))

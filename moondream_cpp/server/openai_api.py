@@ -36,6 +36,24 @@ def _parts(content, where: str) -> tuple[list[str], list[str]]:
     return texts, images
 
 
+def refuse_unsupported(data: dict) -> None:
+    """400 for request fields a client relies on that moondream cannot honour, rather than quietly ignoring them
+    (fields that change nothing an answer depends on, such as user or metadata, stay accepted)."""
+    n = data.get("n")
+    if n not in (None, 1):
+        raise ApiError(400, "n must be 1: moondream-cpp returns one choice per request (send several requests, "
+                       "with a temperature, for several answers)", param="n")
+    for key in ("tools", "functions"):
+        if data.get(key):
+            raise ApiError(400, f"moondream cannot call tools; leave {key} out", param=key)
+    fmt = data.get("response_format")
+    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type", "text") == "text"):
+        raise ApiError(400, "response_format: moondream answers in plain text only; leave it out or use "
+                       '{"type": "text"}', param="response_format")
+    if data.get("logprobs") or data.get("top_logprobs"):
+        raise ApiError(400, "logprobs are not available from moondream-cpp; leave logprobs out", param="logprobs")
+
+
 def to_query(messages) -> tuple[str, list[tuple[str, str]], str]:
     """(image ref, history pairs, question) from an OpenAI messages list; 400 for what moondream cannot answer."""
     if not isinstance(messages, list) or not messages:
