@@ -110,7 +110,7 @@ def main() -> None:
         typer.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
     except OSError as e:  # the environment, not a bug: full disk, no permission, read-only directory
-        from moondream_cpp.errors import DiskFullError
+        from moondream_cpp.errors import DiskFullError, os_error_text
         from moondream_cpp.store import disk_full_error
 
         where = Path(e.filename) if e.filename else Path(".")
@@ -118,7 +118,7 @@ def main() -> None:
         if err is not None:
             typer.echo(f"error: {err}", err=True)
             sys.exit(DiskFullError.exit_code)
-        typer.echo(f"error: {e.strerror or e}{': ' + str(e.filename) if e.filename else ''}", err=True)
+        typer.echo(f"error: {os_error_text(e)}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

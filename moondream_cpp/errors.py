@@ -47,3 +47,8 @@ class UnknownModelError(MoondreamError):
     """A --model name that is neither a path nor a known model, or a known model not downloaded yet."""
 
     exit_code = 8
+
+
+def os_error_text(e: OSError) -> str:
+    """An OSError in words ('Not a directory: /x/y'), without Python's '[Errno 20]' and quoting."""
+    return f"{e.strerror or e}{': ' + str(e.filename) if e.filename else ''}"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .errors import DiskFullError, DownloadError, MoondreamError, UnknownModelError
+from .errors import DiskFullError, DownloadError, MoondreamError, UnknownModelError, os_error_text
 
 QUANTS = ("f16", "q8_0", "q5_k_m", "q4_k_m")
 RESUME_CHUNK = 1 << 20
@@ -306,9 +306,8 @@ def pull(ref: str, quant: str | None = None, *, on_step: Callable[[str], None] |
         shutil.rmtree(work / f"build-{quant}", ignore_errors=True)
         if (err := disk_full_error(e, root)) is not None:
             raise err from None
-        raise MoondreamError(f"could not write the model store {root} ({e.strerror or e}"
-                             f"{': ' + str(e.filename) if e.filename else ''}); set MOONDREAM_CPP_HOME to a writable "
-                             "directory") from None
+        raise MoondreamError(f"could not write the model store {root} ({os_error_text(e)}); set MOONDREAM_CPP_HOME "
+                             "to a writable directory") from None
     except BaseException:
         shutil.rmtree(work / f"build-{quant}", ignore_errors=True)  # downloads (.part) are kept for resuming
         raise
