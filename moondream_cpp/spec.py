@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from gguf import GGUFValueType as T
 
+from .errors import MoondreamError
+
 BOS_TOKEN = "<|endoftext|>"
 IMAGE_MARKERS = ("<image>", "</image>")  # ordinary BPE text around the image in early revisions (spec §3.4)
 END_MARKER = "<END>"  # early revisions end answers with this text (spec §3.5)
@@ -17,6 +19,14 @@ CAPTION_QUESTIONS = {  # moondream1/2 of 2024 have no caption head: captions are
     "short": "Describe this image in one sentence.",
     "normal": "Describe this image.",
 }
+
+
+def caption_question(length: str) -> str:
+    """The question that asks for a caption of `length`; the one place that checks a caption length."""
+    if length not in CAPTION_QUESTIONS:
+        raise MoondreamError(f"caption length must be one of {', '.join(CAPTION_QUESTIONS)}, not {length!r}"
+                             + ("; the 2024 models have no long captions" if length == "long" else ""))
+    return CAPTION_QUESTIONS[length]
 
 
 def chat_template(rev: "Revision") -> str:
