@@ -1,4 +1,5 @@
-"""Read images safely and preprocess them exactly as moondream does (spec §2): RGB, PIL bicubic stretch to size."""
+"""Read images safely and preprocess them exactly as moondream does: RGB, PIL bicubic stretch to size
+(docs/architecture.md §3)."""
 from __future__ import annotations
 
 import io
@@ -13,8 +14,6 @@ from .errors import ImageError
 
 # Decompression-bomb guard: a small file that decodes to gigabytes is refused before decoding.
 MAX_PIXELS = int(os.environ.get("MOONDREAM_CPP_MAX_PIXELS", 64_000_000))
-
-ImageInput = "str | os.PathLike | bytes | Image.Image | np.ndarray"
 
 
 def _open(source) -> tuple[Image.Image, str]:

@@ -1,4 +1,4 @@
-"""Scaled-down moondream checkpoints with every real tensor name (spec §1.2), made by the tests themselves.
+"""Scaled-down moondream checkpoints with every real tensor name (docs/architecture.md §1.5), made by the tests.
 
 Weights are random but decisive: sharpened q/k so attention is far from uniform, and an LM head whose top-1 logit
 stands clear of the rest, so a structural mistake moves the answer and numerical noise does not.

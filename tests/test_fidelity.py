@@ -116,12 +116,12 @@ def test_checkpoint_is_decisive_enough_to_catch_mistakes(models, reference, phot
     want = ref.logits(photo, QUESTION)[:n]
     enc = md.encode_image(photo)
     items = md.prompt_items(enc, QUESTION)
-    md._evaluate(items[1:], {enc.key: enc})  # pitfall P6: no BOS
+    md._evaluate(items[1:], {enc.key: enc})  # docs/architecture.md P6: no BOS
     assert rel_logits(md._logits()[:n], want) > 50 * TOL["f32"]
     from PIL import Image
 
     s = max(photo.size)
-    boxed = Image.new("RGB", (s, s), (122, 116, 104))  # pitfall P3: llama.cpp's own letterboxing
+    boxed = Image.new("RGB", (s, s), (122, 116, 104))  # docs/architecture.md P3: llama.cpp's own letterboxing
     boxed.paste(photo, (0, 0))
     assert rel_logits(md.logits(boxed, QUESTION)[:n], want) > 50 * TOL["f32"]
 

@@ -1,4 +1,5 @@
-"""A trainable moondream whose state_dict has exactly the HF checkpoint names (spec §1.2), batched for training."""
+"""A trainable moondream, batched for training, whose state_dict has exactly the HF checkpoint names
+(docs/architecture.md §1.5)."""
 from __future__ import annotations
 
 import math

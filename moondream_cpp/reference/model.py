@@ -1,6 +1,6 @@
-"""A compact, readable PyTorch moondream (spec §2-§3.5), loaded from an HF checkpoint directory of any size.
+"""A compact, readable PyTorch moondream (docs/architecture.md §1-§5), loaded from an HF checkpoint folder of any size.
 
-Written from the spec, independently of the GGUF runtime: it is what the runtime is measured against.
+Written from docs/architecture.md, independently of the GGUF runtime: it is what the runtime is measured against.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ class ReferenceMoondream:
         freqs = torch.outer(torch.arange(t.n_ctx, dtype=torch.float64), inv)
         self.cos, self.sin = freqs.cos().float().to(self.device), freqs.sin().float().to(self.device)
 
-    # ---------------------------------------------------------------- vision (spec §2, §3.1, §3.2)
+    # ---------------------------------------------------------------- vision (docs/architecture.md §3, §1.2, §1.3)
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         s = self.ck.vision.image_size
         img = image.convert("RGB").resize((s, s), Image.BICUBIC)
@@ -72,7 +72,7 @@ class ReferenceMoondream:
         x = self._ln(x, V + "norm", eps)
         return self._linear(self._gelu_vision(self._linear(x, P + "fc1")), P + "fc2")
 
-    # ---------------------------------------------------------------- text (spec §3.3)
+    # ---------------------------------------------------------------- text (docs/architecture.md §1.4)
     def _rope(self, x, pos):  # x [heads, T, hd]; NeoX rotate-half on the first rotary_dim dims
         r = self.ck.text.rotary_dim
         cos, sin = self.cos[pos].to(x.dtype), self.sin[pos].to(x.dtype)
@@ -105,7 +105,7 @@ class ReferenceMoondream:
         x = self._ln(x, "text_model.lm_head.ln", t.eps)
         return self._linear(x, "text_model.lm_head.linear").float(), cache
 
-    # ---------------------------------------------------------------- prompt (spec §3.4) and decoding (§3.5)
+    # ------------------------------------------------------------ prompt (docs/architecture.md §4) and decoding (§5)
     def tokens(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids if text else []
 
