@@ -1,4 +1,5 @@
-"""GGUF tokenizer metadata (gpt2 BPE, pre-tokenizer phi-2) from a checkpoint's tokenizer.json (spec §4)."""
+"""GGUF tokenizer metadata (gpt2 BPE, pre-tokenizer phi-2) from a checkpoint's tokenizer.json
+(docs/architecture.md §6.1)."""
 from __future__ import annotations
 
 import json
@@ -59,13 +60,13 @@ def vocab_keys(v: Vocab) -> list[tuple]:
     """(key, value, type, subtype) rows for the text GGUF."""
     return [
         ("tokenizer.ggml.model", "gpt2", T.STRING, None),
-        ("tokenizer.ggml.pre", "phi-2", T.STRING, None),  # GPT-2 regex; without it llama.cpp degrades (pitfall P4)
+        ("tokenizer.ggml.pre", "phi-2", T.STRING, None),  # the GPT-2 regex, not 'default' (docs/architecture.md P4)
         ("tokenizer.ggml.tokens", v.tokens, T.ARRAY, T.STRING),
         ("tokenizer.ggml.token_type", v.types, T.ARRAY, T.INT32),
         ("tokenizer.ggml.merges", v.merges, T.ARRAY, T.STRING),
         ("tokenizer.ggml.bos_token_id", v.bos_id, T.UINT32, None),
         ("tokenizer.ggml.eos_token_id", v.bos_id, T.UINT32, None),
         ("tokenizer.ggml.unknown_token_id", v.bos_id, T.UINT32, None),
-        ("tokenizer.ggml.add_bos_token", True, T.BOOL, None),  # moondream always starts with BOS (pitfall P6)
+        ("tokenizer.ggml.add_bos_token", True, T.BOOL, None),  # moondream starts with BOS (docs/architecture.md P6)
         ("tokenizer.ggml.add_eos_token", False, T.BOOL, None),
     ]
