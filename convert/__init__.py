@@ -7,6 +7,7 @@ from typing import Callable
 
 import numpy as np
 from gguf import GGUFValueType as T
+from gguf import LlamaFileType
 
 from moondream_cpp import gguf_check, spec
 from moondream_cpp.errors import CheckpointError
@@ -18,7 +19,7 @@ from .pad_gguf import with_padded_mlp
 from .quantize import MMPROJ_TYPES, TEXT_TYPES, quantize
 from .tokenizer import read_vocab, vocab_keys
 
-_FILE_TYPE = {"f32": 0, "f16": 1}
+_FILE_TYPE = {"f32": LlamaFileType.ALL_F32, "f16": LlamaFileType.MOSTLY_F16}  # what our writer writes itself
 
 
 def _float_type(kind: str, ndim: int):

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from gguf import GGUFReader, GGUFValueType
+from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
 
 from moondream_cpp import spec
 
@@ -15,7 +15,8 @@ from .gguf_out import OutTensor, write_gguf
 
 FF_KEY = "clip.vision.feed_forward_length"
 _MLP = re.compile(r"v\.blk\.\d+\.ffn_(up|down)\.(weight|bias)$")
-_FLOATS = {"F16", "F32"}  # what the rewrite can pad; a quantized mmproj is left as it is
+# the types the rewrite can pad; a quantized mmproj is left as it is
+_FLOATS = {GGMLQuantizationType.F16, GGMLQuantizationType.F32}
 
 
 def _keys(r: GGUFReader, width: int) -> list[tuple]:
@@ -49,7 +50,7 @@ def pad_vision_mlp(src: Path, dst: Path, on_start: Callable[[], None] | None = N
         return False
     n_ff = int(field.contents())
     width = spec.padded_ff(n_ff)
-    if width == n_ff or any(t.tensor_type.name not in _FLOATS for t in r.tensors):
+    if width == n_ff or any(t.tensor_type not in _FLOATS for t in r.tensors):
         return False
     if on_start:
         on_start()
