@@ -4,13 +4,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 from gguf import GGUFValueType as T
+from gguf import TokenType
 
 from . import spec
 from .errors import ModelFileError
-from .gguf_header import HeaderError, read_header
+from .gguf_header import MAGIC, HeaderError, TensorEntry, read_header
 
 # element types of the array keys that llama.cpp reads with a fixed type
 _ARRAY_ITEM = {
@@ -28,9 +30,10 @@ _KIND_OF_ARCH = {spec.ARCH_TEXT: "text", spec.ARCH_MMPROJ: "mmproj"}
 class GGUFFile:
     path: Path
     arch: str
-    keys: dict
+    keys: Mapping
     tensors: dict  # name -> (PyTorch-order shape, ggml type name)
     size: int
+    entries: Mapping[str, TensorEntry]  # name -> the header's entry (ggml-order shape, type, offset, bytes)
 
     def get(self, key, default=None):
         return self.keys.get(key, default)
@@ -72,7 +75,7 @@ def read_gguf(path: str | os.PathLike, expected_kind: str) -> GGUFFile:
         magic = fh.read(4)
     if size == 0:
         raise ModelFileError(f"{path} is empty (0 bytes): the download or conversion did not finish; redo it")
-    if magic != b"GGUF":
+    if magic != MAGIC:
         raise ModelFileError(f"{path} is not a GGUF file (it starts with {magic!r}); pass a .gguf model file")
     try:
         header = read_header(path)
@@ -103,13 +106,14 @@ def read_gguf(path: str | os.PathLike, expected_kind: str) -> GGUFFile:
     missing = [k for k in required if k not in keys]
     if missing:
         raise ModelFileError(f"{path}: required metadata missing: {', '.join(missing)}; re-convert the model")
-    tensors = {}
+    tensors, entries = {}, {}
     for t in header.tensors:
         if t.offset + t.nbytes > size:
             raise ModelFileError(f"{path} is truncated: tensor {t.name} ends past the end of the file "
                                  f"({size} bytes); re-download or re-convert it")
         tensors[t.name] = (tuple(reversed(t.ne)), t.ggml_type)
-    return GGUFFile(path, arch, keys, tensors, size)
+        entries[t.name] = t
+    return GGUFFile(path, arch, keys, tensors, size, entries)
 
 
 def _need(f: GGUFFile, names: list[str]) -> None:
@@ -146,7 +150,10 @@ def check_text(path) -> TextInfo:
         raise ModelFileError(f"{f.path}: {len(tokens)} tokenizer tokens but {n_vocab} embedding rows; re-convert it")
     types = k.get("tokenizer.ggml.token_type")
     types = np.ones(len(tokens), np.int32) if types is None else np.asarray(types)
-    n_real = int(np.nonzero(types != 5)[0].max()) + 1  # UNUSED rows only pad the matrix
+    real = np.nonzero(types != TokenType.UNUSED)[0]  # UNUSED rows only pad the matrix
+    if real.size == 0:
+        raise ModelFileError(f"{f.path}: every tokenizer token is marked unused; re-convert it")
+    n_real = int(real.max()) + 1
     rev_name = k.get(spec.MD_REVISION) or spec.DEFAULT_REVISION
     if rev_name not in spec.REVISIONS:
         raise ModelFileError(f"{f.path}: unknown moondream revision {rev_name!r} in its metadata")
