@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from moondream_cpp.bench import _child, _median, bench_image, native_bench, native_mtmd
+from moondream_cpp.bench import bench_image, child, median_of, native_bench, native_mtmd
 from moondream_cpp.bench.fullsize import write_checkpoint
 from moondream_cpp.bench.memory import decode_bytes
 from moondream_cpp.bench.measure import QUESTION
@@ -120,7 +120,7 @@ def main(argv=None):
         log(f"ours: {name}")
         args = ["--text", str(paths[("text", tq)]), "--mmproj", str(paths[("mmproj", mq)]), "--image", str(image),
                 "--threads", str(threads), *extra]
-        m = _median([_child(args, timeout=600) for _ in range(a.repeats)])
+        m = median_of([child(args, timeout=600) for _ in range(a.repeats)])
         if "error" not in m and "no layers" not in name and bw:
             ctx = int(m["prefill_tokens"] + m["generated"] / 2)
             per_tok = decode_bytes(paths[("text", tq)], ctx, "q8_0" if "low-ram" in name else "f16")
@@ -133,7 +133,7 @@ def main(argv=None):
         log(f"PyTorch reference on the GPU, {dt}")
         args = ["--engine", "torch", "--checkpoint", str(a.work / "checkpoint"), "--dtype", dt, "--device", "cuda",
                 "--image", str(image)]
-        res["variants"][f"pytorch {dt} cuda"] = _median([_child(args, timeout=600) for _ in range(a.repeats)])
+        res["variants"][f"pytorch {dt} cuda"] = median_of([child(args, timeout=600) for _ in range(a.repeats)])
         save()
     log("llama-bench")
     n_prompt = int(res["variants"]["q4_k_m"].get("prefill_tokens", 752))
@@ -141,7 +141,7 @@ def main(argv=None):
                                  for q in ("q4_k_m", "f16")}
     save()
     log("llama-mtmd-cli")
-    res["native_mtmd_cli_q4_k_m"] = _median([native_mtmd(a.tools, paths[("text", "q4_k_m")],
+    res["native_mtmd_cli_q4_k_m"] = median_of([native_mtmd(a.tools, paths[("text", "q4_k_m")],
                                                          paths[("mmproj", "q8_0")], image, QUESTION, threads, 32)
                                              for _ in range(a.repeats)])
     save()

@@ -8,7 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
-from moondream_cpp.bench import ROOFLINE_PAIRS, _child, _cpu_name, bench_image, build_models
+from moondream_cpp.bench import ROOFLINE_PAIRS, bench_image, build_models, child, cpu_name
 from moondream_cpp.runtime import default_threads
 
 here = Path(__file__).resolve().parent
@@ -23,10 +23,10 @@ def main():
     threads = default_threads()
     out = {"command": "python benchmarks/decode_depth.py" + (f" --pairs {args.pairs}" if args.pairs != ROOFLINE_PAIRS
                                                              else ""),
-           "machine": {"cpu": _cpu_name(), "threads": threads}, "variants": {}}
+           "machine": {"cpu": cpu_name(), "threads": threads}, "variants": {}}
     for name, extra in (("q4_k_m", []), ("q4_k_m --low-ram", ["--low-ram"])):
         print(f"{name}: {args.pairs} pairs", flush=True)
-        out["variants"][name] = _child(["--text", str(paths[("text", "q4_k_m")]), "--mmproj",
+        out["variants"][name] = child(["--text", str(paths[("text", "q4_k_m")]), "--mmproj",
                                         str(paths[("mmproj", "q8_0")]), "--image", str(bench_image(args.work)),
                                         "--threads", str(threads), "--pairs", str(args.pairs), *extra],
                                        module="roofline")

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from moondream_cpp.bench import _cpu_name, build_models, llama_bench_settings
+from moondream_cpp.bench import build_models, cpu_name
+from moondream_cpp.bench.native_tools import llama_bench_settings
 from moondream_cpp.bench.stats import summary
 from moondream_cpp.runtime import default_threads
 
@@ -51,7 +52,7 @@ def main():
         print(f"round {r + 1}: " + ", ".join(f"{n} {runs[n][-1]:.2f}" for n in VARIANTS), flush=True)
     base = np.array(runs["plain (mapped)"])
     out = {"command": "python benchmarks/env_ab.py" + (f" --rounds {args.rounds}" if args.rounds != 6 else ""),
-           "machine": {"cpu": _cpu_name(), "threads": threads},
+           "machine": {"cpu": cpu_name(), "threads": threads},
            "what": "llama-bench q4_k_m decode tok/s, empty context, 64 tokens x 3 per run, our settings "
                    f"({' '.join(llama_bench_settings(text))}); rounds alternate order",
            "variants": {n: {"tok_s": v, "median": round(float(np.median(v)), 2),

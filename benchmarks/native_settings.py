@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main():
-    from moondream_cpp.bench import _cpu_name, build_models
+    from moondream_cpp.bench import build_models, cpu_name
     from moondream_cpp.settings import DEFAULT
 
     ap = argparse.ArgumentParser()
@@ -36,7 +36,7 @@ def main():
     rows = [{"threads": r["n_threads"], "repack": r.get("repack", r.get("extra_bufts")), "flash_attn": r["flash_attn"],
              "test": f"pp{r['n_prompt']}" if r["n_prompt"] else f"tg{r['n_gen']}", "tok_s": round(r["avg_ts"], 2),
              "stddev": round(r["stddev_ts"], 2)} for r in json.loads(p.stdout)]
-    out = {"command": "python benchmarks/native_settings.py", "cpu": _cpu_name(), "model": "q4_k_m text (full size)",
+    out = {"command": "python benchmarks/native_settings.py", "cpu": cpu_name(), "model": "q4_k_m text (full size)",
            "llama_bench": " ".join(["llama-bench", *cmd[1:2], "<q4_k_m>", *cmd[3:]]), "results": rows}
     print(json.dumps(out, indent=1))
     (ROOT / "benchmarks" / "results" / "native_settings.json").write_text(json.dumps(out, indent=1) + "\n")

@@ -20,7 +20,8 @@ POLICIES = ["default", "ACTIVE", "PASSIVE"]
 
 
 def main():
-    from moondream_cpp.bench import _cpu_name, build_models, llama_bench_settings
+    from moondream_cpp.bench import build_models, cpu_name
+    from moondream_cpp.bench.native_tools import llama_bench_settings
     from moondream_cpp.bench.stats import summary
 
     ap = argparse.ArgumentParser()
@@ -47,7 +48,7 @@ def main():
             row[policy] = round(max(json.loads(p.stdout)[0]["samples_ts"]), 3)
         rows.append(row)
         print(f"round {r + 1}/{a.rounds}: {row}", file=sys.stderr)
-    res = {"cpu": _cpu_name(), "threads": a.threads, "depth": a.depth, "command": cmd[1:],
+    res = {"cpu": cpu_name(), "threads": a.threads, "depth": a.depth, "command": cmd[1:],
            "decode_vs_default": {p: summary([x[p] / x["default"] for x in rows]) for p in POLICIES[1:]},
            "rows": rows}
     out = ROOT / "benchmarks" / "results" / "omp_wait_policy.json"

@@ -30,7 +30,7 @@ COMBOS = {  # name -> Settings overrides of the defaults (settings.py)
 
 
 def main():
-    from moondream_cpp.bench import _child, _median, bench_image, build_models
+    from moondream_cpp.bench import bench_image, build_models, child, median_of
     from moondream_cpp.settings import DEFAULT
 
     ap = argparse.ArgumentParser()
@@ -47,7 +47,7 @@ def main():
         print(f"measuring {name}", file=sys.stderr)
         args = ["--text", str(paths[("text", "q4_k_m")]), "--mmproj", str(paths[("mmproj", "q8_0")]),
                 "--image", str(image), "--settings", json.dumps(kw)]
-        r = _median([_child(args) for _ in range(a.repeats)])
+        r = median_of([child(args) for _ in range(a.repeats)])
         out["results"][name] = {k: r.get(k) for k in ("load_s", "encode_ms", "prefill_tok_s", "decode_tok_s",
                                                       "cold_s", "another_ttft_s", "followup_ttft_s", "peak_rss_mb",
                                                       "error") if k in r}

@@ -9,28 +9,42 @@ import typer
 from .app import THREADS, app, note
 
 
-
 @app.command()
 def bench(
-    work: Path = typer.Option(Path("benchmarks/work"), "--work", file_okay=False,
-                              help="Where the random full-size models are built (about 12 GB; reused by later runs)."),
+    work: Optional[Path] = typer.Option(None, "--work", file_okay=False,
+                                        help="Where the random full-size models are built (about 12 GB; reused by "
+                                        "later runs). Default: bench/work in the model store's folder "
+                                        "($MOONDREAM_CPP_HOME, else ~/.cache/moondream-cpp)."),
     repeats: int = typer.Option(3, "--repeats", min=1, help="Fresh processes per variant (the median is reported)."),
     threads: Optional[int] = THREADS,
     no_torch: bool = typer.Option(False, "--no-torch", help="Skip the PyTorch reference runs."),
-    results: Path = typer.Option(Path("benchmarks/results"), "--results", file_okay=False,
-                                 help="Where bench.json and bench.png go."),
-    docs: Optional[Path] = typer.Option(Path("docs/performance.md"), "--docs", dir_okay=False,
-                                        help="Markdown file whose bench table is replaced."),
+    results: Optional[Path] = typer.Option(None, "--results", file_okay=False,
+                                           help="Where bench.json and bench.png go. Default: bench/results in that "
+                                           "same folder."),
+    docs: Optional[Path] = typer.Option(None, "--docs", dir_okay=False,
+                                        help="Also write the results table into this markdown file, between "
+                                        "<!-- bench:start --> and <!-- bench:end --> (appended where those are "
+                                        "missing). Default: no markdown."),
 ):
     """Speed and memory of full-size moondream on this machine: every GGUF variant, PyTorch fp32/bf16 and native
-    llama-bench, side by side, with the memory roofline."""
+    llama-bench, side by side, with the memory roofline. Takes most of an hour; prints where the results went."""
     import json
 
     from moondream_cpp import bench as b
     from moondream_cpp.bench.report import write
+    from moondream_cpp.outputs import writable_dir
 
+    # both folders checked before an hour of work, the work folder first (it is the one that holds 12 GB)
+    work = writable_dir(work or b.default_work_dir(), "--work")
+    results = writable_dir(results or b.default_results_dir(), "--results")
+    if docs is not None:
+        writable_dir(docs.parent, "--docs", for_file=True)
+    note(f"models in {work} (about 12 GB, reused by later runs)")
     res = b.run(work, repeats=repeats, threads=threads, with_torch=not no_torch, log=note)
     cmd = "moondream-cpp bench" + (f" --repeats {repeats}" if repeats != 3 else "") + (
         f" --threads {threads}" if threads else "") + (" --no-torch" if no_torch else "")
     res = write(res, results, docs, cmd)
     typer.echo(json.dumps({"variants": res["variants"], "targets": res["targets"]}, indent=1))
+    # no bench.png where matplotlib is missing
+    written = [str(f) for f in (results / "bench.json", results / "bench.png") if f.exists()]
+    note("results: " + ", ".join(written) + (f"; table in {docs}" if docs else ""))

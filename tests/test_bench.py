@@ -1,5 +1,5 @@
 """The benchmark's parts that run fast: the full-size layout (checked against the spec's parameter count), one
-measurement process on the demo model, the report's targets and table."""
+measurement process on the demo model, the report's targets and table, and where `moondream-cpp bench` writes."""
 import json
 import subprocess
 import sys
@@ -86,12 +86,12 @@ def test_targets_and_table():
 
 
 def test_peak_of_measures_the_command_not_the_benchmark_process():
-    from moondream_cpp.bench import _peak_of
+    from moondream_cpp.bench.processes import peak_of
 
     big = bytearray(400 * 2**20)  # this process's peak rises by 400 MB (bytearray touches every page)
-    rc, mb, _ = _peak_of([sys.executable, "-c", "b = bytearray(100 * 2**20)"])
+    rc, mb, _ = peak_of([sys.executable, "-c", "b = bytearray(100 * 2**20)"])
     assert rc == 0 and 100 <= mb < 200, mb
-    assert _peak_of([sys.executable, "-c", "raise SystemExit(3)"])[0] == 3
+    assert peak_of([sys.executable, "-c", "raise SystemExit(3)"])[0] == 3
     del big
 
 
@@ -145,3 +145,51 @@ def test_paired_roofline_compares_each_decode_with_the_reads_around_it():
     ratios = [d * r["bytes_per_token"] / ((a + b) / 2 * 1e9)
               for d, a, b in zip(r["decode_tok_s"], r["read_gbs"], r["read_gbs"][1:])]
     assert abs(np.median(ratios) - r["decode_vs_roofline"]["median"]) < 0.01 * r["decode_vs_roofline"]["median"]
+
+
+def _a_run() -> dict:
+    """What moondream_cpp.bench.run returns, cut down to one variant (the report needs no more)."""
+    v = {"decode_tok_s": 10.0, "decode_roofline_tok_s": 20.0, "decode_vs_roofline": 0.5, "prefill_tok_s": 100.0,
+         "cold_s": 8.0, "peak_rss_mb": 1400.0}
+    return {"machine": {"cpu": "x", "threads": 2, "read_bandwidth_gbs": 20}, "settings": {"repeats": 3, "tokens": 32},
+            "variants": {"q4_k_m": v}, "models": {}}
+
+
+def _bench_cli(monkeypatch, args: list[str]):
+    """`moondream-cpp bench ARGS` in this process, its hour of measuring replaced by _a_run(); (exit code, output,
+    the work folder it was given)."""
+    from typer.testing import CliRunner
+
+    import moondream_cpp.bench as b
+    from moondream_cpp.cli.main import app
+
+    given = []
+    monkeypatch.setattr(b, "run", lambda work, **kw: given.append(work) or _a_run())
+    r = CliRunner().invoke(app, ["bench", *args])
+    return r.exit_code, r.output, given[0] if given else None
+
+
+def test_bench_writes_under_the_store_folder_not_the_current_one(tmp_path, monkeypatch):
+    home, here = tmp_path / "store", tmp_path / "cwd"
+    here.mkdir()
+    monkeypatch.setenv("MOONDREAM_CPP_HOME", str(home))
+    monkeypatch.chdir(here)
+    code, out, work = _bench_cli(monkeypatch, [])
+    assert code == 0, out
+    assert work == home / "bench" / "work"
+    results = home / "bench" / "results"
+    assert json.loads((results / "bench.json").read_text())["variants"] == _a_run()["variants"]
+    assert str(results / "bench.json") in out  # says where the results went
+    assert list(here.iterdir()) == []  # no docs/, no benchmarks/ in the current folder
+
+
+def test_bench_writes_a_markdown_table_only_when_asked(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOONDREAM_CPP_HOME", str(tmp_path / "store"))
+    doc = tmp_path / "perf.md"
+    doc.write_text("# Speed\n\n<!-- bench:start -->\nold table\n<!-- bench:end -->\n\nafter\n")
+    code, out, _ = _bench_cli(monkeypatch, ["--results", str(tmp_path / "res"), "--docs", str(doc)])
+    assert code == 0, out
+    text = doc.read_text()
+    assert "old table" not in text and text.startswith("# Speed") and text.endswith("\n\nafter\n")
+    assert "| q4_k_m | " in text.split("<!-- bench:start -->")[1].split("<!-- bench:end -->")[0]
+    assert (tmp_path / "res" / "bench.json").is_file() and str(doc) in out

@@ -1,17 +1,14 @@
 """Our Python path against native llama.cpp on the same GGUF and settings: prefill of the image prompt's length,
-then 32 decoded tokens at that depth. Two native peers, both built from our llama.cpp tree (scripts/build_native.sh):
-
-* `lockstep` against llama-server, a native program that stays loaded as ours does, so the two sides take turns a
-  few seconds apart, one request each (the order alternating), and every pair gives a ratio. It prefills and decodes
-  as ours does (its timings: prompt tokens over prompt time; decode steps over the time from the first sampled token
-  to the last), sampling with top_k 1, the leanest greedy its sampler chain has.
-* `interleaved` against llama-bench, which times bare llama_decode calls but loads the model for every run, so its
-  rounds are tens of seconds apart. In a round each side runs `reps` times and keeps its fastest run (the shared
-  machine only ever slows a run down).
+then 32 decoded tokens at that depth, against llama-server built from our llama.cpp tree (scripts/build_native.sh), a
+native program that stays loaded as ours does. The two sides take turns a few seconds apart, one request each (the
+order alternating), and every pair gives a ratio. llama-server prefills and decodes as ours does (its timings: prompt
+tokens over prompt time; decode steps over the time from the first sampled token to the last), sampling with top_k
+1, the leanest greedy its sampler chain has.
 
 Ratios go through stats.summary: their median and its confidence interval. Our side also times each llama_decode
 call it makes, so the share of our decode time spent outside llama.cpp (sampling, detokenizing, ctypes) is measured
-on the same tokens, free of the machine's drift."""
+on the same tokens, free of the machine's drift. (The earlier comparison against llama-bench in rounds is an
+experiment now: experiments/python-vs-llama-bench/.)"""
 from __future__ import annotations
 
 import json
@@ -29,11 +26,10 @@ from .stats import summary
 
 QUESTION = "Describe this image."
 TOKENS = 32
-REPS = 3  # llama-bench runs a side per round: a round compares the fastest of each
 PAIRS, DECODE_PAIRS = 40, 80  # llama-server turns a side: with a fresh prefill, then decode only (~9 + ~3 minutes)
 
 
-class _Ours:
+class OurPath:
     """Our whole path (Moondream.query) on one image: a fresh prefill of its prompt and TOKENS decoded tokens, with
     each llama_decode call timed."""
 
@@ -139,7 +135,7 @@ def lockstep(exe: Path, text: Path, mmproj: Path, image: Path, threads: int, pai
     """`pairs` turns of (our query, one llama-server request) with a fresh prefill each, then `decode_pairs` turns
     with the prompt cached, where only the decode runs (a turn of about a second a side: the machine drifts less
     between the two). The order alternates."""
-    ours = _Ours(text, mmproj, image, threads)
+    ours = OurPath(text, mmproj, image, threads)
     rows = []
     try:
         with _server(exe, text, threads) as url:
@@ -155,51 +151,12 @@ def lockstep(exe: Path, text: Path, mmproj: Path, image: Path, threads: int, pai
                 log(f"pair {i + 1}/{pairs + decode_pairs}: {row}")
     finally:
         ours.close()
-    return _result("llama-server", threads, ours.depth, rows)
+    return paired_result("llama-server", threads, ours.depth, rows)
 
 
-def native_tok_s(exe: Path, text: Path, threads: int, args: list[str], reps: int = 1) -> list[float]:
-    """One llama-bench run (-r reps) on our default settings: the tokens per second of each repetition."""
-    from . import llama_bench_settings
-
-    cmd = [str(exe), "-m", str(text), "-t", str(threads), "-r", str(reps), *llama_bench_settings(text), "-o", "json",
-           *args]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, check=True)
-    return [float(x) for x in json.loads(p.stdout)[0]["samples_ts"]]
-
-
-def interleaved(exe: Path, text: Path, mmproj: Path, image: Path, threads: int, rounds: int, match_ctx: bool = False,
-                log: Callable[[str], None] = lambda s: None, reps: int = REPS) -> dict:
-    """`rounds` rounds of (our query, llama-bench prefill + decode at the same depth), each side `reps` times a
-    round, compared best against best. match_ctx: our context sized as llama-bench sizes its own."""
-    ours = _Ours(text, mmproj, image, threads)
-    if match_ctx:  # llama-bench's context is n_prompt + n_gen (+ depth)
-        ours.close()
-        ours = _Ours(text, mmproj, image, threads, n_ctx=ours.depth + TOKENS)
-    rows = []
-    try:
-        for r in range(rounds):
-            row = {}
-            for who in (("ours", "native") if r % 2 == 0 else ("native", "ours")):
-                if who == "native":
-                    pre = native_tok_s(exe, text, threads, ["-p", str(ours.depth), "-n", "0"], reps)
-                    dec = native_tok_s(exe, text, threads, ["-p", "0", "-n", str(TOKENS), "-d", str(ours.depth)],
-                                       reps)
-                    row.update({"native_prefill": max(pre), "native_decode": max(dec)})
-                else:
-                    runs = [ours.run() for _ in range(reps)]
-                    row.update({"ours_prefill": max(x["prefill"] for x in runs),
-                                "ours_decode": max(x["decode"] for x in runs),
-                                "ours_python_share": round(statistics.median(x["python_share"] for x in runs), 4)})
-            rows.append(row)
-            log(f"round {r + 1}/{rounds}: {row}")
-        n_ctx = ours.md.n_ctx
-    finally:
-        ours.close()
-    return {**_result("llama-bench", threads, ours.depth, rows), "n_ctx": n_ctx, "reps_per_round": reps}
-
-
-def _result(native: str, threads: int, depth: int, rows: list[dict]) -> dict:
+def paired_result(native: str, threads: int, depth: int, rows: list[dict]) -> dict:
+    """Rows of one turn a side each (ours_* and native_* tok/s, our python_share) as ratios with their confidence
+    intervals, the medians of each column and the rows themselves."""
     dec = [x["ours_decode"] / x["native_decode"] for x in rows]
     pre = [x["ours_prefill"] / x["native_prefill"] for x in rows if "ours_prefill" in x]
     share = [x["ours_python_share"] for x in rows]
