@@ -27,6 +27,8 @@ if [ -z "$wheel" ]; then
   src=$(PYTHON="$py" bash "$root/scripts/llama_source.sh" "$wheels/src")
   CFLAGS="$cflags" CXXFLAGS="$cflags" CMAKE_ARGS="$cmake_args" \
     "$py" -m pip wheel --no-deps --no-cache-dir -w "$wheels" "$src"
+  # llama.cpp's GPT-2 vocabulary test file, which the tests build their tokenizers from (tests/vocab.py)
+  cp "$src/vendor/llama.cpp/models/ggml-vocab-gpt-2.gguf" "$(dirname "$wheels")/"
   rm -rf "$wheels/src"
   wheel=$(ls "$wheels"/llama_cpp_python-$llama_version-*.whl | head -n1)
 fi

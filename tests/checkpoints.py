@@ -13,16 +13,15 @@ from gguf import GGUFReader
 from safetensors.numpy import save_file
 
 from moondream_cpp import spec
+from vocab import gpt2_vocab
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-GPT2_VOCAB = SHARED / "fixtures" / "ggml-vocab-gpt-2.gguf"
 # CodeGen/phi-1.5 add runs of spaces (31..2) and tabs (9..2) after <|endoftext|>: ids 50257..50294
 WHITESPACE_TOKENS = [" " * n for n in range(31, 1, -1)] + ["\t" * n for n in range(9, 1, -1)]
 
 
-def phi_tokenizer_json(vocab_gguf: Path = GPT2_VOCAB) -> dict:
+def phi_tokenizer_json(vocab_gguf: Path | None = None) -> dict:
     """A phi-1.5-like tokenizer.json: the real GPT-2 vocabulary and merges plus CodeGen's whitespace tokens."""
-    r = GGUFReader(vocab_gguf)
+    r = GGUFReader(vocab_gguf or gpt2_vocab())
     tokens = r.fields["tokenizer.ggml.tokens"].contents()
     merges = r.fields["tokenizer.ggml.merges"].contents()
     vocab = {t: i for i, t in enumerate(tokens) if t != spec.BOS_TOKEN}

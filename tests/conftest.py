@@ -1,8 +1,11 @@
 """Shared fixtures: scaled-down checkpoints in both real layouts, converted once per test session."""
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +13,8 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from checkpoints import GPT2_VOCAB, make_checkpoint  # noqa: E402
+from checkpoints import make_checkpoint  # noqa: E402
+from vocab import gpt2_vocab  # noqa: E402
 
 LAYOUTS = ["moondream1", "2024-04-02"]
 # the console script of the environment running the tests (CI does not put .venv/bin on PATH)
@@ -21,8 +25,24 @@ def pytest_configure(config):
     # a shell's background job starts with SIGINT ignored, and children inherit that: the Ctrl-C tests need the
     # default disposition in the processes they spawn (a handled signal is reset to default across exec)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    if not GPT2_VOCAB.exists():
-        raise pytest.UsageError(f"tests need {GPT2_VOCAB} (the shared/ folder beside the checkout)")
+    try:
+        os.environ["MOONDREAM_CPP_TEST_VOCAB"] = str(gpt2_vocab())  # fetched once, before any test needs it
+    except RuntimeError as e:
+        raise pytest.UsageError(str(e))
+    # no test, nor any process a test starts, may touch the user's model store or hub cache, or reach a real hub
+    base = Path(tempfile.mkdtemp(prefix="moondream-cpp-tests-"))
+    config.add_cleanup(lambda: shutil.rmtree(base, ignore_errors=True))
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        os.environ.pop(var, None)
+    os.environ.update(MOONDREAM_CPP_HOME=str(base / "home"), HF_HOME=str(base / "hf"),
+                      HF_ENDPOINT="http://127.0.0.1:9", HF_HUB_DISABLE_TELEMETRY="1")
+
+
+@pytest.fixture(autouse=True)
+def isolated_store(tmp_path, monkeypatch):
+    """Each test starts with an empty model store and hub cache of its own."""
+    monkeypatch.setenv("MOONDREAM_CPP_HOME", str(tmp_path / "moondream-cpp-home"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
 
 
 def rel(a, b) -> float:
