@@ -53,11 +53,12 @@ def _chat(image, prompt, model, text, mmproj, max_tokens, temperature, threads, 
           verbose, as_json):
     from moondream_cpp.chat import ChatSession
     from moondream_cpp.image import load_image
+    from moondream_cpp.options import GenerationOptions
 
     picture = load_image(image)  # a bad image is reported before the model takes time to load
     md = load_model(model, text, mmproj, n_threads=threads, n_gpu_layers=gpu_layers, n_ctx=n_ctx, low_ram=low_ram,
                     revision=revision)
-    session = ChatSession(md, max_tokens=max_tokens, temperature=temperature)
+    session = ChatSession(md, options=GenerationOptions(max_tokens=max_tokens, temperature=temperature))
     session.set_image(picture, name=str(image))
     out = Output(verbose, as_json)
     if prompt is not None:

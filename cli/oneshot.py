@@ -29,10 +29,11 @@ def query(
 ):
     """Answer one question about one image."""
     from moondream_cpp.image import load_image
+    from moondream_cpp.options import GenerationOptions
 
     picture = load_image(image)
     md = load_model(model, text, mmproj, n_threads=threads, n_gpu_layers=gpu_layers, n_ctx=n_ctx, low_ram=low_ram)
-    a = md.query(picture, question, max_tokens=max_tokens)
+    a = md.query(picture, question, options=GenerationOptions(max_tokens=max_tokens))
     if as_json:
         print_json({"image": str(image), "question": question, "answer": a.text, "finish_reason": a.finish_reason,
                     "timings": a.timings})
@@ -64,10 +65,10 @@ def caption(
     With --out, records go to a JSON-lines file that a crash cannot corrupt; run again to resume."""
     from moondream_cpp import spec
     from moondream_cpp.batch import check_output, collect_images, run_batch
-    from moondream_cpp.errors import MoondreamError
+    from moondream_cpp.options import GenerationOptions
 
-    if length not in spec.CAPTION_QUESTIONS:
-        raise MoondreamError(f"--length must be one of {', '.join(spec.CAPTION_QUESTIONS)}, not {length!r}")
+    spec.caption_question(length, "--length")  # a bad --length is reported before anything loads
+    options = GenerationOptions(max_tokens=max_tokens)
     paths = collect_images(images)
     if not paths:
         raise ImageError(f"no images found in {' '.join(images)}")
@@ -108,24 +109,23 @@ def caption(
 
         if out:
             rep = run_batch(md, paths, out, question=question, length=length, resume=resume,
-                            retry_errors=retry_errors, max_tokens=max_tokens, on_record=show)
+                            retry_errors=retry_errors, options=options, on_record=show)
             bar.update(task, completed=len(paths))
             note(f"{out}: {rep.written} new records ({rep.errors} unreadable images), {rep.skipped} already done, "
                  f"{rep.total} images")
         else:
             with md.batch_mode():
-                _each(md, paths, question, length, max_tokens, show)
+                _each(md, paths, question, length, options, show)
     if failed and not out:
         raise typer.Exit(ImageError.exit_code)
 
 
-def _each(md, paths, question, length, max_tokens, show):
+def _each(md, paths, question, length, options, show):
     """Ask about every image in turn (the no --out path of caption), handing each record to show."""
     for p in paths:
         rec = {"path": str(p)}
         try:
-            a = md.query(p, question, max_tokens=max_tokens) if question else md.caption(p, length,
-                                                                                         max_tokens=max_tokens)
+            a = md.query(p, question, options=options) if question else md.caption(p, length, options=options)
             rec.update(answer=a.text, timings=a.timings)
         except ImageError as e:
             rec["error"] = str(e)

@@ -16,6 +16,7 @@ from typing import Callable, Iterable, Iterator
 
 from . import spec
 from .errors import ImageError, MoondreamError
+from .options import GenerationOptions
 from .outputs import writable_dir
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
@@ -114,12 +115,12 @@ class _Appender:
 
 
 def run_batch(md, images: list[Path], out: Path, *, question: str | None = None, length: str = "normal",
-              resume: bool = True, retry_errors: bool = False, max_tokens: int | None = None, fsync: bool = False,
-              on_record: Callable[[dict], None] | None = None) -> BatchReport:
-    """Answer `question` (default: a caption of `length`) for every image, appending one record per image to out."""
-    if question is None and length not in spec.CAPTION_QUESTIONS:
-        raise MoondreamError(f"caption length must be one of {', '.join(spec.CAPTION_QUESTIONS)}")
-    q = question or spec.CAPTION_QUESTIONS[length]
+              resume: bool = True, retry_errors: bool = False, options: GenerationOptions | None = None,
+              fsync: bool = False, on_record: Callable[[dict], None] | None = None, **option_overrides) -> BatchReport:
+    """Answer `question` (default: a caption of `length`) for every image, appending one record per image to out.
+    options (or keywords max_tokens, temperature, ...): how each answer is generated (GenerationOptions)."""
+    q = question or spec.caption_question(length)
+    options = GenerationOptions.of(options, **option_overrides)
     out = Path(out)
     check_output(out)
     if not resume and out.exists():
@@ -133,7 +134,7 @@ def run_batch(md, images: list[Path], out: Path, *, question: str | None = None,
         for p in todo:
             rec: dict = {"path": str(p), "question": q, "model": md.name}
             try:
-                a = md.query(p, q, max_tokens=max_tokens)
+                a = md.query(p, q, options=options)
                 rec.update({"answer": a.text, "finish_reason": a.finish_reason, "timings": a.timings})
             except ImageError as e:
                 rec["error"] = str(e)
@@ -144,8 +145,3 @@ def run_batch(md, images: list[Path], out: Path, *, question: str | None = None,
                 on_record(rec)
     return BatchReport(len(images), len(images) - len(todo), written, errors, time.perf_counter() - t0)
 
-
-def iter_records(out: Path) -> Iterator[dict]:
-    with open(out, encoding="utf-8") as f:
-        for line in f:
-            yield json.loads(line)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import spec
 from .errors import MoondreamError
+from .options import GenerationOptions
 from .runtime import Answer, EncodedImage, Moondream, Stream
 
 
@@ -26,10 +27,10 @@ class ChatSession:
     """`ask` streams or returns answers; `set_image` switches pictures (recent ones stay encoded in the model's
     cache) and starts a new conversation; `clear` forgets the history; `save` writes the transcript as JSON."""
 
-    def __init__(self, model: Moondream, image=None, *, max_tokens: int | None = None, temperature: float = 0.0,
-                 top_p: float = 1.0):
+    def __init__(self, model: Moondream, image=None, *, options: GenerationOptions | None = None, **option_overrides):
+        """options (or keywords max_tokens, temperature, top_p, seed, stop): how every answer is generated."""
         self.model = model
-        self.max_tokens, self.temperature, self.top_p = max_tokens, temperature, top_p
+        self.options = GenerationOptions.of(options, **option_overrides)
         self.history: list[tuple[str, str]] = []
         self.turns: list[Turn] = []
         self.image: EncodedImage | None = None
@@ -40,7 +41,7 @@ class ChatSession:
 
     def set_image(self, image, name: str | None = None) -> EncodedImage:
         """Switch to another image (path, bytes, PIL image or array): a new picture starts a new conversation."""
-        self.image, cached = self.model._encode(image)
+        self.image, cached = self.model.encode_image_cached(image)
         self._image_timings = {"image_encode_ms": 0.0 if cached else round(self.image.encode_ms, 2),
                                "image_cached": cached}
         self.image_name = name or (str(image) if isinstance(image, (str, os.PathLike)) else "image")
@@ -55,8 +56,7 @@ class ChatSession:
         answer is complete (an interrupted answer is dropped, as if never asked)."""
         if self.image is None:
             raise MoondreamError("no image yet: set one with set_image (in the chat: /image PATH)")
-        s = self.model.query(self.image, question, stream=True, history=list(self.history),
-                             max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p)
+        s = self.model.query(self.image, question, stream=True, history=list(self.history), options=self.options)
         first, self._image_timings = self._image_timings, None  # later questions reuse the encoded image
 
         def run():
@@ -68,16 +68,10 @@ class ChatSession:
             return a
 
         out = Stream(run())
-        if stream:
-            return out
-        for _ in out:
-            pass
-        return out.answer
+        return out if stream else out.finish()
 
     def caption(self, length: str = "normal", *, stream: bool = False) -> Answer | Stream:
-        if length not in spec.CAPTION_QUESTIONS:
-            raise MoondreamError(f"caption length must be one of {', '.join(spec.CAPTION_QUESTIONS)}")
-        return self.ask(spec.CAPTION_QUESTIONS[length], stream=stream)
+        return self.ask(spec.caption_question(length), stream=stream)
 
     def transcript(self) -> dict:
         return {"model": self.model.name, "revision": self.model.revision.name,

@@ -4,12 +4,23 @@ Defaults are what measured fastest on CPU (benchmarks/, docs/performance.md); th
 memory."""
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, fields, replace
 
 from .errors import MoondreamError
 
-KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}  # name -> ggml_type
+from gguf import GGMLQuantizationType as Q
+
+KV_TYPES = {"f16": Q.F16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0}  # name -> ggml_type
+
+
+def default_threads() -> int:
+    """Every core this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)

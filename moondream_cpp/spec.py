@@ -21,10 +21,11 @@ CAPTION_QUESTIONS = {  # moondream1/2 of 2024 have no caption head: captions are
 }
 
 
-def caption_question(length: str) -> str:
-    """The question that asks for a caption of `length`; the one place that checks a caption length."""
+def caption_question(length: str, what: str = "caption length") -> str:
+    """The question that asks for a caption of `length`; the one place that checks a caption length (`what`: how the
+    caller's user names the setting, e.g. "--length")."""
     if length not in CAPTION_QUESTIONS:
-        raise MoondreamError(f"caption length must be one of {', '.join(CAPTION_QUESTIONS)}, not {length!r}"
+        raise MoondreamError(f"{what} must be one of {', '.join(CAPTION_QUESTIONS)}, not {length!r}"
                              + ("; the 2024 models have no long captions" if length == "long" else ""))
     return CAPTION_QUESTIONS[length]
 
@@ -250,3 +251,12 @@ MOONDREAM_KEYS = {
     MD_SOURCE: T.STRING,
 }
 TEXT_KEYS.update(MOONDREAM_KEYS)
+
+
+def revision_of_file(rev: Revision, keys: dict) -> Revision:
+    """The revision a GGUF file states in our metadata keys; they win over the table (`rev`: the table's entry)."""
+    if MD_IMAGE_MARKERS not in keys:
+        return rev
+    return Revision(rev.name, bool(keys[MD_IMAGE_MARKERS]), keys.get(MD_ANSWER_PREFIX, rev.answer_prefix),
+                    keys.get(MD_STOP_RULE, rev.stop_rule), keys.get(MD_VISION_GELU, rev.vision_gelu), rev.vision_eps,
+                    int(keys.get(MD_MAX_NEW_TOKENS, rev.max_new_tokens)))

@@ -27,16 +27,16 @@ def test_decode_steps_deep_in_the_context_match_reference(converted, reference, 
         with torch.no_grad():
             want, cache = ref.forward(ref.prompt_embeds(ref.encode_image(photo), QUESTION, HISTORY))
         md.logits(photo, QUESTION, HISTORY)  # the prompt, as one batch
-        depth = len(md._kv)
+        depth = len(md.cache.kv)
         assert depth > 700
         n = ref.n_real_tokens
         for step in range(STEPS):
             tok = int(torch.argmax(ref._masked(want[-1])))
             with torch.no_grad():
                 want, cache = ref.forward(ref.embed([tok]), cache)
-            md._decode(md._fill_tokens([tok], depth + step, True))  # one token: the decode kernel
-            md._kv.append(tok)
-            got, exp = md._logits()[:n], want[-1].numpy()[:n]
+            md.context.decode_tokens([tok], depth + step, True)  # one token: the decode kernel
+            md.cache.extend([tok])
+            got, exp = md.context.logits()[:n], want[-1].numpy()[:n]
             err = rel_logits(got, exp)
             assert err < TOL[kind], f"step {step} at depth {depth + step}: logits relative error {err:.2e}"
             assert int(np.argmax(got)) == int(np.argmax(exp))

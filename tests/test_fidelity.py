@@ -116,8 +116,8 @@ def test_checkpoint_is_decisive_enough_to_catch_mistakes(models, reference, phot
     want = ref.logits(photo, QUESTION)[:n]
     enc = md.encode_image(photo)
     items = md.prompt_items(enc, QUESTION)
-    md._evaluate(items[1:], {enc.key: enc})  # docs/architecture.md P6: no BOS
-    assert rel_logits(md._logits()[:n], want) > 50 * TOL["f32"]
+    md.evaluate(items[1:], {enc.key: enc})  # docs/architecture.md P6: no BOS
+    assert rel_logits(md.context.logits()[:n], want) > 50 * TOL["f32"]
     from PIL import Image
 
     s = max(photo.size)

@@ -15,9 +15,9 @@ def test_switching_images_restores_the_prefix_exactly(converted, photo, referenc
                                                                        state_cache_mb=0) as fresh:
         a1 = md.query(photo, q, max_tokens=8)
         md.query(photo, "And else?", max_tokens=8)
-        assert len(md._states) == 0  # one image so far: its prefix lives in the KV cache alone, no saved copy
+        assert len(md.cache.prefixes) == 0  # one image so far: its prefix lives in the KV cache alone, no saved copy
         b = md.query(other, q, max_tokens=8)
-        assert len(md._states) == 1  # saved just before the other image overwrote it
+        assert len(md.cache.prefixes) == 1  # saved just before the other image overwrote it
         a2 = md.query(photo, "And the colours?", max_tokens=8)  # back to the first image
         t = a2.timings
         assert t["image_cached"] and t["prefix_restored"]
@@ -39,9 +39,9 @@ def test_the_caches_stay_within_their_byte_budgets(converted, photo):
         for k in range(6):
             img = Image.fromarray(np.roll(np.asarray(photo), 7 * k, axis=1))
             md.query(img, "What?", max_tokens=1)
-        assert sum(e.embeddings.nbytes for e in md._images.values()) <= 0.2 * 2**20 or len(md._images) == 1
-        assert sum(len(b) for _, b in md._states.values()) <= 0.3 * 2**20
-        assert len(md._states) < 6
+        assert sum(e.embeddings.nbytes for e in md.cache.images.values()) <= 0.2 * 2**20 or len(md.cache.images) == 1
+        assert sum(len(b) for _, b in md.cache.prefixes.values()) <= 0.3 * 2**20
+        assert len(md.cache.prefixes) < 6
 
 
 def test_forget_context_evaluates_the_whole_prompt_again(converted, photo):
@@ -50,7 +50,7 @@ def test_forget_context_evaluates_the_whole_prompt_again(converted, photo):
         q = "What is in the image?"
         first = md.query(photo, q, max_tokens=8)
         md.query(Image.fromarray(np.asarray(photo)[::-1].copy()), q, max_tokens=1)  # saves photo's prefix state
-        assert len(md._states) == 1
+        assert len(md.cache.prefixes) == 1
         md.forget_context()
         again = md.query(photo, q, max_tokens=8)
         t = again.timings

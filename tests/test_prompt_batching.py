@@ -9,11 +9,10 @@ from moondream_cpp import Moondream
 from moondream_cpp.gguf_header import read_header
 
 
-def _last_logits(md, batch) -> np.ndarray:
-    md._L.llama_memory_clear(md._mem, True)
-    md._kv.clear()
-    md._decode(batch)
-    return md._logits().copy()
+def _last_logits(md, decode, data) -> np.ndarray:
+    md.cache.reset()
+    decode(data, 0, True)
+    return md.context.logits().copy()
 
 
 @pytest.mark.parametrize("text_type", ["f32", "f16", "q8_0", "q5_k_m", "q4_k_m"])
@@ -22,9 +21,9 @@ def test_our_rows_are_llamas_lookup(converted, text_type):
     embd_type = next(t.ggml_type for t in read_header(text).tensors if t.name == "token_embd.weight")
     with Moondream.load(text, mmproj, n_ctx=256) as md:
         toks = [md.bos] + md.tokenize("\n\nQuestion: What is in the image, and what colour is it?\n\nAnswer:")
-        by_id = _last_logits(md, md._fill_tokens(toks, 0, True))
-        by_row = _last_logits(md, md._fill_embd(md._tok_embd.rows(toks), 0, True))
-        other = _last_logits(md, md._fill_tokens(toks[:-1] + [toks[-1] + 1], 0, True))
+        by_id = _last_logits(md, md.context.decode_tokens, toks)
+        by_row = _last_logits(md, md.context.decode_rows, md.token_embeddings.rows(toks))
+        other = _last_logits(md, md.context.decode_tokens, toks[:-1] + [toks[-1] + 1])
     print(f"{text_type}: token_embd is {embd_type}")
     assert not np.array_equal(by_id, other)  # the logits do depend on the rows: the check can fail
     np.testing.assert_array_equal(by_row, by_id)

@@ -38,17 +38,17 @@ def test_text_pages_leave_while_the_vision_tower_runs(converted, photo, referenc
         md.logits(photo, "x")  # every weight used once
         assert resident_kb(text) > 0.8 * (size_kb - embedding_bytes(text) // 1024)
         during = []
-        open_vision = md._open_vision
+        open_vision = md.vision.open
 
         def spy():
             during.append(resident_kb(text))
             open_vision()
 
-        md._open_vision = spy
+        md.vision.open = spy
         md.clear_image_cache()
         got = md.query(photo, QUESTION, max_tokens=8)
         assert during and during[0] < 0.05 * size_kb, (during, size_kb)
-        assert md._mtmd is None
+        assert not md.vision.is_open
         # taken back at once (not fault by fault in the prefill), all but the token embedding, of which the prompt
         # reads a few rows
         embd_kb = embedding_bytes(text) // 1024
@@ -72,10 +72,10 @@ def test_a_batch_keeps_the_vision_tower_loaded_unless_low_ram(converted, photo):
     for low_ram, opens_expected in [(False, 0), (True, 2)]:  # opened at load, used by the first image
         with Moondream.load(text, mmproj, n_ctx=256, low_ram=low_ram) as md:
             opened = []
-            open_vision = md._open_vision
-            md._open_vision = lambda: (opened.append(1), open_vision())
+            open_vision = md.vision.open
+            md.vision.open = lambda: (opened.append(1), open_vision())
             with md.batch_mode():
                 for im in images:
                     md.query(im, QUESTION, max_tokens=2)
             assert len(opened) == opens_expected
-            assert md._mtmd is None  # on demand again after the batch
+            assert not md.vision.is_open  # on demand again after the batch

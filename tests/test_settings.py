@@ -13,9 +13,9 @@ def test_low_ram_matches_the_default(converted, photo, reference):
     text, mmproj = converted("2024-04-02", "f32", "f32")
     want = reference("2024-04-02").logits(photo, "What is in the image?")
     with Moondream.load(text, mmproj, low_ram=True) as md:
-        assert md.settings.kv_type == "q8_0" and md.n_ctx == 1024 and md._mtmd is not None  # opened at load
+        assert md.settings.kv_type == "q8_0" and md.n_ctx == 1024 and md.vision.is_open  # opened at load
         got = md.logits(photo, "What is in the image?")
-        assert md._mtmd is None  # the vision tower was loaded for the image and freed again
+        assert not md.vision.is_open  # the vision tower was loaded for the image and freed again
         assert rel_logits(got[: len(want)], want) < 3e-2
         low = md.query(photo, "What is in the image?", max_tokens=6).tokens
         md.query(photo, "Again?", max_tokens=2)  # a second image-free question needs no vision tower

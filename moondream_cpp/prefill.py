@@ -1,0 +1,66 @@
+"""Evaluating a prompt: keep what the KV cache already holds (moondream_cpp/prompt_cache.py), then send the rest to
+llama.cpp in batches of token ids or embedding rows."""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import PromptTooLongError
+from .native_handles import TextContext
+from .prompt import image_prefix_len, is_image_row, runs
+from .prompt_cache import Plan, PromptCache
+from .token_embeddings import TokenEmbeddings
+
+
+def evaluate(ctx: TextContext, cache: PromptCache, items: list, images: dict,
+             token_embeddings: TokenEmbeddings | None) -> Plan:
+    """Bring the KV cache to hold `items`, the last one's logits ready; `images` maps image keys to EncodedImage."""
+    if len(items) > ctx.n_ctx:
+        raise PromptTooLongError(f"the prompt needs {len(items)} positions but the context holds {ctx.n_ctx}; ask a "
+                                 "shorter question, clear the chat history, or load with a larger n_ctx")
+    plan = cache.plan(items)
+    prefix, n, i = image_prefix_len(items), len(items), plan.keep
+    try:
+        if token_embeddings is not None and i < prefix:
+            # the image prefix (BOS, markers, image) goes in as embeddings, its tokens' rows beside the image's: one
+            # pass over the weights per batch, not one more for a lone BOS. What follows it stays token batches, so
+            # a question costs the same evaluation whether its image's prefix was cached or not: the same logits.
+            while i < prefix:
+                j = min(i + ctx.n_batch, prefix)
+                ctx.decode_rows(embedding_rows(items[i:j], images, token_embeddings), i, j == n)
+                cache.extend(items[i:j])
+                i = j
+        for i, j, img in runs(items, i, n, ctx.n_batch):
+            if img:
+                key = items[i][0]
+                ctx.decode_rows(images[key].embeddings[items[i][1]: items[j - 1][1] + 1], i, j == n)
+            else:
+                ctx.decode_tokens(items[i:j], i, j == n)
+            cache.extend(items[i:j])
+    except BaseException:  # a failed decode or a Ctrl-C between a decode and its record
+        cache.reset()  # what llama.cpp holds is no longer known
+        raise
+    return plan
+
+
+def embedding_rows(items: list, images: dict, token_embeddings: TokenEmbeddings) -> np.ndarray:
+    """float32 [len(items), n_embd]: a token's row of the embedding table, an image position's embedding."""
+    out = np.empty((len(items), token_embeddings.n_embd), dtype=np.float32)
+    toks = [(n, t) for n, t in enumerate(items) if not is_image_row(t)]
+    if toks:
+        out[[n for n, _ in toks]] = token_embeddings.rows([t for _, t in toks])
+    for i, j, img in runs(items, 0, len(items), len(items)):
+        if img:  # one image's rows are consecutive: copied as slices
+            for a, b in _same_image(items, i, j):
+                key, first = items[a]
+                out[a:b] = images[key].embeddings[first: first + b - a]
+    return out
+
+
+def _same_image(items: list, i: int, j: int):
+    a = i
+    while a < j:
+        b = a
+        while b < j and items[b][0] == items[a][0]:
+            b += 1
+        yield a, b
+        a = b

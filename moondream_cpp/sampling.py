@@ -1,0 +1,30 @@
+"""Choosing the next token from logits: greedy at temperature 0 (moondream's own default), else softmax at the
+temperature, cut to the top-p nucleus. The padding rows past the real vocabulary are never chosen."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+Sampler = Callable[[np.ndarray], int]
+
+
+def make_sampler(temperature: float, top_p: float, seed: int | None, n_real_tokens: int) -> Sampler:
+    rng = np.random.default_rng(seed)
+
+    def greedy(logits: np.ndarray) -> int:
+        return int(np.argmax(logits[:n_real_tokens]))
+
+    def sample(logits: np.ndarray) -> int:
+        z = logits[:n_real_tokens].astype(np.float64) / temperature
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        if top_p < 1.0:
+            order = np.argsort(-p)
+            keep = order[: np.searchsorted(np.cumsum(p[order]), top_p) + 1]
+            q = np.zeros_like(p)
+            q[keep] = p[keep]
+            p = q / q.sum()
+        return int(rng.choice(len(p), p=p))
+
+    return greedy if temperature <= 0 else sample

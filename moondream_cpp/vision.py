@@ -1,0 +1,90 @@
+"""The vision side: moondream's preprocessing, then llama.cpp's vision tower + projector, with the tower loaded only
+while it works when settings.mmproj_on_demand is on (--low-ram keeps text and vision weights from being resident
+together)."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import residency
+from .image import load_image, preprocess
+from .native import deferred_interrupt
+from .native_handles import TextModel, VisionContext
+
+
+@dataclass
+class EncodedImage:
+    """Projected image embeddings [n_patches, n_embd]; reusable across questions and conversations."""
+
+    embeddings: np.ndarray
+    key: str  # hash of the preprocessed pixels: equal images share cache entries
+    encode_ms: float = 0.0
+
+
+def pixels_of(image, size: int) -> tuple[np.ndarray, str]:
+    """Preprocessed uint8 pixels of a path, bytes, PIL image or array, and their hash (the image cache key)."""
+    pixels = preprocess(load_image(image), size)
+    return pixels, hashlib.sha256(pixels.tobytes()).hexdigest()[:32]
+
+
+class Vision:
+    def __init__(self, mmproj_info, text_model: TextModel, settings, text_file: str, keep_resident=None):
+        self.info, self.model, self.settings = mmproj_info, text_model, settings
+        self.text_file = text_file
+        self.keep_resident = keep_resident  # (offset, nbytes) of the text file not to fault back in
+        self.image_size, self.n_patches = mmproj_info.image_size, mmproj_info.n_patches
+        self.held = False  # kept loaded between images (batch mode) even when on demand
+        self.context: VisionContext | None = None
+        # opened now even when on demand: a broken mmproj fails the load, and the first image needs it anyway
+        self.open()
+
+    @property
+    def is_open(self) -> bool:
+        return self.context is not None
+
+    def open(self) -> None:
+        cfg = self.settings
+        self.context = VisionContext(self.info.file.path, self.model, n_threads=cfg.n_threads,
+                                     use_gpu=bool(cfg.mmproj_gpu and cfg.n_gpu_layers != 0))
+
+    def close(self) -> None:
+        if self.context is not None:
+            self.context.close()
+            self.context = None
+
+    def encode(self, pixels: np.ndarray, key: str) -> EncodedImage:
+        on_demand = self.settings.mmproj_on_demand and not self.held
+        # the text weights are not used while the vision tower runs: with both on demand and mapped, the two are
+        # never resident together (the text pages wait in the page cache, and come back at once after)
+        lean = on_demand and self.settings.mmap
+        with deferred_interrupt():
+            if self.context is None:
+                if lean:
+                    residency.release(self.text_file)
+                self.open()
+            try:
+                t0 = time.perf_counter()
+                emb = self.context.encode(pixels, self.n_patches)
+                return EncodedImage(emb, key, (time.perf_counter() - t0) * 1000)
+            finally:
+                if on_demand:  # the vision tower only lives while it works
+                    self.close()
+                if lean:
+                    residency.retake(self.text_file, skip=self.keep_resident)
+
+    @contextlib.contextmanager
+    def kept_loaded(self, keep: bool):
+        """While the block runs, keep the tower loaded between images (when `keep`); on demand again after."""
+        held = self.held
+        self.held = held or keep
+        try:
+            yield
+        finally:
+            self.held = held
+            if not held and self.settings.mmproj_on_demand and self.context is not None:
+                with deferred_interrupt():
+                    self.close()
