@@ -1,4 +1,4 @@
-"""The model input for a question, position by position, exactly as the revision was trained (docs/architecture.md):
+"""The model input for a question, position by position, exactly as the revision was trained (docs/architecture.md §4):
 BOS, the image rows (between "<image>" markers in early revisions), the chat history, the question, the answer
 prefix. A pure function of (revision, image, history, question): no model, no state.
 

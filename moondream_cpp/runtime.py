@@ -114,7 +114,7 @@ class Moondream:
         self.bos = int(text_info.file.get("tokenizer.ggml.bos_token_id", 50256))
         self.eos = int(text_info.file.get("tokenizer.ggml.eos_token_id", self.bos))
         self.n_real_tokens = text_info.n_real_tokens
-        # "<END>" revisions stopped on ANY token of the marker (docs/architecture.md §3.5)
+        # "<END>" revisions stopped on ANY token of the marker (docs/architecture.md §5, P8)
         self.stop_ids = {self.eos} if self.revision.stop_rule == "eos" else set(self.tokenize(spec.END_MARKER))
         self.last_prefix_restored = False
 

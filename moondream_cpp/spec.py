@@ -1,6 +1,6 @@
 """The one table of facts about moondream checkpoints: revisions, prompt formats, stop rules, names, GGUF keys.
 
-Every other module reads names and formats from here. Sources: ../shared/docs/moondream-architecture.md (§0-§5).
+Every other module reads names and formats from here; docs/architecture.md explains them (§1-§6).
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from gguf import GGUFValueType as T
 from .errors import MoondreamError
 
 BOS_TOKEN = "<|endoftext|>"
-IMAGE_MARKERS = ("<image>", "</image>")  # ordinary BPE text around the image in early revisions (spec §3.4)
-END_MARKER = "<END>"  # early revisions end answers with this text (spec §3.5)
+IMAGE_MARKERS = ("<image>", "</image>")  # BPE text around the image, early revisions (docs/architecture.md §4.2)
+END_MARKER = "<END>"  # early revisions end answers with this text (docs/architecture.md §5, P8)
 QUESTION_FORMAT = "Question: {question}\n\n"
 TURN_FORMAT = "Question: {question}\n\nAnswer: {answer}\n\n"  # one past turn of chat history (MD@948fa7f)
 CAPTION_QUESTIONS = {  # moondream1/2 of 2024 have no caption head: captions are questions
@@ -57,7 +57,7 @@ def chat_template(rev: "Revision") -> str:
 
 @dataclass(frozen=True)
 class Revision:
-    """What a given checkpoint revision was trained with (spec §0, §3.4, §3.5)."""
+    """What a given checkpoint revision was trained with (docs/architecture.md §2, §4, §5)."""
 
     name: str
     image_markers: bool  # "<image>" ... "</image>" around the image embeddings
@@ -85,10 +85,9 @@ TEXT_EPS = 1e-5
 ROPE_BASE = 10000.0
 
 # ---------------------------------------------------------------------------------------------------------------
-# Checkpoint tensor names (spec §1.2). "{i}" is a block index.
+# Checkpoint tensor names (docs/architecture.md §1.5). "{i}" is a block index.
 VISION_PREFIX = "vision_encoder.encoder.model.visual."
 PROJECTION_PREFIX = "vision_encoder.projection.mlp."
-TEXT_PREFIX = "text_model."
 # Layouts llama.cpp cannot run faithfully, with the reason given to the user.
 REFUSED_TENSORS = {
     "vision_encoder.model.projection.mlp1.fc1.weight": "the January-2024 moondream1 projector (mlp1 -> LayerNorm -> "
@@ -97,7 +96,7 @@ REFUSED_TENSORS = {
     "x + mlp2(x)) has no llama.cpp equivalent",
 }
 
-# HF name -> GGUF name, text model (arch phi2, spec §5.1)
+# HF name -> GGUF name, text model (arch phi2, docs/architecture.md §6.1)
 TEXT_TENSORS = {
     "text_model.transformer.embd.wte.weight": "token_embd.weight",
     "text_model.lm_head.ln.weight": "output_norm.weight",
@@ -118,7 +117,7 @@ TEXT_BLOCK_TENSORS = {
     "text_model.transformer.h.{i}.mlp.fc2.bias": "blk.{i}.ffn_down.bias",
 }
 
-# HF name -> GGUF name, vision tower + projector (arch clip, projector "mlp", spec §5.2).
+# HF name -> GGUF name, vision tower + projector (arch clip, projector "mlp", docs/architecture.md §6.3).
 # qkv is split into thirds; fc1/fc2 use clip's legacy names (ffn_down = FIRST fc), which every mtmd build reads.
 VISION_TENSORS = {
     VISION_PREFIX + "patch_embed.linear.weight": "v.patch_embd.weight",
