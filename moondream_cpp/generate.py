@@ -74,7 +74,8 @@ def chunks(steps: Generator[int, None, str], token_bytes: Callable[[int], bytes]
             cut = min((i for i in (shown.find(x) for x in stop) if i >= 0), default=-1)
             if cut >= 0:
                 shown, hit, finish = shown[:cut].rstrip(), True, "stop"
-        safe = len(shown) if hit else max(sent, len(shown) - hold)
+        # held back: what may still become a stop string, and the whitespace before it, which the cut strips
+        safe = len(shown) if hit else max(sent, len(shown[: max(0, len(shown) - hold)].rstrip()))
         if safe > sent:
             yield Chunk(shown[sent:safe])
             sent = safe

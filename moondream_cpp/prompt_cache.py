@@ -78,10 +78,13 @@ class PromptCache:
             keep += 1
         keep = min(keep, len(items) - 1)
         prefix = image_prefix_len(items)
+        wanted = items[prefix - 1][0] if prefix else None
+        if wanted in self.prefixes:  # the prefix to restore becomes the most recent: the save below cannot evict it
+            self.prefixes.move_to_end(wanted)
         self._stash_prefix(keep)
         restored = 0 < prefix < len(items) and keep < prefix and self._restore(list(items[:prefix]))
-        if restored:
-            keep = prefix
+        # a restored prefix is kept whole; a failed restore leaves the cache empty, so nothing is kept
+        keep = prefix if restored else min(keep, len(self.kv))
         self.truncate(keep)
         return Plan(keep, restored)
 
