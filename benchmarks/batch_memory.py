@@ -1,6 +1,6 @@
 """Memory of a long batch-captioning run: `moondream-cpp caption DIR --out` over N generated images, its RSS
 sampled all along; start (after the first 50 records), end and peak, plus images/s. Prints JSON and writes
-benchmarks/results/batch_memory.json.
+benchmarks/results/<machine>/batch_memory.json.
 
     python benchmarks/batch_memory.py [--n 1000] [--model NAME_OR_DIR]
 """
@@ -18,6 +18,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.harness import benchmark_result, write_json  # noqa: E402
 from training import synth  # noqa: E402
 
 
@@ -27,7 +28,7 @@ def rss_mb(pid: int) -> float:
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--model", default=None)
     a = ap.parse_args()
@@ -62,7 +63,7 @@ def main():
            "rss_mb_peak": round(max(r for _, r in samples), 1),
            "rss_mb_by_tenth": [round(next(r for d, r in samples if d >= k * a.n // 10), 1) for k in range(1, 10)]}
     print(json.dumps(res, indent=1))
-    (ROOT / "benchmarks" / "results" / "batch_memory.json").write_text(json.dumps(res, indent=1) + "\n")
+    write_json(benchmark_result("batch_memory"), res)
 
 
 if __name__ == "__main__":

@@ -2,22 +2,24 @@
 check of the decode target without the whole `moondream-cpp bench` (no PyTorch, no native tools). Each variant runs
 in a fresh process that takes turns between a decode and a read of the memory (moondream_cpp/bench/roofline.py).
 
-    python benchmarks/decode_depth.py [--pairs 24]    # writes benchmarks/results/decode_depth.json
+    python benchmarks/decode_depth.py [--pairs 24]    # -> benchmarks/results/<machine>/decode_depth.json
 """
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from moondream_cpp.bench import ROOFLINE_PAIRS, bench_image, build_models, child, cpu_name
-from moondream_cpp.runtime import default_threads
-
-here = Path(__file__).resolve().parent
+sys.path.append(str(Path(__file__).resolve().parents[1]))
+from benchmarks.harness import benchmark_result, write_json  # noqa: E402
+from moondream_cpp.bench import (ROOFLINE_PAIRS, bench_image, build_models, child, cpu_name,  # noqa: E402
+                                 default_work_dir)
+from moondream_cpp.runtime import default_threads  # noqa: E402
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=ROOFLINE_PAIRS)
-    ap.add_argument("--work", type=Path, default=here / "work")
+    ap.add_argument("--work", type=Path, default=default_work_dir(), help="the models of `moondream-cpp bench`")
     args = ap.parse_args()
     paths = build_models(args.work, print)["_paths"]
     threads = default_threads()
@@ -27,11 +29,11 @@ def main():
     for name, extra in (("q4_k_m", []), ("q4_k_m --low-ram", ["--low-ram"])):
         print(f"{name}: {args.pairs} pairs", flush=True)
         out["variants"][name] = child(["--text", str(paths[("text", "q4_k_m")]), "--mmproj",
-                                        str(paths[("mmproj", "q8_0")]), "--image", str(bench_image(args.work)),
-                                        "--threads", str(threads), "--pairs", str(args.pairs), *extra],
-                                       module="roofline")
-    (here / "results" / "decode_depth.json").write_text(json.dumps(out, indent=2) + "\n")
+                                       str(paths[("mmproj", "q8_0")]), "--image", str(bench_image(args.work)),
+                                       "--threads", str(threads), "--pairs", str(args.pairs), *extra],
+                                      module="roofline")
     print(json.dumps(out, indent=2))
+    write_json(benchmark_result("decode_depth"), out)
 
 
 if __name__ == "__main__":

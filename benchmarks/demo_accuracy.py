@@ -1,5 +1,5 @@
 """Accuracy of the bundled demo model on held-out synthetic VQA, through llama.cpp (f16, q8_0, q5_k_m, q4_k_m) and
-the PyTorch reference, on the same questions. Prints JSON and writes benchmarks/results/demo_accuracy.json.
+the PyTorch reference, on the same questions. Prints JSON and writes benchmarks/results/<machine>/demo_accuracy.json.
 
     python benchmarks/demo_accuracy.py [--n 1000] [--seed 1234]
 """
@@ -15,6 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.harness import benchmark_result, write_json  # noqa: E402
 from moondream_cpp import Moondream  # noqa: E402
 from moondream_cpp.convert import convert  # noqa: E402
 from moondream_cpp.evaluate import evaluate, read_jsonl  # noqa: E402
@@ -31,7 +32,7 @@ def run_gguf(text, mmproj, rows):
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--n-split", type=int, default=300, help="questions in the seen/unseen-background splits")
@@ -56,7 +57,7 @@ def main():
         rep = evaluate(lambda img, q: ref.generate(load_image(img), q, max_tokens=32)[1], sets["all"])
         out["pytorch_reference"] = {"all": {**rep.to_json(), "seconds": round(time.time() - t, 1)}}
     print(json.dumps(out, indent=1))
-    (ROOT / "benchmarks" / "results" / "demo_accuracy.json").write_text(json.dumps(out, indent=1) + "\n")
+    write_json(benchmark_result("demo_accuracy"), out)
 
 
 if __name__ == "__main__":

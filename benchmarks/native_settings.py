@@ -1,8 +1,8 @@
 """llama.cpp's own llama-bench on the full-size q4_k_m text model over the settings that matter on a CPU: repacked
 weights, threads, flash attention. Evidence for settings.py's defaults that no Python is in the way of. Prints JSON
-and writes benchmarks/results/native_settings.json.
+and writes benchmarks/results/<machine>/native_settings.json.
 
-    bash scripts/build_native.sh && python benchmarks/native_settings.py [--work benchmarks/work] [--repeats 3]
+    bash scripts/build_native.sh && python benchmarks/native_settings.py [--repeats 3]
 """
 from __future__ import annotations
 
@@ -12,17 +12,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.append(str(Path(__file__).resolve().parents[1]))
+from benchmarks.harness import benchmark_result, write_json  # noqa: E402
 
 
 def main():
-    from moondream_cpp.bench import build_models, cpu_name
+    from moondream_cpp.bench import build_models, cpu_name, default_work_dir
+    from moondream_cpp.bench.native_tools import REPO_TOOLS
     from moondream_cpp.settings import DEFAULT
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=default_work_dir(), help="the models of `moondream-cpp bench`")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--tools", type=Path, default=ROOT / "build" / "native" / "bin")
+    ap.add_argument("--tools", type=Path, default=REPO_TOOLS)
     a = ap.parse_args()
     exe = a.tools / "llama-bench"
     if not exe.exists():
@@ -39,7 +41,7 @@ def main():
     out = {"command": "python benchmarks/native_settings.py", "cpu": cpu_name(), "model": "q4_k_m text (full size)",
            "llama_bench": " ".join(["llama-bench", *cmd[1:2], "<q4_k_m>", *cmd[3:]]), "results": rows}
     print(json.dumps(out, indent=1))
-    (ROOT / "benchmarks" / "results" / "native_settings.json").write_text(json.dumps(out, indent=1) + "\n")
+    write_json(benchmark_result("native_settings"), out)
 
 
 if __name__ == "__main__":

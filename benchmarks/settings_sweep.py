@@ -1,8 +1,8 @@
 """Which runtime settings are fastest and leanest on this machine: each combination measured in fresh processes
 (median of --repeats) on the full-size q4_k_m text + q8_0 mmproj that `moondream-cpp bench` builds. Prints JSON
-and writes benchmarks/results/settings_sweep.json (the evidence behind moondream_cpp/settings.py's defaults).
+and writes benchmarks/results/<machine>/settings_sweep.json (the evidence behind moondream_cpp/settings.py's defaults).
 
-    python benchmarks/settings_sweep.py [--work benchmarks/work] [--repeats 3]
+    python benchmarks/settings_sweep.py [--repeats 3]
 """
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.append(str(Path(__file__).resolve().parents[1]))
+from benchmarks.harness import benchmark_result, write_json  # noqa: E402
 
 COMBOS = {  # name -> Settings overrides of the defaults (settings.py)
     "default": {},
@@ -30,11 +31,11 @@ COMBOS = {  # name -> Settings overrides of the defaults (settings.py)
 
 
 def main():
-    from moondream_cpp.bench import bench_image, build_models, child, median_of
+    from moondream_cpp.bench import bench_image, build_models, child, default_work_dir, median_of
     from moondream_cpp.settings import DEFAULT
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=default_work_dir(), help="the models of `moondream-cpp bench`")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--only", help="combination names separated by ; (default: all)")
     a = ap.parse_args()
@@ -52,7 +53,7 @@ def main():
                                                       "cold_s", "another_ttft_s", "followup_ttft_s", "peak_rss_mb",
                                                       "error") if k in r}
     print(json.dumps(out, indent=1))
-    (ROOT / "benchmarks" / "results" / "settings_sweep.json").write_text(json.dumps(out, indent=1) + "\n")
+    write_json(benchmark_result("settings_sweep"), out)
 
 
 if __name__ == "__main__":

@@ -73,19 +73,30 @@ def read_jsonl(path: str | Path, limit: int | None = None) -> list[dict]:
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-            assert isinstance(row.get("image"), str) and isinstance(row.get("question"), str)
-            answers = row.get("answers", row.get("answer"))
-            row["answers"] = [answers] if isinstance(answers, str) else list(answers)
-            assert row["answers"]
-        except (ValueError, AssertionError, TypeError):
-            raise MoondreamError(f"{path}:{n}: expected a JSON object with image, question and answers") from None
+        row = _question_row(line)
+        if row is None:
+            raise MoondreamError(f"{path}:{n}: expected a JSON object with image, question and answers (strings)")
         row["image"] = str((path.parent / row["image"]) if not Path(row["image"]).is_absolute() else row["image"])
         rows.append(row)
         if limit and len(rows) >= limit:
             break
     return rows
+
+
+def _question_row(line: str) -> dict | None:
+    """The row of one JSON line, answers made a list; None when it is not {image, question, answer(s)} of strings."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(row, dict) or not isinstance(row.get("image"), str) or not isinstance(row.get("question"), str):
+        return None
+    answers = row.get("answers", row.get("answer"))
+    answers = [answers] if isinstance(answers, str) else answers
+    if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
+        return None
+    row["answers"] = answers
+    return row
 
 
 def evaluate(answer: Callable[[str, str], str], rows: Iterable[dict], progress: Callable[[], None] | None = None

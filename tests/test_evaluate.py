@@ -1,6 +1,7 @@
 """The VQA metric against known answers of the official VQAv2 normalisation, and the eval command end to end."""
 import json
 import subprocess
+import sys
 
 import pytest
 
@@ -60,3 +61,18 @@ def test_eval_reference_and_gguf_agree(converted, checkpoint, photo, tmp_path):
         assert r.returncode == 0, r.stderr
         preds[name] = [json.loads(x)["prediction"] for x in out.read_text().splitlines()]
     assert preds["gguf"] == preds["ref"] and all(preds["gguf"])
+
+
+@pytest.mark.parametrize("line", ['[1, 2]', '"text"', '{"image": "a.png", "question": "q"}',
+                                  '{"image": "a.png", "question": "q", "answers": []}',
+                                  '{"image": "a.png", "question": "q", "answers": [3]}',
+                                  '{"image": 5, "question": "q", "answer": "x"}', '{not json'])
+def test_a_bad_question_line_is_named_even_under_python_O(tmp_path, line):
+    f = tmp_path / "q.jsonl"
+    f.write_text('{"image": "a.png", "question": "q", "answer": "x"}\n' + line + "\n")
+    for flags in ([], ["-O"]):  # asserts vanish under -O: the check must not be one
+        r = subprocess.run([sys.executable, *flags, "-c", "import sys; from moondream_cpp.evaluate import read_jsonl;"
+                            "from moondream_cpp.errors import MoondreamError\n"
+                            "try: read_jsonl(sys.argv[1])\nexcept MoondreamError as e: print(e)", str(f)],
+                           capture_output=True, text=True)
+        assert r.returncode == 0 and f"{f}:2: expected a JSON object" in r.stdout, (flags, r.stdout, r.stderr)

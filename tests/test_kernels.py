@@ -1,6 +1,6 @@
 """Patch 0007 changes how ggml's q4_K and q6_K dot products compute, not what: the stock kernels (x86/quants.c of the
 unpatched sdist) and ours, compiled side by side for this CPU and for plain AVX2, must give the same float bit for bit
-on random blocks (benchmarks/kernels/dot_check.sh; its speed half is benchmarks/kernels/run.sh's)."""
+on random blocks (experiments/kernels/dot_check.sh; its speed half is experiments/kernels/run.sh's)."""
 import json
 import os
 import platform
@@ -20,7 +20,7 @@ pytestmark = [
 
 def test_q4k_q6k_dot_products_are_bit_identical_to_stock():
     env = dict(os.environ, NTEST="200000", DOT_AB_SPEED="0")
-    run = subprocess.run(["bash", str(ROOT / "benchmarks" / "kernels" / "dot_check.sh")], env=env,
+    run = subprocess.run(["bash", str(ROOT / "experiments" / "kernels" / "dot_check.sh")], env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
     rows = [json.loads(line) for line in run.stdout.splitlines()]

@@ -1,29 +1,30 @@
 """Which numpy read measures the memory roofline: a float64 sum, count_nonzero over uint64 words (what
-moondream_cpp.bench.memory_bandwidth_gbs uses) and a C AVX-512 load loop (benchmarks/kernels/read_bw.c), 2 threads,
-interleaved rounds. Writes benchmarks/results/bandwidth_methods.json.
+moondream_cpp.bench.memory_bandwidth_gbs uses) and a C AVX-512 load loop (read_bw.c beside this script), 2 threads,
+interleaved rounds.
 
-    python benchmarks/bandwidth_methods.py [--rounds 5]
+    python experiments/bandwidth-methods/bandwidth_methods.py [--rounds 5]    # -> <machine>.json beside it
 """
 import argparse
 import json
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from moondream_cpp.bench import memory_bandwidth_gbs
-
 HERE = Path(__file__).resolve().parent
+sys.path.append(str(HERE.parents[1]))
+from benchmarks.harness import experiment_result, write_json  # noqa: E402
+from moondream_cpp.bench import memory_bandwidth_gbs  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     exe = Path(tempfile.mkdtemp()) / "read_bw"
-    subprocess.run(["gcc", "-O2", "-march=native", "-fopenmp", str(HERE / "kernels" / "read_bw.c"), "-o", str(exe)],
-                   check=True)
+    subprocess.run(["gcc", "-O2", "-march=native", "-fopenmp", str(HERE / "read_bw.c"), "-o", str(exe)], check=True)
     rounds = []
     for _ in range(args.rounds):
         c = float(subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split()[0])
@@ -33,9 +34,7 @@ def main() -> None:
         r["count_nonzero_over_c"] = round(r["numpy_count_nonzero_u64_gbs"] / c, 2)
         print(json.dumps(r), flush=True)
         rounds.append(r)
-    out = HERE / "results" / "bandwidth_methods.json"
-    out.write_text(json.dumps({"threads": 2, "gb": 2, "rounds": rounds}, indent=1) + "\n")
-    print(f"wrote {out}")
+    write_json(experiment_result(HERE), {"threads": 2, "gb": 2, "rounds": rounds})
 
 
 if __name__ == "__main__":

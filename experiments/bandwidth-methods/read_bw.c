@@ -1,4 +1,4 @@
-// The read ceiling in C: 2 threads summing a 2 GB buffer with AVX-512 loads (best of 3), for benchmarks/bandwidth_methods.py.
+// The read ceiling in C: 2 threads summing a 2 GB buffer with AVX-512 loads (best of 3), for bandwidth_methods.py.
 #include <immintrin.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -3,10 +3,10 @@ the default when llama.cpp is built with CUDA), llama.cpp's own llama-bench, lla
 from the same sources, and the PyTorch reference on the same GPU in bf16 and fp32. Full-size random-weight moondream1
 (speed does not depend on the values). Prints and writes one JSON file.
 
-Run by benchmarks/cuda_device.sh on a machine with an NVIDIA GPU, after the CUDA build:
+Run by experiments/cuda/cuda_device.sh on a machine with an NVIDIA GPU, after the CUDA build:
 
     LLAMA_CPP_LIB_PATH=build/cuda/bin MTMD_CPP_LIB=build/cuda/bin \\
-        python benchmarks/cuda_bench.py --tools build/cuda/bin --out benchmarks/results/cuda.json
+        python experiments/cuda/cuda_bench.py --tools build/cuda/bin    # -> <gpu>.json beside it (or --out)
 """
 from __future__ import annotations
 
@@ -17,10 +17,13 @@ import sys
 import time
 from pathlib import Path
 
-from moondream_cpp.bench import bench_image, child, median_of, native_bench, native_mtmd
-from moondream_cpp.bench.fullsize import write_checkpoint
-from moondream_cpp.bench.memory import decode_bytes
-from moondream_cpp.bench.measure import QUESTION
+HERE = Path(__file__).resolve().parent
+sys.path.append(str(HERE.parents[1]))
+from benchmarks.harness import slug  # noqa: E402
+from moondream_cpp.bench import bench_image, child, default_work_dir, median_of, native_bench, native_mtmd  # noqa: E402
+from moondream_cpp.bench.fullsize import write_checkpoint  # noqa: E402
+from moondream_cpp.bench.measure import QUESTION  # noqa: E402
+from moondream_cpp.bench.memory import decode_bytes  # noqa: E402
 
 VARIANTS = [  # (name, text type, mmproj type, extra measure args)
     ("q4_k_m", "q4_k_m", "q8_0", []),
@@ -89,10 +92,10 @@ def gpu_read_gbs(gib: int = 4, reps: int = 20) -> float | None:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", type=Path, default=Path("benchmarks/work"))
+    ap.add_argument("--work", type=Path, default=default_work_dir())
     ap.add_argument("--tools", type=Path, default=Path("build/cuda/bin"))
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/cuda.json"))
+    ap.add_argument("--out", type=Path, default=None, help="default: <the GPU's slug>.json beside this script")
     ap.add_argument("--models-only-f16", action="store_true", help="make the checkpoint and f16 GGUF files, stop")
     a = ap.parse_args(argv)
 
@@ -108,6 +111,7 @@ def main(argv=None):
     threads = os.cpu_count()
     image = bench_image(a.work)
     res = {"machine": {"gpu": gpu_info(), "cpu_threads": threads}, "settings": {"repeats": a.repeats, "tokens": 32}}
+    a.out = a.out or HERE / f"{slug(res['machine']['gpu'].get('name', 'gpu'))}.json"
 
     def save():
         a.out.parent.mkdir(parents=True, exist_ok=True)

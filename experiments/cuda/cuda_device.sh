@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
 # moondream-cpp on an NVIDIA GPU machine that has CUDA, cmake and python3 (with torch) but no package registry:
 # builds our llama.cpp (the sources llama-cpp-python 0.3.36 vendors, patches/ applied) with CUDA once, for the
-# Python runtime (through LLAMA_CPP_LIB_PATH) and the native tools alike, then measures (benchmarks/cuda_bench.py)
+# Python runtime (through LLAMA_CPP_LIB_PATH) and the native tools alike, then measures (cuda_bench.py)
 # and runs the fidelity tests on the GPU. What it needs from outside travels in .device/ (made by
-# benchmarks/cuda_pack.sh on a machine with a package registry):
+# experiments/cuda/cuda_pack.sh on a machine with a package registry):
 #   llama-src.tar.gz   vendor/llama.cpp and the llama_cpp Python package of the patched sdist tree
 #   whl/*.whl          gguf and diskcache (the Python packages the GPU machine lacks)
 #   ggml-vocab-gpt-2.gguf   the shared test fixture
 #
-#   bash benchmarks/cuda_device.sh build    # unpack, build (CUDA, this GPU's architecture), f16 models meanwhile
-#   bash benchmarks/cuda_device.sh bench    # quantize, measure, GPU fidelity tests; results in $OUT (or /tmp/out)
-#   bash benchmarks/cuda_device.sh diagnose # the libraries only (no flash-attention kernels: ~4 min), then which call
-#                                           # before llama_model_load_from_file makes it crash (docs/performance.md)
+#   bash experiments/cuda/cuda_device.sh build    # unpack, build (CUDA, this GPU's architecture), f16 models meanwhile
+#   bash experiments/cuda/cuda_device.sh bench    # quantize, measure, GPU fidelity tests; results in $OUT (or /tmp/out)
+#   bash experiments/cuda/cuda_device.sh diagnose # the libraries only (no flash-attention kernels: ~4 min), then which call
+#                                           # before llama_model_load_from_file makes it crash (README.md beside it)
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
 src=build/cuda-src
@@ -87,13 +87,13 @@ diagnose() {
 case "${1:-all}" in
   build)
     setup
-    python3 benchmarks/cuda_bench.py --models-only-f16 >"$out/models.log" 2>&1 &
+    python3 experiments/cuda/cuda_bench.py --models-only-f16 >"$out/models.log" 2>&1 &
     build
     wait
     tail -3 "$out/models.log"
     ls build/cuda/bin ;;
   bench)
-    python3 benchmarks/cuda_bench.py --out "$out/cuda.json" 2>"$out/bench.log" | tail -c 3000
+    python3 experiments/cuda/cuda_bench.py --out "$out/cuda.json" 2>"$out/bench.log" | tail -c 3000
     tail -5 "$out/bench.log"
     timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_fidelity.py tests/test_quantized.py \
       tests/test_prefix_cache.py 2>&1 | tee "$out/tests.log" | tail -15 ;;
@@ -102,7 +102,7 @@ case "${1:-all}" in
     diagnose ;;
   all)
     setup
-    python3 benchmarks/cuda_bench.py --models-only-f16 >"$out/models.log" 2>&1 &
+    python3 experiments/cuda/cuda_bench.py --models-only-f16 >"$out/models.log" 2>&1 &
     build
     wait
     "$0" bench ;;

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Packs what benchmarks/cuda_device.sh needs on a GPU machine without a package registry into .device/ (keep it out
+# Packs what experiments/cuda/cuda_device.sh needs on a GPU machine without a package registry into .device/ (keep it out
 # of git: `echo /.device/ >> .git/info/exclude`): our patched llama.cpp tree without the parts no build here reads
 # (docs, models, tests, other backends; ~7 MB), the llama_cpp Python package of the same tree, the gguf and diskcache
 # wheels for that machine's Python, and the shared GPT-2 vocabulary the tests use.
-#   bash benchmarks/cuda_pack.sh [PYTHON_VERSION]    # default 3.12
+#   bash experiments/cuda/cuda_pack.sh [PYTHON_VERSION]    # default 3.12
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
+root=$(cd "$(dirname "$0")/../.." && pwd)
 py=${PYTHON:-$root/.venv/bin/python}
 tree=$(PYTHON="$py" bash "$root/scripts/llama_source.sh" "$root/build/native/sdist")
 dest=$root/.device

@@ -4,8 +4,8 @@
 // and the largest difference of its output from the current kernel's. Variants: software prefetch ahead, one pass
 // (each row's V right after its K), the same bytes read alone in the current order (the pattern's ceiling), and each
 // half of the current kernel alone, and the current kernel, one pass and the read on a cache allocated as
-// patches/experiments/cpu-buffers-on-huge-pages.patch does (2 MiB aligned, MADV_HUGEPAGE). Results:
-// benchmarks/results/fa_decode_ab.json, patches/README.md.
+// ../huge-pages/cpu-buffers-on-huge-pages.patch does (2 MiB aligned, MADV_HUGEPAGE). Results: <machine>.json and
+// README.md beside this file (its output, a JSON object, is what <machine>.json holds).
 //   gcc -O3 -march=native -fopenmp fa_decode_ab.c -o fa && ./fa [rows=900] [turns=40]
 #include <immintrin.h>
 #include <math.h>

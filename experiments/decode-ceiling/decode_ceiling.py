@@ -3,25 +3,28 @@ roofline series of `moondream-cpp bench`. It says at which read bandwidth the 0.
 reachable on this machine, whatever the memory does.
 
 The ceiling counts only the three kernels that read the bytes (the q4_K and q6_K dot products and decode attention),
-each at the best rate measured for it (benchmarks/results/kernels.json: the dot products on both threads over a
-matrix that fits in L2, so no wait on memory; fa_decode_ab.json: the fastest shape of the attention kernel), and
-every other op and every thread wait as free. So the real ceiling is lower.
+each at the best rate measured for it (experiments/kernels/<machine>.json: the dot products on both threads over a
+matrix that fits in L2, so no wait on memory; experiments/decode-attention/<machine>.json: the fastest shape of the
+attention kernel), and every other op and every thread wait as free. So the real ceiling is lower.
 
-    python benchmarks/decode_ceiling.py    # -> benchmarks/results/decode_ceiling.json
+    python experiments/decode-ceiling/decode_ceiling.py    # -> <machine>.json beside it
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 
-from moondream_cpp.bench.memory import decode_bytes
-from moondream_cpp.bench.stats import summary
-from moondream_cpp.gguf_header import read_header
+HERE = Path(__file__).resolve().parent
+sys.path.append(str(HERE.parents[1]))
+from benchmarks.harness import ROOT, benchmark_result, experiment_result, write_json  # noqa: E402
+from moondream_cpp.bench import default_work_dir  # noqa: E402
+from moondream_cpp.bench.memory import decode_bytes  # noqa: E402
+from moondream_cpp.bench.stats import summary  # noqa: E402
+from moondream_cpp.gguf_header import read_header  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 TARGET = 0.8
 
 
@@ -82,22 +85,26 @@ def against_series(c: dict, paired: dict) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--gguf", type=Path, default=ROOT / "benchmarks/work/gguf/moondream-bench-text-q4_k_m.gguf")
-    ap.add_argument("--out", type=Path, default=RESULTS / "decode_ceiling.json")
+    ap.add_argument("--gguf", type=Path, default=default_work_dir() / "gguf" / "moondream-bench-text-q4_k_m.gguf")
     a = ap.parse_args(argv)
     if not a.gguf.is_file():
         raise SystemExit(f"error: {a.gguf} not found: `moondream-cpp bench` builds it (or pass --gguf)")
-    bench = json.loads((RESULTS / "bench.json").read_text())
+    sources = {"bench": benchmark_result("bench"), "kernels": experiment_result(HERE.parent / "kernels"),
+               "attention": experiment_result(HERE.parent / "decode-attention")}
+    for path in sources.values():
+        if not path.is_file():
+            raise SystemExit(f"error: {path} not found: run its benchmark or experiment on this machine first")
+    bench = json.loads(sources["bench"].read_text())
     paired = bench["decode_roofline_paired"]["q4_k_m"]
-    rates = best_kernel_rates(json.loads((RESULTS / "kernels.json").read_text()),
-                              json.loads((RESULTS / "fa_decode_ab.json").read_text()))
+    rates = best_kernel_rates(json.loads(sources["kernels"].read_text()),
+                              json.loads(sources["attention"].read_text()))
     c = ceiling(a.gguf, paired["depth"] + paired["tokens"] // 2, rates)
     result = {"what": __doc__.split("\n\n")[0].replace("\n", " "), "ceiling": c,
               "bench_series": against_series(c, paired),
-              "sources": ["benchmarks/results/kernels.json", "benchmarks/results/fa_decode_ab.json",
-                          "benchmarks/results/bench.json (decode_roofline_paired.q4_k_m)"]}
-    a.out.write_text(json.dumps(result, indent=1) + "\n")
+              "sources": [f"{p.relative_to(ROOT)}" + (" (decode_roofline_paired.q4_k_m)" if k == "bench" else "")
+                          for k, p in sources.items()]}
     print(json.dumps(result, indent=1))
+    write_json(experiment_result(HERE), result)
 
 
 if __name__ == "__main__":

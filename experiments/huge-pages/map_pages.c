@@ -1,5 +1,6 @@
 // How many of a mapped file's bytes get 2 MB (PMD) page-table entries: maps FILE, optionally evicts its page cache
-// first and/or asks for huge pages, reads every 4 KB page, and prints the process's FilePmdMapped. See patches/README.md.
+// first and/or asks for huge pages, reads every 4 KB page, and prints the process's FilePmdMapped. See README.md
+// beside it.
 //   gcc -O2 map_pages.c -o map_pages && ./map_pages FILE MODE    (MODE bits: 1 evict first, 2 MADV_HUGEPAGE, 4 WILLNEED)
 #define _GNU_SOURCE
 #include <stdio.h>

@@ -2,7 +2,7 @@
 # Patch 0007's q4_K/q6_K dot products against stock's: x86/quants.c of the unpatched sdist and of our tree, each
 # compiled on its own, for this CPU (its VNNI path where it has one) and for plain AVX2 (the fallback), called side by
 # side by dot_ab.c. Prints one JSON line per type and flag set; exits non-zero on any mismatch.
-#   bash benchmarks/kernels/dot_check.sh     (after bash scripts/build_native.sh; DOT_AB_SPEED=0: bit-identity only)
+#   bash experiments/kernels/dot_check.sh     (after bash scripts/build_native.sh; DOT_AB_SPEED=0: bit-identity only)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd); root=$(cd "$here/../.." && pwd); lib="$root/build/native/bin"
 out=$(mktemp -d); trap 'rm -rf "$out"' EXIT

@@ -1,5 +1,5 @@
 // Patch 0006: ggml_vec_gelu_f32 (vec.h, vectorized) against the scalar table lookup it replaces, over every float bit
-// pattern; built for AVX2 and for this CPU by benchmarks/kernels/run.sh. Prints the number of results that differ.
+// pattern; built for AVX2 and for this CPU by run.sh. Prints the number of results that differ.
 #include <stdio.h>
 #include <stdlib.h>
 #include <math.h>

@@ -2,7 +2,7 @@
 same hash from two llama.cpp builds means their decode and prefill are bit-identical (patches 0005 and 0006 were
 checked so, the build before each against the build with it, swapped in by LD_LIBRARY_PATH).
 
-    LD_LIBRARY_PATH=DIR_WITH_LIBGGML python benchmarks/kernels/logits_hash.py MODEL.gguf THREADS
+    LD_LIBRARY_PATH=DIR_WITH_LIBGGML python experiments/kernels/logits_hash.py MODEL.gguf THREADS
 """
 import ctypes
 import hashlib

@@ -1,6 +1,6 @@
 // ggml's q4_K mat-vec kernel over a run of distinct matrices (rows x 2048 columns, as moondream's), the rows dealt to
 // 2 threads in dynamic chunks of 16/64/256/1024 rows or as one contiguous half each (chunk 0): what patch 0005 is
-// about. Built and run by benchmarks/kernels/run.sh.
+// about. Built and run by run.sh.
 #define _GNU_SOURCE
 #include <time.h>
 #include <stdio.h>

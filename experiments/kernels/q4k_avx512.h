@@ -1,6 +1,6 @@
 // AVX-512 q4_K x q8_K dot product (one row), VNNI where available: the q4 nibbles of two sub-blocks in one register
 // (maddubs), their 6-bit scales applied and summed by one vpdpwssd. Not in the build: on the Zen-class EPYC it measured
-// no faster than ggml's AVX2 kernel (benchmarks/results/kernels.json).
+// no faster than ggml's AVX2 kernel (<machine>.json beside it, from run.sh).
 #include <immintrin.h>
 #include <stdint.h>
 #include <string.h>

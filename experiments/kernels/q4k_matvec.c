@@ -1,7 +1,7 @@
 #define _GNU_SOURCE
 #include <time.h>
 // An AVX-512 (VNNI) q4_K x q8_K dot product (q4k_avx512.h) against ggml's own, in a mat-vec over a buffer larger
-// than the caches, and a plain read of the same bytes. Built and run by benchmarks/kernels/run.sh.
+// than the caches, and a plain read of the same bytes. Built and run by run.sh.
 #include <stdio.h>
 #include <stdlib.h>
 #include <math.h>

@@ -2,9 +2,9 @@
 tokens at the image prompt's depth on our settings, with OMP_WAIT_POLICY unset (libgomp spins a while, then sleeps),
 ACTIVE (spins) and PASSIVE (sleeps at once), turn about, the order reversed every round. Each side keeps its fastest
 of 3 runs a round; the ratios are paired by round. Evidence for leaving the policy alone. Prints JSON and writes
-benchmarks/results/omp_wait_policy.json.
+<machine>.json beside this script.
 
-    bash scripts/build_native.sh && python benchmarks/omp_wait_policy.py [--rounds 6]
+    bash scripts/build_native.sh && python experiments/omp-wait-policy/omp_wait_policy.py [--rounds 6]
 """
 from __future__ import annotations
 
@@ -15,18 +15,21 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+sys.path.append(str(HERE.parents[1]))
+from benchmarks.harness import experiment_result, write_json  # noqa: E402
+
 POLICIES = ["default", "ACTIVE", "PASSIVE"]
 
 
 def main():
-    from moondream_cpp.bench import build_models, cpu_name
-    from moondream_cpp.bench.native_tools import llama_bench_settings
+    from moondream_cpp.bench import build_models, cpu_name, default_work_dir
+    from moondream_cpp.bench.native_tools import REPO_TOOLS, llama_bench_settings
     from moondream_cpp.bench.stats import summary
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work")
-    ap.add_argument("--tools", type=Path, default=ROOT / "build" / "native" / "bin")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=default_work_dir(), help="the models of `moondream-cpp bench`")
+    ap.add_argument("--tools", type=Path, default=REPO_TOOLS)
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--depth", type=int, default=770)
@@ -51,9 +54,8 @@ def main():
     res = {"cpu": cpu_name(), "threads": a.threads, "depth": a.depth, "command": cmd[1:],
            "decode_vs_default": {p: summary([x[p] / x["default"] for x in rows]) for p in POLICIES[1:]},
            "rows": rows}
-    out = ROOT / "benchmarks" / "results" / "omp_wait_policy.json"
-    out.write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))
+    write_json(experiment_result(HERE), res)
 
 
 if __name__ == "__main__":

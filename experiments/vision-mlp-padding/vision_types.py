@@ -2,10 +2,10 @@
 of 32 (what the converter writes now) against the same type unpadded (4304 wide, as before and as in the published
 moondream2 GGUF), each file in a fresh process, the files in rotated order every round, and the paired ratios.
 
-    python benchmarks/vision_types.py [--rounds 4]   # -> benchmarks/results/vision_types.json
+    python experiments/vision-mlp-padding/vision_types.py [--rounds 4]   # -> <machine>.json beside it
 
-Needs the full-size files of `moondream-cpp bench` (benchmarks/work/gguf) and their unpadded forerunners in
-benchmarks/work/gguf-unpadded (any mmproj converted before the padding, or made with spec.VISION_FF_MULTIPLE = 16).
+Needs the full-size files of `moondream-cpp bench` (WORK/gguf, WORK its --work) and their unpadded forerunners in
+WORK/gguf-unpadded (any mmproj converted before the padding, or made with spec.VISION_FF_MULTIPLE = 16).
 """
 from __future__ import annotations
 
@@ -18,8 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-WORK = ROOT / "benchmarks" / "work"
+HERE = Path(__file__).resolve().parent
+sys.path.append(str(HERE.parents[1]))
+from benchmarks.harness import experiment_result, write_json  # noqa: E402
+
 TYPES = ("q8_0", "bf16", "f16")
 IMAGES = 3
 
@@ -47,8 +49,9 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--child", nargs=2, metavar=("MMPROJ", "TEXT"), help=argparse.SUPPRESS)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "vision_types.json")
+    ap.add_argument("--work", type=Path, default=None, help="the --work of `moondream-cpp bench` (default: its)")
     a = ap.parse_args(argv)
+    from moondream_cpp.bench import default_work_dir
     from moondream_cpp.bench.stats import summary
     from moondream_cpp.runtime import default_threads
 
@@ -56,11 +59,12 @@ def main(argv=None):
     if a.child:
         print(json.dumps(child(a.child[0], a.child[1], threads)))
         return
-    text = WORK / "gguf" / "moondream-bench-text-q4_k_m.gguf"
+    work = a.work or default_work_dir()
+    text = work / "gguf" / "moondream-bench-text-q4_k_m.gguf"
     files = {}
     for t in TYPES:
         for padded, d in ((True, "gguf"), (False, "gguf-unpadded")):
-            f = WORK / d / f"moondream-bench-mmproj-{t}.gguf"
+            f = work / d / f"moondream-bench-mmproj-{t}.gguf"
             if not f.is_file():
                 sys.exit(f"error: {f} not found (see this script's header)")
             files[(t, padded)] = f
@@ -94,7 +98,7 @@ def main(argv=None):
             "speedup_paired": summary([a_ / b_ for x, y in zip(u, p) for a_, b_ in zip(x["encode_s"][1:],
                                                                                        y["encode_s"][1:])]),
             "runs": {"padded": p, "unpadded": u}}
-    a.out.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(experiment_result(HERE), result)
     print(json.dumps({t: {k: v for k, v in r.items() if k != "runs"} for t, r in result["types"].items()}, indent=1))
 
 

@@ -11,7 +11,7 @@ import numpy as np
 class ReadProbe:
     """`threads` threads each reading their share of a large array (numpy releases the GIL). By default they count
     the nonzero 64-bit words: a float sum is bound by its own arithmetic (25-28 GB/s here in every round, where this
-    read 33-46 and a C AVX-512 loop 34-69; benchmarks/bandwidth_methods.py), so decode could beat its roofline."""
+    read 33-46 and a C AVX-512 loop 34-69; experiments/bandwidth-methods), so decode could beat its roofline."""
 
     def __init__(self, threads: int, gb: float = 2.0, read=np.count_nonzero, dtype=np.uint64):
         self.array = np.ones(int(gb * 2**30 / 8), dtype)
