@@ -1,10 +1,11 @@
-"""Model management: `pull`, `list`, `rm`, `info` (thin over moondream_cpp.store and gguf_check)."""
+"""Model management: `pull`, `list`, `rm`, `info` (thin over moondream_cpp.store, registry and model_info)."""
 from __future__ import annotations
 
 from typing import Optional
 
 import typer
 
+from moondream_cpp.registry import QUANTS
 
 from .app import JSON, app, conversion_progress, note, print_json
 
@@ -12,18 +13,20 @@ from .app import JSON, app, conversion_progress, note, print_json
 def _size(n: int | None) -> str:
     if n is None:
         return "?"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    if n < 1000:
+        return f"{n:.0f} B"
+    for unit in ("KB", "MB"):
         n /= 1000
-    return str(n)
+        if n < 1000:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1000:.1f} GB"
 
 
 @app.command()
 def pull(
     name: str = typer.Argument(..., help="A registry model (see `moondream-cpp list --all`), optionally NAME:QUANT."),
-    quant: Optional[str] = typer.Option(None, "--quant", "-q", help="f16, q8_0, q5_k_m or q4_k_m (default: the "
-                                        "model's own)."),
+    quant: Optional[str] = typer.Option(None, "--quant", "-q", help=f"{', '.join(QUANTS)} (default: the model's "
+                                        "own)."),
 ):
     """Download a model (resumable, checksum-verified), converting and quantizing it where needed."""
     from moondream_cpp import store
@@ -42,6 +45,7 @@ def list_cmd(
     """Show the models on this machine (the store and the bundled demo), with their sizes."""
     from moondream_cpp import store
     from moondream_cpp.gguf_models import demo_pair
+    from moondream_cpp.registry import registry
 
     rows = []
     text, mmproj = demo_pair()
@@ -52,7 +56,7 @@ def list_cmd(
     rows += [{"model": m.ref, "size": m.size, "where": str(m.directory), "local": True} for m in local]
     if show_all:
         have = {m.name for m in local}
-        for name, e in store.registry().items():
+        for name, e in registry().items():
             if e["kind"] != "bundled" and name not in have:
                 rows.append({"model": name, "size": None, "where": f"{e['repo']}@{e['revision']}", "local": False,
                              "quants": e.get("quants", [])})

@@ -185,3 +185,50 @@ def test_a_full_disk_is_reported_and_leaves_no_model(hub, home, tmp_path):
     r = run("convert", CK, "-o", tmp_path / "out", home=home, hub_url=hub.url, preexec=_file_size_limit(256 * 1024))
     assert r.returncode == 7 and "no space left" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.gguf"))
+
+
+GOOD = {"kind": "gguf", "repo": "test/x", "revision": "v1",
+        "files": {"text": {"name": "t.gguf"}, "mmproj": {"name": "m.gguf"}}}
+
+
+@pytest.mark.parametrize("content,problem", [
+    ("{not json", "invalid JSON at line 1 column 2"),
+    (b"\xff\xfe{}", "it is not UTF-8 text"),
+    ('["x"]', "it holds a JSON list, not an object of name -> entry"),
+    ({"x": 3}, "entry 'x' is not a JSON object"),
+    ({"x": {**GOOD, "kind": "zip"}}, "entry 'x' has kind 'zip'; it must be one of 'gguf', 'checkpoint'"),
+    ({"x": {k: v for k, v in GOOD.items() if k != "repo"}}, "entry 'x' needs 'repo' (a string)"),
+    ({"x": {**GOOD, "files": {"text": {"name": "t.gguf"}}}}, "entry 'x' needs 'files': {\"text\""),
+    ({"x": {**GOOD, "files": {**GOOD["files"], "text": {"name": "t", "size": "big"}}}},
+     "entry 'x' has files.text.size 'big'; it must be a byte count or null"),
+    ({"x": {**GOOD, "files": {**GOOD["files"], "mmproj": {"name": "m", "sha256": "abc"}}}},
+     "entry 'x' has files.mmproj.sha256 'abc'; it must be 64 hex digits or null"),
+    ({"x": {**GOOD, "kind": "checkpoint", "files": "model.safetensors"}},
+     "entry 'x' needs 'files': a list of the checkpoint's file names"),
+    ({"x": {**GOOD, "quants": ["q3"]}}, "entry 'x' has quants ['q3']; each must be one of f16, q8_0"),
+    ({"x": {**GOOD, "quants": ["f16"], "default_quant": "q8_0"}},
+     "entry 'x' has default_quant 'q8_0', which is not among its quants"),
+])
+def test_a_bad_user_registry_is_named_with_its_problem(tmp_path, monkeypatch, content, problem):
+    from moondream_cpp.errors import MoondreamError
+    from moondream_cpp.registry import registry
+
+    monkeypatch.setenv("MOONDREAM_CPP_HOME", str(tmp_path))
+    path = tmp_path / "registry.json"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content if isinstance(content, str) else json.dumps(content))
+    with pytest.raises(MoondreamError) as e:
+        registry()
+    assert str(e.value).startswith(f"{path} is not a valid model registry: {problem}")
+    assert "Fix or delete the file" in str(e.value)
+
+
+def test_a_bad_user_registry_stops_pull_and_list_with_a_message(home):
+    (home / "registry.json").write_text(json.dumps({"demo-gguf": {**GOOD, "repo": 7}}))
+    for args in (["pull", "demo-gguf"], ["list", "--all"], ["query", ROOT / "examples" / "shapes.png", "?", "-m", "demo-gguf"]):
+        r = run(*args, home=home, hub_url="http://127.0.0.1:9")
+        assert r.returncode == 1, (args, r.stderr)
+        assert f"{home / 'registry.json'} is not a valid model registry: entry 'demo-gguf' needs 'repo'" in r.stderr
+        assert "Traceback" not in r.stderr
