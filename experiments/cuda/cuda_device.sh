@@ -6,7 +6,7 @@
 # experiments/cuda/cuda_pack.sh on a machine with a package registry):
 #   llama-src.tar.gz   vendor/llama.cpp and the llama_cpp Python package of the patched sdist tree
 #   whl/*.whl          gguf and diskcache (the Python packages the GPU machine lacks)
-#   ggml-vocab-gpt-2.gguf   the shared test fixture
+#   ggml-vocab-gpt-2.gguf   the tests' GPT-2 vocabulary (tests/vocab.py), from the sdist
 #
 #   bash experiments/cuda/cuda_device.sh build    # unpack, build (CUDA, this GPU's architecture), f16 models meanwhile
 #   bash experiments/cuda/cuda_device.sh bench    # quantize, measure, GPU fidelity tests; results in $OUT (or /tmp/out)
@@ -21,12 +21,12 @@ src=build/cuda-src
 # its subpackages)
 export PYTHONPATH=/tmp/site:$PWD/$src PYTHONUNBUFFERED=1 PYTHONSAFEPATH=1
 export LLAMA_CPP_LIB_PATH=$PWD/build/cuda/bin MTMD_CPP_LIB=$PWD/build/cuda/bin
+export MOONDREAM_CPP_TEST_VOCAB=$PWD/.device/ggml-vocab-gpt-2.gguf  # no package index there to fetch it from
 command -v nvcc >/dev/null || export PATH=$PATH:/usr/local/cuda/bin
 
 setup() {
-  mkdir -p "$src" ../shared/fixtures
+  mkdir -p "$src"
   tar xzf .device/llama-src.tar.gz -C "$src"
-  cp .device/ggml-vocab-gpt-2.gguf ../shared/fixtures/
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .device/whl/*.whl
   python3 -m pip install -q --no-index --no-deps --no-build-isolation . 2>&1 | tail -3
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
