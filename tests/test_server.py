@@ -67,6 +67,11 @@ def post(url, path, body, headers=None, raw=None):
         return e.code, json.loads(e.read()), e.headers
 
 
+def with_fields(body: dict, fields: str) -> bytes:
+    """`body` as JSON with raw `fields` text added, for values json.dumps cannot write (NaN, 1e999, huge ints)."""
+    return json.dumps(body)[:-1].encode() + b", " + fields.encode() + b"}"
+
+
 def chat_body(image, question, **kw):
     return {"model": "moondream", "messages": [{"role": "user", "content": [
         {"type": "text", "text": question}, {"type": "image_url", "image_url": {"url": data_uri(image)}}]}], **kw}
@@ -175,6 +180,22 @@ def test_every_bad_request_is_a_4xx_and_the_server_survives(tmp_path):
         ({**good, "logprobs": True}, None, 400, "logprobs are not available"),
         (chat_body(EX / "shapes.png", "why " * 600), None, 400, "context"),
         (None, b'{"messages": "' + b"x" * (2 * 2**20) + b'"}', 413, "limit"),
+        # strict types: what Python's json and a loose parser would let through (or crash on) is a 400 naming the field
+        (None, with_fields(good, '"max_tokens": NaN'), 400, "max_tokens should be a valid integer"),
+        (None, with_fields(good, '"temperature": NaN'), 400, "temperature"),
+        (None, with_fields(good, '"seed": 1e999'), 400, "seed should be a valid integer"),
+        (None, with_fields(good, '"seed": 1' + "0" * 30), 400, "seed should be less than or equal to"),
+        ({**good, "stream": "false"}, None, 400, "stream should be a valid boolean"),
+        ({**good, "max_tokens": 2.5}, None, 400, "max_tokens should be a valid integer"),
+        ({**good, "max_tokens": 10**6}, None, 400, "max_tokens must be at most"),
+        ({**good, "stop": ["a", "b", "c", "d", "e"]}, None, 400, "stop: List should have at most 4 items"),
+        (None, b'{"messages": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, "not valid JSON"),
+        (None, with_fields(good, '"tools": ' + "[" * 300 + "]" * 300), 400, "not valid JSON"),
+        ({"messages": [{"role": "user", "content": 5}]}, None, 400, "messages[0].content should be a valid string"),
+        ({"messages": [{"role": "user", "content": [{"type": "audio"}]}]}, None, 400,
+         "messages[0].content[0]: type 'audio' is not supported"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"uri": "a.png"}}]}]}, None,
+         400, "messages[0].content[0].image_url.url is required"),
     ]
     with server("--media-root", media, "--max-body-mb", "1", home=tmp_path) as (url, proc):
         for body, raw, code, words in cases:
@@ -182,16 +203,30 @@ def test_every_bad_request_is_a_4xx_and_the_server_survives(tmp_path):
             assert status == code, (words, err)
             assert words in err["error"]["message"] and err["error"]["type"], err
             assert " object at 0x" not in err["error"]["message"], err  # a message for people, not a Python repr
+            assert str(ROOT) not in err["error"]["message"], err  # nor the server's own paths
         status, a, _ = post(url, "/v1/chat/completions", with_image("ok.png"))  # under the media root: allowed
         assert status == 200
         status, err, _ = post(url, "/v1/query", {"question": "What?"})
         assert status == 400 and "image_url is required" in err["error"]["message"]
         status, err, _ = post(url, "/v1/caption", {"image_url": data_uri(EX / "shapes.png"), "length": "epic"})
         assert status == 400
+        status, err, _ = post(url, "/v1/query", {"image_url": data_uri(EX / "shapes.png"), "question": "What?",
+                                                 "settings": {"seed": -1}})
+        assert status == 400 and err["error"]["param"] == "settings.seed", err
         neutral = {"n": 1, "response_format": {"type": "text"}, "logprobs": False, "tools": [], "user": "u1"}
         status, a, _ = post(url, "/v1/chat/completions", {**good, **neutral})  # what changes nothing is accepted
         assert status == 200 and a["choices"][0]["message"]["content"] == "red"  # still serving, still right
         assert proc.poll() is None
+
+
+def test_a_long_caption_from_a_model_without_long_captions_is_a_400(demo):
+    """The 2024 revisions know short and normal captions only: "long" is refused, not answered as "normal"."""
+    url, _ = demo
+    status, err, _ = post(url, "/v1/caption", {"image_url": data_uri(EX / "shapes.png"), "length": "long"})
+    assert status == 400 and err["error"]["param"] == "length", err
+    assert "no long captions" in err["error"]["message"], err
+    status, a, _ = post(url, "/v1/caption", {"image_url": data_uri(EX / "shapes.png"), "length": "normal"})
+    assert status == 200 and a["caption"].endswith(".")  # the lengths it has still answer
 
 
 def test_remote_image_urls_when_allowed(tmp_path):

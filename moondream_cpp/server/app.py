@@ -1,27 +1,30 @@
 """The HTTP face: OpenAI-compatible /v1/chat/completions and /v1/models, Moondream-Station-style /v1/caption and
 /v1/query, /health. Every bad request is a 4xx JSON error in the OpenAI shape; nothing a client sends stops the
-server. Thin over Engine (the model and its queue) and the parsers in openai_api / images."""
+server. Thin over Engine (the model and its queue), the request models in schemas and the parsers in openai_api /
+images; the model's worker thread runs for the app's lifespan."""
 from __future__ import annotations
 
 import asyncio
 import hmac
 import json
 import time
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import spec
+from ..errors import MoondreamError
 from .engine import Engine, Job
 from .errors import ApiError
 from .images import ImagePolicy
 from .images import load as load_image_ref
-from .openai_api import chunk, completion, new_id, refuse_unsupported, timings, to_query, usage
+from .openai_api import chunk, completion, generation_options, new_id, refuse_unsupported, timings, to_query, usage
+from .schemas import CaptionRequest, ChatRequest, QueryRequest, parse
 
 
 @dataclass
@@ -38,12 +41,16 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
     engine = Engine(model, cfg.max_queue)
     name = cfg.model_name or model.name
     started = time.time()
-    app = FastAPI(title="moondream-cpp", docs_url=None, redoc_url=None)
-    app.state.engine = engine
 
-    @app.on_event("shutdown")
-    def _stop():
-        engine.close()
+    @asynccontextmanager
+    async def lifespan(_):
+        engine.start()
+        try:
+            yield
+        finally:  # the answer being written ends at its next token, waiting requests are dropped
+            engine.close()
+
+    app = FastAPI(title="moondream-cpp", docs_url=None, redoc_url=None, lifespan=lifespan)
 
     def error_response(e: ApiError):
         return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
@@ -55,10 +62,6 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_, e):
         return error_response(ApiError(e.status_code, str(e.detail)))
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_, e):
-        return error_response(ApiError(400, f"invalid request: {e.errors()[:1]}"))
 
     @app.exception_handler(Exception)
     async def _bug(_, e):
@@ -84,71 +87,22 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
                                            f"{cfg.max_body_bytes}-byte limit", code="body_too_large"))
         return await call_next(request)
 
-    async def body_json(request: Request) -> dict:
-        raw = b""
+    async def body(request: Request) -> bytes:
+        """The raw body, refused as soon as it passes the limit (a chunked body has no Content-Length to check)."""
+        raw = bytearray()
         async for part in request.stream():
             raw += part
             if len(raw) > cfg.max_body_bytes:
                 raise ApiError(413, f"the request body is over the {cfg.max_body_bytes}-byte limit",
                                code="body_too_large")
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ApiError(400, f"the body is not valid JSON ({e})") from None
-        if not isinstance(data, dict):
-            raise ApiError(400, "the body must be a JSON object")
-        return data
-
-    def number(data, key, kind, lo, hi, default):
-        v = data.get(key, default)
-        if v is None:
-            return default
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and int(v) != v) or not lo <= v <= hi:
-            raise ApiError(400, f"{key} must be a{'n integer' if kind is int else ' number'} in [{lo}, {hi}]",
-                           param=key)
-        return kind(v)
-
-    def options(data) -> dict:
-        stop = data.get("stop")
-        stop = [stop] if isinstance(stop, str) else (stop or [])
-        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > 4:
-            raise ApiError(400, "stop must be a string or a list of up to 4 strings", param="stop")
-        max_tokens = data.get("max_completion_tokens", data.get("max_tokens"))
-        return {"max_tokens": number({"max_tokens": max_tokens}, "max_tokens", int, 1, model.n_ctx, None),
-                "temperature": number(data, "temperature", float, 0.0, 2.0, 0.0),
-                "top_p": number(data, "top_p", float, 0.0, 1.0, 1.0),
-                "seed": number(data, "seed", int, 0, 2**63 - 1, None), "stop": stop}
+        return bytes(raw)
 
     async def image_of(ref):
         return await asyncio.to_thread(load_image_ref, ref, cfg.images)  # decoding is CPU work: off the loop
 
-    async def answer(job: Job):
+    async def job_answer(job: Job):
         engine.submit(job)
-        try:
-            out = []
-            while True:
-                kind, value = await job.events.get()
-                if kind == "piece":
-                    out.append(value)
-                elif kind == "done":
-                    return value
-                else:
-                    raise value
-        finally:
-            job.cancel()
-
-    async def events(job: Job):
-        """(kind, value) as the worker produces them; cancels the job when the consumer stops (disconnect)."""
-        try:
-            while True:
-                kind, value = await job.events.get()
-                if kind == "error":
-                    raise value
-                yield kind, value
-                if kind == "done":
-                    return
-        finally:
-            job.cancel()
+        return await job.answer()
 
     def sse(obj) -> str:
         return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
@@ -183,21 +137,19 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        data = await body_json(request)
-        refuse_unsupported(data)
-        ref, history, question = to_query(data.get("messages"))
-        opts = options(data)
-        stream = bool(data.get("stream", False))
-        job = Job(await image_of(ref), question, history, **opts)
+        req = parse(ChatRequest, await body(request))
+        refuse_unsupported(req)
+        ref, history, question = to_query(req.messages)
+        job = Job(await image_of(ref), question, history, generation_options(req, model.n_ctx))
         cid = new_id()
-        if not stream:
-            return completion(name, await answer(job), cid)
+        if not req.stream:
+            return completion(name, await job_answer(job), cid)
         engine.submit(job)  # a full queue is a 503 before any byte of the stream is sent
-        include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
         async def gen():
             yield sse(chunk(name, cid, {"role": "assistant", "content": ""}))
-            async for kind, value in events(job):
+            async for kind, value in job.stream():
                 if kind == "piece":
                     yield sse(chunk(name, cid, {"content": value}))
                 else:
@@ -211,27 +163,12 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
         return StreamingResponse(stream_guarded(gen(), lambda e: sse(e.body()) + "data: [DONE]\n\n"),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-    async def station(request: Request, key: str):
-        data = await body_json(request)
-        if "image_url" not in data:
-            raise ApiError(400, "image_url is required (a base64 data: URI)", param="image_url")
-        if key == "caption":
-            length = data.get("length", "normal")
-            if length not in ("short", "normal", "long"):
-                raise ApiError(400, "length must be short, normal or long", param="length")
-            question = spec.CAPTION_QUESTIONS["short" if length == "short" else "normal"]  # 2024 models: 2 lengths
-        else:
-            question = data.get("question")
-            if not isinstance(question, str) or not question.strip():
-                raise ApiError(400, "question is required", param="question")
-        settings = data.get("settings") or {}
-        if not isinstance(settings, dict):
-            raise ApiError(400, "settings must be an object", param="settings")
-        opts = options(settings)
-        job = Job(await image_of(data["image_url"]), question, [], **opts)
-        if not data.get("stream"):
-            a = await answer(job)
-            return {key if key == "caption" else "answer": a.text, "request_id": new_id(),
+    async def station(req, question: str, key: str):
+        """Moondream Station's /v1/caption and /v1/query: `key` names the answer ("caption" or "answer")."""
+        job = Job(await image_of(req.image_url), question, [], generation_options(req.settings, model.n_ctx))
+        if not req.stream:
+            a = await job_answer(job)
+            return {key: a.text, "request_id": new_id(),
                     "metrics": {"input_tokens": a.timings.get("prompt_tokens", 0),
                                 "output_tokens": a.timings.get("generated_tokens", 0),
                                 "prefill_time_ms": a.timings.get("prompt_ms", 0.0),
@@ -239,7 +176,7 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
         engine.submit(job)
 
         async def gen():
-            async for kind, value in events(job):
+            async for kind, value in job.stream():
                 if kind == "piece":
                     yield sse({"chunk": value})
                 else:
@@ -251,10 +188,18 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
 
     @app.post("/v1/caption")
     async def caption(request: Request):
-        return await station(request, "caption")
+        req = parse(CaptionRequest, await body(request))
+        try:
+            question = spec.caption_question(req.length)
+        except MoondreamError as e:
+            raise ApiError(400, str(e), param="length") from None
+        return await station(req, question, "caption")
 
     @app.post("/v1/query")
     async def query(request: Request):
-        return await station(request, "query")
+        req = parse(QueryRequest, await body(request))
+        if not req.question.strip():
+            raise ApiError(400, "question is required", param="question")
+        return await station(req, req.question, "answer")
 
     return app

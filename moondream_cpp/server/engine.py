@@ -4,13 +4,17 @@ disconnect) is cancelled and its generation stops at the next token, freeing the
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 from dataclasses import dataclass, field
 
 from ..errors import MoondreamError, PromptTooLongError
+from ..options import GenerationOptions
 from ..runtime import Moondream
 from .errors import ApiError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -18,11 +22,7 @@ class Job:
     image: object  # a decoded PIL image
     question: str
     history: list = field(default_factory=list)
-    max_tokens: int | None = None
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: list = field(default_factory=list)  # stop strings: the answer ends before the first of them
+    options: GenerationOptions = field(default_factory=GenerationOptions)
 
     def __post_init__(self):
         self.cancelled = threading.Event()
@@ -34,6 +34,32 @@ class Job:
 
     def cancel(self):
         self.cancelled.set()
+
+    async def stream(self):
+        """("piece", text) as the worker writes them, then ("done", Answer); an error is raised. Leaving early (a
+        client that disconnects) cancels the job."""
+        try:
+            while True:
+                kind, value = await self.events.get()
+                if kind == "error":
+                    raise value
+                yield kind, value
+                if kind == "done":
+                    return
+        finally:
+            self.cancel()
+
+    async def answer(self):
+        """The whole Answer, once the worker has written it (its pieces are in it)."""
+        try:
+            while True:
+                kind, value = await self.events.get()
+                if kind == "error":
+                    raise value
+                if kind == "done":
+                    return value
+        finally:
+            self.cancel()
 
 
 class Engine:
@@ -47,6 +73,8 @@ class Engine:
         self.last = {}  # finish reason and token count of the last answer
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._work, name="moondream-worker", daemon=True)
+
+    def start(self):
         self._thread.start()
 
     def submit(self, job: Job) -> Job:
@@ -72,7 +100,8 @@ class Engine:
             if job is not None:
                 job.cancel()
         self._q.put(None)
-        self._thread.join(timeout=30)
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
 
     def _work(self):
         while True:
@@ -88,15 +117,15 @@ class Engine:
                 job._emit("error", ApiError(400, str(e), param="messages", code="context_length_exceeded"))
             except MoondreamError as e:
                 job._emit("error", ApiError(400, str(e)))
-            except Exception as e:  # a bug: reported to this client, the server goes on
-                job._emit("error", ApiError(500, f"internal error: {e.__class__.__name__}: {e}"))
+            except Exception as e:  # a bug: the client hears of it without details, the log keeps them
+                log.exception("answering a request failed")
+                job._emit("error", ApiError(500, f"internal error ({e.__class__.__name__}); see the server log"))
             finally:
                 self.busy = False
                 self.served += 1
 
     def _run(self, job: Job):
-        s = self.model.query(job.image, job.question, stream=True, history=job.history, max_tokens=job.max_tokens,
-                             temperature=job.temperature, top_p=job.top_p, seed=job.seed, stop=job.stop,
+        s = self.model.query(job.image, job.question, stream=True, history=job.history, options=job.options,
                              should_stop=lambda: job.cancelled.is_set() or self._stopping.is_set())
         for piece in s:
             job._emit("piece", piece)

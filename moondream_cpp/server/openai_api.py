@@ -5,70 +5,68 @@ from __future__ import annotations
 import time
 import uuid
 
+from ..errors import MoondreamError
+from ..options import GenerationOptions
 from .errors import ApiError
+from .schemas import ChatRequest, ImagePart, Message, Sampling, TextPart
 
 
-def _parts(content, where: str) -> tuple[list[str], list[str]]:
-    """(texts, image refs) of one message's content (a string or a list of parts)."""
+def _parts(content) -> tuple[list[str], list[str]]:
+    """(texts, image refs) of one validated message's content (a string or a list of parts)."""
     if content is None:
         return [], []
     if isinstance(content, str):
         return [content], []
-    if not isinstance(content, list):
-        raise ApiError(400, f"{where}.content must be a string or a list of parts", param=f"{where}.content")
-    texts, images = [], []
-    for k, part in enumerate(content):
-        if not isinstance(part, dict) or "type" not in part:
-            raise ApiError(400, f"{where}.content[{k}] must be an object with a type", param=f"{where}.content")
-        if part["type"] == "text":
-            if not isinstance(part.get("text"), str):
-                raise ApiError(400, f"{where}.content[{k}].text must be a string", param=f"{where}.content")
-            texts.append(part["text"])
-        elif part["type"] == "image_url":
-            ref = part.get("image_url")
-            ref = ref.get("url") if isinstance(ref, dict) else ref
-            if not isinstance(ref, str):
-                raise ApiError(400, f"{where}.content[{k}].image_url.url must be a string", param=f"{where}.content")
-            images.append(ref)
-        else:
-            raise ApiError(400, f"content part type {part['type']!r} is not supported (text and image_url are)",
-                           param=f"{where}.content")
+    texts = [p.text for p in content if isinstance(p, TextPart)]
+    images = [p.image_url if isinstance(p.image_url, str) else p.image_url.url
+              for p in content if isinstance(p, ImagePart)]
     return texts, images
 
 
-def refuse_unsupported(data: dict) -> None:
+def refuse_unsupported(req: ChatRequest) -> None:
     """400 for request fields a client relies on that moondream cannot honour, rather than quietly ignoring them
     (fields that change nothing an answer depends on, such as user or metadata, stay accepted)."""
-    n = data.get("n")
-    if n not in (None, 1):
+    if req.n not in (None, 1):
         raise ApiError(400, "n must be 1: moondream-cpp returns one choice per request (send several requests, "
                        "with a temperature, for several answers)", param="n")
     for key in ("tools", "functions"):
-        if data.get(key):
+        if getattr(req, key):
             raise ApiError(400, f"moondream cannot call tools; leave {key} out", param=key)
-    fmt = data.get("response_format")
-    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type", "text") == "text"):
+    if req.response_format is not None and req.response_format.type != "text":
         raise ApiError(400, "response_format: moondream answers in plain text only; leave it out or use "
                        '{"type": "text"}', param="response_format")
-    if data.get("logprobs") or data.get("top_logprobs"):
+    if req.logprobs or req.top_logprobs:
         raise ApiError(400, "logprobs are not available from moondream-cpp; leave logprobs out", param="logprobs")
 
 
-def to_query(messages) -> tuple[str, list[tuple[str, str]], str]:
-    """(image ref, history pairs, question) from an OpenAI messages list; 400 for what moondream cannot answer."""
-    if not isinstance(messages, list) or not messages:
+def generation_options(s: Sampling | None, n_ctx: int) -> GenerationOptions:
+    """The validated request's settings as the runtime's options (None: the defaults)."""
+    if s is None:
+        return GenerationOptions()
+    max_tokens = s.max_completion_tokens if s.max_completion_tokens is not None else s.max_tokens
+    if max_tokens is not None and max_tokens > n_ctx:
+        raise ApiError(400, f"max_tokens must be at most {n_ctx}, the model's context size", param="max_tokens")
+    given = {"max_tokens": max_tokens, "temperature": s.temperature, "top_p": s.top_p, "seed": s.seed,
+             "stop": (s.stop,) if isinstance(s.stop, str) else tuple(s.stop or ())}
+    try:
+        return GenerationOptions.of(**{k: v for k, v in given.items() if v is not None})
+    except MoondreamError as e:  # a value the API's range allows but the runtime does not
+        raise ApiError(400, str(e)) from None
+
+
+def to_query(messages: list[Message]) -> tuple[str, list[tuple[str, str]], str]:
+    """(image ref, history pairs, question) from validated OpenAI messages; 400 for what moondream cannot answer."""
+    if not messages:
         raise ApiError(400, "messages must be a non-empty list", param="messages")
     images: list[str] = []
     turns: list[tuple[str, str]] = []  # (role, text)
     for n, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ("system", "developer", "user", "assistant"):
-            raise ApiError(400, f"messages[{n}] needs a role of system, user or assistant", param="messages")
-        texts, imgs = _parts(m.get("content"), f"messages[{n}]")
-        if imgs and m["role"] != "user":
+        texts, imgs = _parts(m.content)
+        if imgs and m.role != "user":
             raise ApiError(400, f"messages[{n}]: images belong in user messages", param="messages")
         images += imgs
-        if m["role"] in ("user", "assistant"):  # moondream has no system prompt: system messages are ignored
-            turns.append((m["role"], " ".join(t.strip() for t in texts if t.strip())))
+        if m.role in ("user", "assistant"):  # moondream has no system prompt: system messages are ignored
+            turns.append((m.role, " ".join(t.strip() for t in texts if t.strip())))
     if not images:
         raise ApiError(400, "moondream answers questions about an image: add an image_url part to a user message",
                        param="messages")
