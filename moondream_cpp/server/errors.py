@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-          408: "timeout_error", 413: "invalid_request_error", 415: "invalid_request_error",
-          422: "invalid_request_error",
-          429: "rate_limit_error", 503: "server_overloaded"}
+          405: "invalid_request_error", 413: "invalid_request_error", 503: "server_overloaded"}  # else api_error
 
 
 class ApiError(Exception):

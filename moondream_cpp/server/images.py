@@ -26,13 +26,13 @@ class ImagePolicy:
     remote_timeout_s: float = 10.0
 
 
-def decode_base64(s: str, what: str = "image") -> bytes:
+def _decode_base64(s: str) -> bytes:
     try:
         raw = base64.b64decode(re.sub(r"\s+", "", s), validate=True)
     except (binascii.Error, ValueError):
-        raise ApiError(400, f"the {what} is not valid base64", param="image_url") from None
+        raise ApiError(400, "the image is not valid base64", param="image_url") from None
     if not raw:
-        raise ApiError(400, f"the {what} is empty", param="image_url")
+        raise ApiError(400, "the image is empty", param="image_url")
     return raw
 
 
@@ -46,9 +46,9 @@ def fetch(ref: str, policy: ImagePolicy) -> bytes:
     if m:
         if not m.group("b64"):
             raise ApiError(400, "data: URIs must be base64 encoded (data:image/png;base64,...)", param="image_url")
-        raw = decode_base64(m.group("data"))
+        raw = _decode_base64(m.group("data"))
     elif "://" not in ref and not ref.startswith(("/", ".", "~")) and re.fullmatch(r"[A-Za-z0-9+/=\s]{16,}", ref):
-        raw = decode_base64(ref)  # bare base64, as the moondream client sends
+        raw = _decode_base64(ref)  # bare base64, as the moondream client sends
     else:
         scheme = urlparse(ref).scheme.lower()
         if scheme in ("http", "https"):
