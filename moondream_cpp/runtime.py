@@ -92,7 +92,7 @@ class Moondream:
         path = text_info.file.path
 
         self.text_model = TextModel(path, cfg.n_gpu_layers, cfg.extra_bufts, cfg.mmap)
-        embd = next((t for t in read_header(path).tensors if t.name == "token_embd.weight"), None)
+        embd = text_info.file.entries.get("token_embd.weight")
         # the image prefix's few token rows are read from the file: the embedding is never faulted in whole
         self.token_embeddings = TokenEmbeddings(path, embd) if embd else None
         embd_range = (embd.offset, embd.nbytes) if embd else None

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from gguf import GGMLQuantizationType
 from gguf.quants import dequantize
 
 from .gguf_header import TensorEntry
@@ -18,7 +17,7 @@ class TokenEmbeddings:
     def __init__(self, path: str | os.PathLike, entry: TensorEntry):
         self.path = path
         self.n_embd, self.n_vocab = entry.ne[0], entry.ne[1]
-        self.qtype = GGMLQuantizationType[entry.ggml_type.upper()]
+        self.qtype = entry.type
         self.offset = entry.offset
         self.row_bytes = entry.nbytes // self.n_vocab
         self._rows: dict[int, np.ndarray] = {}  # a prompt's few distinct tokens recur: BOS, the format's words
