@@ -13,10 +13,26 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(os.environ.get("MOONDREAM_CPP_ARTIFACTS", ROOT / "tests" / "artifacts"))
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"),
-                                reason="no chromium here (CI installs it: apt-get install chromium)")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"),
+                                    reason="no chromium here (CI installs it: apt-get install chromium)")
 
 
+def test_the_example_images_exist_once_and_ship_with_the_package():
+    """The page's examples (package data, so an installed server has them) are the files the README's commands name
+    under examples/: one copy, reached from both places."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    static = ROOT / "moondream_cpp" / "server" / "static" / "examples"
+    shipped = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    pngs = sorted(static.glob("*.png"))
+    assert [p.name for p in pngs] == sorted(p.name for p in (ROOT / "examples").glob("*.png")) != []
+    for png in pngs:
+        assert not png.is_symlink() and (ROOT / "examples" / png.name).samefile(png), png.name
+        assert any(png.relative_to(static.parents[1]).match(g) for g in shipped["moondream_cpp.server"]), png.name
+        assert f'"{png.name}"' in (static.parent / "index.html").read_text()  # and the page offers it
+
+
+@needs_chromium
 def test_upload_ask_stream_follow_up(tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
