@@ -10,8 +10,8 @@
 #
 #   bash experiments/cuda/cuda_device.sh build    # unpack, build (CUDA, this GPU's architecture), f16 models meanwhile
 #   bash experiments/cuda/cuda_device.sh bench    # quantize, measure, GPU fidelity tests; results in $OUT (or /tmp/out)
-#   bash experiments/cuda/cuda_device.sh diagnose # the libraries only (no flash-attention kernels: ~4 min), then which call
-#                                           # before llama_model_load_from_file makes it crash (README.md beside it)
+#   bash experiments/cuda/cuda_device.sh diagnose # the libraries only (no flash-attention kernels: ~4 min),
+#       then which call before llama_model_load_from_file makes it crash (experiments/notebook.md, "CUDA")
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out=${OUT:-/tmp/out}
