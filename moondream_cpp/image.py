@@ -12,8 +12,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
 
-# Decompression-bomb guard: a small file that decodes to gigabytes is refused before decoding.
+# Decompression-bomb guards, checked from the header before decoding: a small file must not decode to gigabytes, nor
+# to a shape whose resize needs them (resampling a 1 x 64M strip to 378 x 378 makes a 378 x 64M intermediate).
 MAX_PIXELS = int(os.environ.get("MOONDREAM_CPP_MAX_PIXELS", 64_000_000))
+MAX_SIDE = 32768
+MAX_ASPECT = 64  # a longer side over 64 times the shorter is no picture moondream can read once stretched square
+# Only these decoders ever see input: Pillow's other plugins include EPS (which runs Ghostscript where installed) and
+# rarely used parsers (FITS, PSD, JPEG 2000, ...) that an upload could reach.
+FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+CONVERT_BLOCK_BYTES = 16 * 2**20  # float64 scratch per block when 16-bit or float images are scaled to 8 bits
 
 
 def _open(source) -> tuple[Image.Image, str]:
@@ -26,7 +33,7 @@ def _open(source) -> tuple[Image.Image, str]:
     if isinstance(source, (bytes, bytearray)):
         if not source:
             raise ImageError("the image data is empty (0 bytes)")
-        return Image.open(io.BytesIO(source)), "image data"
+        return Image.open(io.BytesIO(source), formats=FORMATS), "image data"
     path = Path(source)
     if not path.exists():
         raise ImageError(f"{path}: no such image file")
@@ -34,7 +41,7 @@ def _open(source) -> tuple[Image.Image, str]:
         raise ImageError(f"{path} is a directory, not an image file")
     if path.stat().st_size == 0:
         raise ImageError(f"{path} is empty (0 bytes), not an image")
-    return Image.open(path), str(path)
+    return Image.open(path, formats=FORMATS), str(path)
 
 
 def load_image(source) -> Image.Image:
@@ -49,6 +56,9 @@ def load_image(source) -> Image.Image:
             w, h = img.size
             if w * h > MAX_PIXELS:
                 raise ImageError(f"{w}x{h}: {bomb}")
+            if max(w, h) > MAX_SIDE or max(w, h) > MAX_ASPECT * max(1, min(w, h)):
+                raise ImageError(f"{name} is {w}x{h}: a side over {MAX_SIDE} pixels or over {MAX_ASPECT} times the "
+                                 "other is refused (it cannot be read once stretched square); crop or resize it")
             if getattr(img, "is_animated", False):
                 img.seek(0)  # animated GIF/PNG/WebP: the first frame
             img.load()
@@ -68,11 +78,29 @@ def load_image(source) -> Image.Image:
 
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # 16-bit and float greyscale: scale the full range to 8 bits (PIL's convert would clip it to white)
-        a = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+        img = _wide_grey_to_8bit(img)
     return img.convert("RGB")  # as moondream's preprocess: alpha dropped, CMYK/palette/greyscale to RGB
+
+
+def _wide_grey_to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit and float greyscale: the full range scaled to 8 bits (PIL's convert would clip it to white), a block of
+    rows at a time so the float64 scratch stays small whatever the image's size."""
+    w, h = img.size
+    rows = max(1, CONVERT_BLOCK_BYTES // (8 * max(1, w)))
+    blocks = [(r, min(h, r + rows)) for r in range(0, h, rows)]
+
+    def block(r0, r1):
+        return np.asarray(img.crop((0, r0, w, r1)), dtype=np.float64)
+
+    if img.mode.startswith("I;16"):
+        hi = 65535.0
+    else:  # 32-bit int or float: 8-bit data stored wide keeps its scale
+        top = np.max([np.max(block(r0, r1)) for r0, r1 in blocks])  # NaN propagates, as in one whole-array max
+        hi = 65535.0 if top > 255 else 255.0
+    out = np.empty((h, w), np.uint8)
+    for r0, r1 in blocks:
+        out[r0:r1] = np.clip(block(r0, r1) / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(out, "L")
 
 
 def preprocess(img: Image.Image, size: int) -> np.ndarray:
