@@ -30,7 +30,7 @@ def test_prompt_of_a_2024_04_revision():
 
 
 @pytest.mark.parametrize("bad", [dict(max_tokens=0), dict(max_tokens=1.5), dict(max_tokens=True),
-                                 dict(temperature=float("nan")), dict(temperature=-1), dict(top_p=0),
+                                 dict(temperature=float("nan")), dict(temperature=-1), dict(top_p=-0.1), dict(top_p=1.5),
                                  dict(top_p=float("inf")), dict(seed=-1), dict(seed=1e999), dict(stop=[1])])
 def test_options_refuse_bad_values(bad):
     with pytest.raises(MoondreamError):
@@ -85,6 +85,7 @@ def test_sampler_greedy_ignores_padding_rows_and_seeded_sampling_repeats():
     logits = np.array([0.0, 2.0, 1.0, 9.0], np.float32)  # the last row is padding
     assert make_sampler(0.0, 1.0, None, 3)(logits) == 1
     assert make_sampler(1.0, 1e-6, 3, 3)(logits) == 1  # a tiny nucleus holds only the top token
+    assert all(make_sampler(9.0, 0.0, s, 3)(logits) == 1 for s in range(20))  # top_p 0: the top token only
     one, two = make_sampler(5.0, 1.0, 11, 3), make_sampler(5.0, 1.0, 11, 3)
     draws = [one(logits) for _ in range(50)]
     assert draws == [two(logits) for _ in range(50)] and set(draws) == {0, 1, 2}  # hot: every real row, no padding
