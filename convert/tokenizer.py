@@ -19,7 +19,6 @@ class Vocab:
     types: list[int]
     merges: list[str]
     bos_id: int
-    n_real: int  # ids below this have a tokenizer entry; the rest pad the embedding matrix
 
 
 def read_vocab(checkpoint_dir: Path, n_rows: int) -> Vocab:
@@ -53,7 +52,7 @@ def read_vocab(checkpoint_dir: Path, n_rows: int) -> Vocab:
     bos = next((i for i, (t, _) in by_id.items() if t == spec.BOS_TOKEN), None)
     if bos is None:
         raise CheckpointError(f"{path} has no {spec.BOS_TOKEN} token, which moondream uses as BOS and EOS")
-    return Vocab(tokens, types, merges, bos, n_real)
+    return Vocab(tokens, types, merges, bos)
 
 
 def vocab_keys(v: Vocab) -> list[tuple]:
