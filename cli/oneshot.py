@@ -113,6 +113,9 @@ def caption(
             bar.update(task, completed=len(paths))
             note(f"{out}: {rep.written} new records ({rep.errors} unreadable images), {rep.skipped} already done, "
                  f"{rep.total} images")
+            if rep.bad_lines:
+                note(f"note: line(s) {', '.join(map(str, rep.bad_lines[:10]))} of {out} are not records; kept as "
+                     "they are")
         else:
             with md.batch_mode():
                 _each(md, paths, question, length, options, show)

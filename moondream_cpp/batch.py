@@ -1,16 +1,13 @@
 """Caption (or question) thousands of images into a JSON-lines file that survives crashes.
 
-Each record is one write() of one whole line, flushed as it completes; on resume the images already recorded are
-skipped, and a line torn by a crash mid-write is cut away first, so no record is ever half-written or duplicated.
-Memory stays flat: only the set of finished paths is kept."""
+On resume the images already recorded are skipped; the records file's rules (torn lines, locks, an image that killed
+the process) are in moondream_cpp/records.py. Memory stays flat: only the set of finished paths is kept."""
 from __future__ import annotations
 
-import contextlib
 import glob
-import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -18,6 +15,7 @@ from . import spec
 from .errors import ImageError, MoondreamError
 from .options import GenerationOptions
 from .outputs import writable_dir
+from .records import ATTEMPTS, DIED_ON, RecordsFile, same_file_key
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
 
@@ -25,7 +23,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".ti
 def collect_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     """Files as given, directories walked recursively for images, glob patterns (** recursive) expanded; sorted,
     without duplicates."""
-    out: dict[str, Path] = {}
+    out: dict[str, Path] = {}  # real path -> the first spelling met: one file is one image however it is named
     for item in inputs:
         s = str(item)
         p = Path(s).expanduser()
@@ -35,39 +33,16 @@ def collect_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:
                 for f in files:
                     if Path(f).suffix.lower() in IMAGE_SUFFIXES:
                         q = Path(root) / f
-                        out[str(q)] = q
+                        out.setdefault(same_file_key(q), q)
         elif p.exists():
-            out[str(p)] = p
+            out.setdefault(same_file_key(p), p)
         elif glob.has_magic(s):
             for m in glob.glob(os.path.expanduser(s), recursive=True):
                 if Path(m).is_file() and Path(m).suffix.lower() in IMAGE_SUFFIXES:
-                    out[m] = Path(m)
+                    out.setdefault(same_file_key(m), Path(m))
         else:
             raise ImageError(f"{s}: no such image file, directory or pattern")
-    return [out[k] for k in sorted(out)]
-
-
-def read_done(out: Path, retry_errors: bool = False) -> set[str]:
-    """Paths already recorded in `out`; a torn last line (a crash mid-write) is cut off the file."""
-    done: set[str] = set()
-    if not out.exists():
-        return done
-    good = 0
-    with open(out, "rb") as f:
-        for line in f:
-            if not line.endswith(b"\n"):
-                break  # torn: never completed
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                break
-            good += len(line)
-            if isinstance(rec, dict) and "path" in rec and not (retry_errors and "error" in rec):
-                done.add(rec["path"])
-    if good != out.stat().st_size:
-        with open(out, "r+b") as f:
-            f.truncate(good)
-    return done
+    return sorted(out.values(), key=str)
 
 
 def check_output(out: Path) -> None:
@@ -91,57 +66,50 @@ class BatchReport:
     written: int
     errors: int
     seconds: float
-
-
-class _Appender:
-    """Whole lines appended with single os.write calls (O_APPEND), so a kill cannot interleave or split records."""
-
-    def __init__(self, path: Path, fsync: bool):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self.fsync = fsync
-
-    def write(self, rec: dict) -> None:
-        data = (json.dumps(rec, ensure_ascii=False) + "\n").encode()
-        view = memoryview(data)
-        while view:
-            n = os.write(self.fd, view)
-            view = view[n:]
-        if self.fsync:
-            os.fsync(self.fd)
-
-    def close(self):
-        os.close(self.fd)
+    bad_lines: list[int] = field(default_factory=list)  # lines of the records file that are not records (kept)
+    died_on: str | None = None  # the image a killed earlier run was working on
 
 
 def run_batch(md, images: list[Path], out: Path, *, question: str | None = None, length: str = "normal",
               resume: bool = True, retry_errors: bool = False, options: GenerationOptions | None = None,
               fsync: bool = False, on_record: Callable[[dict], None] | None = None, **option_overrides) -> BatchReport:
-    """Answer `question` (default: a caption of `length`) for every image, appending one record per image to out.
-    options (or keywords max_tokens, temperature, ...): how each answer is generated (GenerationOptions)."""
+    """Answer `question` (default: a caption of `length`) for every image, appending one record per image to out
+    (moondream_cpp/records.py). options (or keywords max_tokens, temperature, ...): how each answer is generated."""
     q = question or spec.caption_question(length)
     options = GenerationOptions.of(options, **option_overrides)
     out = Path(out)
     check_output(out)
-    if not resume and out.exists():
-        out.unlink()
-    done = read_done(out, retry_errors) if resume else set()
-    todo = [p for p in images if str(p) not in done]
     t0 = time.perf_counter()
-    app = _Appender(out, fsync)
     written = errors = 0
-    with md.batch_mode(), contextlib.closing(app):  # each image asked once: no prefix states, vision kept loaded
-        for p in todo:
-            rec: dict = {"path": str(p), "question": q, "model": md.name}
-            try:
-                a = md.query(p, q, options=options)
-                rec.update({"answer": a.text, "finish_reason": a.finish_reason, "timings": a.timings})
-            except ImageError as e:
-                rec["error"] = str(e)
-                errors += 1
-            app.write(rec)
-            written += 1
-            if on_record:
-                on_record(rec)
-    return BatchReport(len(images), len(images) - len(todo), written, errors, time.perf_counter() - t0)
-
+    with RecordsFile(out, fsync) as records:
+        if not resume:
+            records.start_afresh()
+        finished = records.finished(retry_errors)
+        wanted = {same_file_key(p): p for p in images}
+        died = records.died_on()
+        died_key, attempt = (same_file_key(died[0]), died[1]) if died else (None, 0)
+        skipped = sum(k in finished.keys for k in wanted)
+        if died_key in wanted and died_key not in finished.keys and attempt >= ATTEMPTS and not retry_errors:
+            records.append({"path": str(wanted[died_key]), "question": q, "model": md.name, "error": DIED_ON})
+            finished.keys.add(died_key)
+            written, errors = written + 1, errors + 1
+        todo = [p for k, p in wanted.items() if k not in finished.keys and k != died_key]
+        if died_key in wanted and died_key not in finished.keys:
+            todo.append(wanted[died_key])  # last: an image that killed a run does not hold the others back
+        with md.batch_mode():  # each image asked once: no prefix states, vision kept loaded
+            for p in todo:
+                records.starting(str(p), attempt + 1 if same_file_key(p) == died_key else 1)
+                rec: dict = {"path": str(p), "question": q, "model": md.name}
+                try:
+                    a = md.query(p, q, options=options)
+                    rec.update({"answer": a.text, "finish_reason": a.finish_reason, "timings": a.timings})
+                except ImageError as e:
+                    rec["error"] = str(e)
+                    errors += 1
+                records.append(rec)
+                written += 1
+                if on_record:
+                    on_record(rec)
+        records.done()
+    return BatchReport(len(wanted), skipped, written, errors, time.perf_counter() - t0,
+                       finished.bad_lines, died[0] if died else None)

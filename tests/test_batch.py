@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import CLI
-from moondream_cpp.batch import collect_images, read_done
+from moondream_cpp.batch import collect_images
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -55,7 +55,7 @@ def test_killed_again_and_again_every_image_once(pictures, tmp_path):
     kills = 0
     for attempt in range(6):
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
-        have = len(read_done(out)) if out.exists() else 0
+        have = out.read_bytes().count(b"\n") if out.exists() else 0
         target = have + rnd.randint(1, 12)  # a random point: after a few more records, or mid-load
         deadline = time.time() + 60
         while time.time() < deadline and p.poll() is None:
@@ -95,3 +95,76 @@ def test_a_question_instead_of_a_caption_matches_single_queries(pictures, tmp_pa
         one = subprocess.run([CLI, "query", rec["path"], "How many shapes are there?"], capture_output=True,
                              text=True, timeout=120)
         assert one.stdout.strip() == rec["answer"]
+
+
+@pytest.fixture(scope="module")
+def demo():
+    from moondream_cpp import Moondream
+    from moondream_cpp.gguf_models import demo_pair
+
+    with Moondream.load(*demo_pair()) as md:
+        yield md
+
+
+def test_a_bad_middle_line_keeps_every_record_after_it(demo, pictures, tmp_path):
+    from moondream_cpp.batch import run_batch
+
+    imgs = collect_images([pictures / "part1"])[:4]
+    out = tmp_path / "r.jsonl"
+    first = json.dumps({"path": str(imgs[0]), "answer": "kept 0"})
+    second = json.dumps({"path": str(imgs[1]), "answer": "kept 1"})
+    out.write_text(f"{first}\n\nnot json at all\n{second}\n" + '{"path": "torn')
+    rep = run_batch(demo, imgs, out)
+    lines = out.read_text().split("\n")
+    assert lines[:4] == [first, "", "not json at all", second]  # nothing before the torn tail is lost or moved
+    assert rep.skipped == 2 and rep.written == 2 and rep.bad_lines == [3]  # a blank line is no complaint
+    assert sorted(json.loads(x)["path"] for x in lines[4:] if x) == sorted(map(str, imgs[2:]))
+
+
+def test_one_file_under_two_spellings_is_one_image(demo, pictures, tmp_path, monkeypatch):
+    from moondream_cpp.batch import run_batch
+
+    img = collect_images([pictures / "part2"])[0]
+    link = tmp_path / "alias.png"
+    link.symlink_to(img)
+    monkeypatch.chdir(img.parent)
+    assert len(collect_images([img, link, img.name, str(img.parent / ".." / img.parent.name / img.name)])) == 1
+    out = tmp_path / "r.jsonl"
+    assert run_batch(demo, [img], out).written == 1
+    rep = run_batch(demo, [link, Path(img.name)], out)
+    assert (rep.written, rep.skipped) == (0, 1) and len(records(out)) == 1
+
+
+def test_a_second_run_on_the_same_records_file_is_refused(demo, pictures, tmp_path):
+    from moondream_cpp.batch import run_batch
+    from moondream_cpp.errors import MoondreamError
+    from moondream_cpp.records import RecordsFile
+
+    out = tmp_path / "r.jsonl"
+    imgs = collect_images([pictures / "part0"])[:2]
+    with RecordsFile(out):  # another run holds it
+        with pytest.raises(MoondreamError, match="another run is writing"):
+            run_batch(demo, imgs, out)
+    assert run_batch(demo, imgs, out).written == 2  # free again once that run ends
+
+
+def test_an_image_that_kills_the_process_twice_becomes_an_error_record(demo, pictures, tmp_path):
+    from moondream_cpp.batch import run_batch
+    from moondream_cpp.records import RecordsFile
+
+    imgs = collect_images([pictures / "part1"])[:3]
+    out = tmp_path / "r.jsonl"
+    with RecordsFile(out) as rec:
+        rec.starting(str(imgs[0]))  # as a run killed on its first attempt at imgs[0] leaves it
+    asked = []
+    rep = run_batch(demo, imgs, out, on_record=lambda r: asked.append(r["path"]))
+    assert asked == [str(imgs[1]), str(imgs[2]), str(imgs[0])]  # one more try, after the others
+    assert all("answer" in r for r in records(out))
+    out.unlink()
+    with RecordsFile(out) as rec:
+        rec.starting(str(imgs[0]), attempt=2)  # it died on its second try too
+    rep = run_batch(demo, imgs, out)
+    died = [r for r in records(out) if r["path"] == str(imgs[0])]
+    assert len(died) == 1 and "died twice" in died[0]["error"] and rep.errors == 1 and rep.written == 3
+    again = run_batch(demo, imgs, out, retry_errors=True)  # on request, it is tried again
+    assert again.written == 1 and "answer" in records(out)[-1] and records(out)[-1]["path"] == str(imgs[0])
