@@ -26,7 +26,7 @@ _NP = {T.UINT8: np.uint8, T.INT8: np.int8, T.UINT16: np.uint16, T.INT16: np.int1
        T.FLOAT64: np.float64}
 MAGIC = struct.pack("<I", GGUF_MAGIC)  # b"GGUF"
 _VERSIONS = (2, GGUF_VERSION)  # v2 differs from v3 only in byte order support; v1 had 32-bit counts
-CACHE_SIZE = 16  # headers kept: a model is two files, a directory scan a few more
+CACHE_SIZE = 8  # headers kept (a text header with its vocabulary is ~9 MB): a pair, and a directory scan
 
 
 class HeaderError(ValueError):
