@@ -2,14 +2,15 @@
 __version__ = "0.1.0"
 
 from .errors import MoondreamError  # noqa: E402
+from .options import GenerationOptions  # noqa: E402
 
 
 def __getattr__(name):  # the runtime loads llama.cpp; keep `import moondream_cpp` light for the converter
-    if name in ("Moondream", "EncodedImage", "Answer"):
+    if name in ("Moondream", "EncodedImage", "Answer", "Stream"):
         from . import runtime
 
         return getattr(runtime, name)
     raise AttributeError(name)
 
 
-__all__ = ["Moondream", "EncodedImage", "Answer", "MoondreamError", "__version__"]
+__all__ = ["Moondream", "EncodedImage", "Answer", "Stream", "GenerationOptions", "MoondreamError", "__version__"]
