@@ -227,7 +227,8 @@ def test_a_bad_user_registry_is_named_with_its_problem(tmp_path, monkeypatch, co
 
 def test_a_bad_user_registry_stops_pull_and_list_with_a_message(home):
     (home / "registry.json").write_text(json.dumps({"demo-gguf": {**GOOD, "repo": 7}}))
-    for args in (["pull", "demo-gguf"], ["list", "--all"], ["query", ROOT / "examples" / "shapes.png", "?", "-m", "demo-gguf"]):
+    query = ["query", ROOT / "examples" / "shapes.png", "?", "-m", "demo-gguf"]
+    for args in (["pull", "demo-gguf"], ["list", "--all"], query):
         r = run(*args, home=home, hub_url="http://127.0.0.1:9")
         assert r.returncode == 1, (args, r.stderr)
         assert f"{home / 'registry.json'} is not a valid model registry: entry 'demo-gguf' needs 'repo'" in r.stderr
