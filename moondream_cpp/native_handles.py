@@ -5,7 +5,9 @@ garbage-collected (weakref.finalize), in dependency order: a context before the 
 from __future__ import annotations
 
 import ctypes
+import time
 import weakref
+from typing import Callable
 
 import numpy as np
 
@@ -125,6 +127,8 @@ class TextContext(_Handle):
         self.memory = L.llama_get_memory(ptr)
         self.token_batch = Batch(self.n_batch)
         self.row_batch = Batch(self.n_batch, model.n_embd)
+        # benchmarks: called with (positions, seconds) after every llama_decode, to tell llama.cpp's time from ours
+        self.on_decode: Callable[[int, float], None] | None = None
 
     def close(self) -> None:
         self.token_batch.close()
@@ -133,10 +137,13 @@ class TextContext(_Handle):
 
     def decode(self, batch) -> None:
         """Evaluate a filled batch; on failure the KV cache is emptied and MoondreamError raised."""
+        t0 = time.perf_counter()
         rc = self.L.llama_decode(self.ptr, batch)
         if rc != 0:
             self.clear()
             raise MoondreamError(f"llama.cpp failed to decode (code {rc}); the context was reset")
+        if self.on_decode is not None:
+            self.on_decode(batch.n_tokens, time.perf_counter() - t0)
 
     def decode_tokens(self, toks, start: int, want_logits: bool = True) -> None:
         self.decode(self.token_batch.tokens(toks, start, want_logits))
