@@ -7,6 +7,7 @@ import resource
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -233,3 +234,28 @@ def test_a_bad_user_registry_stops_pull_and_list_with_a_message(home):
         assert r.returncode == 1, (args, r.stderr)
         assert f"{home / 'registry.json'} is not a valid model registry: entry 'demo-gguf' needs 'repo'" in r.stderr
         assert "Traceback" not in r.stderr
+
+
+DOWNLOAD_PROBE = """
+import sys
+from pathlib import Path
+from moondream_cpp import hub  # first: its environment must be in place before huggingface_hub is imported
+from huggingface_hub import constants
+telemetry_off = constants.HF_HUB_DISABLE_TELEMETRY
+before = {k: v for k, v in vars(constants).items() if k.isupper()}
+seen = []
+hub.download("test/demo-gguf", sys.argv[1], "v1", Path(sys.argv[2]), on_progress=lambda *a: seen.append(a))
+changed = [k for k, v in vars(constants).items() if k.isupper() and before.get(k) != v]
+print(telemetry_off, changed, seen)
+"""
+
+
+def test_a_download_leaves_huggingface_hub_settings_alone(hub, tmp_path):
+    dest = tmp_path / TEXT.name
+    r = subprocess.run([sys.executable, "-c", DOWNLOAD_PROBE, TEXT.name, str(dest)], capture_output=True, text=True,
+                       env=env(tmp_path, hub.url), timeout=120)
+    assert r.returncode == 0, r.stderr
+    mb = TEXT.stat().st_size // 10**6
+    assert r.stdout.split(" ", 1) == ["True", f"[] [('downloading {TEXT.name} (MB)', 1, {mb}), "
+                                              f"('downloading {TEXT.name} (MB)', {mb}, {mb})]\n"]
+    assert dest.read_bytes() == TEXT.read_bytes()
