@@ -39,16 +39,7 @@ class OurPath:
         self.md = Moondream.load(text, mmproj, n_threads=threads, **({"n_ctx": n_ctx} if n_ctx else {}))
         self.enc = self.md.encode_image(image)
         self.calls: list[tuple[int, float]] = []  # (tokens, seconds) of each llama_decode
-        # every llama_decode call goes through the text context's decode: wrapped on this instance to time it (until
-        # the runtime offers a timing hook of its own)
-        plain = self.md.context.decode
-
-        def timed(batch):
-            t0 = time.perf_counter()
-            plain(batch)
-            self.calls.append((batch.n_tokens, time.perf_counter() - t0))
-
-        self.md.context.decode = timed
+        self.md.context.on_decode = lambda n, secs: self.calls.append((n, secs))
         self.md.stop_ids = frozenset()  # always TOKENS tokens, as llama-server's ignore_eos: the same work
         self.depth = self.run()["depth"]
 
