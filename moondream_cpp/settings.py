@@ -33,12 +33,13 @@ class Settings:
     # Vulkan...), none elsewhere; 0 keeps everything on the CPU
     n_gpu_layers: int | None = None
     mmproj_gpu: bool = True  # run the vision tower on the GPU when the text model is offloaded
-    # text model: on, prefill +12%, decode +2%, peak -67 MB at q4_k_m (benchmarks/results/settings_sweep-amd-epyc.json)
+    # text model: on, prefill +12%, decode +2%, peak -67 MB at q4_k_m
+    # (benchmarks/results/amd-epyc-2c/settings_sweep.json)
     flash_attn: bool = True
     kv_type: str = "f16"  # f16, q8_0 or q4_0 (a quantized V cache needs flash attention: switched on with it)
     # llama.cpp's extra weight layouts (AMX, repacked q4_K...). None: on where the CPU has AMX (llama-bench q4_k_m on
-    # a 2-core Xeon: decode 1.27x, prefill the same, a 20-token prompt 1.75x: native_settings-intel-xeon.json), off
-    # elsewhere (on an AVX-512 EPYC the repacked kernels made prefill 1.3-1.7x slower: native_settings-amd-epyc.json)
+    # a 2-core Xeon: decode 1.27x, prefill the same, a 20-token prompt 1.75x: intel-xeon-2c/native_settings.json), off
+    # elsewhere (on an AVX-512 EPYC the repacked kernels made prefill 1.3-1.7x slower: amd-epyc-2c/native_settings.json)
     extra_bufts: bool | None = None
     # map the text GGUF; off reads it into memory once. None: off when extra_bufts is on, where the weights live in
     # their own copy and a mapping would only add a second one while loading.
