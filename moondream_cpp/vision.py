@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import residency
+from .errors import ModelFileError
 from .image import load_image, preprocess
 from .native import deferred_interrupt
 from .native_handles import TextModel, VisionContext
@@ -39,6 +41,7 @@ class Vision:
         self.image_size, self.n_patches = mmproj_info.image_size, mmproj_info.n_patches
         self.held = False  # kept loaded between images (batch mode) even when on demand
         self.context: VisionContext | None = None
+        self.identity = _identity(mmproj_info.file.path)  # the file validated at load
         # opened now even when on demand: a broken mmproj fails the load, and the first image needs it anyway
         self.open()
 
@@ -47,6 +50,11 @@ class Vision:
         return self.context is not None
 
     def open(self) -> None:
+        """Load the tower from the mmproj file, which must still be the one validated at load: on demand it is
+        opened again for each new image, and a file replaced meanwhile never went through our checks."""
+        if _identity(self.info.file.path) != self.identity:
+            raise ModelFileError(f"the mmproj {self.info.file.path} changed on disk after the model was loaded; load "
+                                 "the model again (restart the server) to use the new file")
         cfg = self.settings
         self.context = VisionContext(self.info.file.path, self.model, n_threads=cfg.n_threads,
                                      use_gpu=bool(cfg.mmproj_gpu and cfg.n_gpu_layers != 0))
@@ -88,3 +96,11 @@ class Vision:
             if not held and self.settings.mmproj_on_demand and self.context is not None:
                 with deferred_interrupt():
                     self.close()
+
+
+def _identity(path) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
