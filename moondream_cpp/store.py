@@ -1,8 +1,11 @@
 """The local model store: registry names -> GGUF pairs in one cache directory; list, resolve, remove (pull: pull.py).
 
 Layout: $MOONDREAM_CPP_HOME (default ~/.cache/moondream-cpp)/models/<name>/<quant>/ holds a text + mmproj GGUF pair
-and manifest.json. A pull works in models/.partial/<name>/ (downloads resume from their .part files) and moves the
-finished pair into place with one rename, so the store never holds a half-made model. Only `pull` uses the network.
+and manifest.json (their sizes and sha256), models/<name>/lock.json what the first download of each source file was
+(lockfile.py). A pull works in models/.partial/<name>/ (downloads resume from their .part files), holds
+models/.locks/<name> while it runs and moves the finished pair into place with one synced rename, so the store never
+holds a half-made model. A stored file whose size differs from its manifest is reported as damaged, never used. Only
+`pull` uses the network.
 """
 from __future__ import annotations
 
@@ -14,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .errors import DiskFullError, MoondreamError, UnknownModelError
-from .registry import entry, parse_ref, registry
+from .errors import DiskFullError, ModelFileError, MoondreamError, UnknownModelError
+from .registry import check_quant, entry, parse_ref, registry
 
 MANIFEST = "manifest.json"
 
@@ -42,60 +45,94 @@ class LocalModel:
 
     @property
     def size(self) -> int:
-        return self.text.stat().st_size + self.mmproj.stat().st_size
+        return sum(p.stat().st_size for p in (self.text, self.mmproj) if p.is_file())
 
     @property
     def ref(self) -> str:
         return f"{self.name}:{self.quant}"
 
+    @property
+    def damage(self) -> str | None:
+        """What is wrong with the stored files (missing, or not the size they were stored with), or None."""
+        for role, path in (("text", self.text), ("mmproj", self.mmproj)):
+            if not path.is_file():
+                return f"{path.name} is missing"
+            want = (self.manifest.get("bytes") or {}).get(role)
+            if want is not None and path.stat().st_size != want:
+                return f"{path.name} is {path.stat().st_size} bytes, not the {want} it was stored with"
+        return None
+
+    @property
+    def repair(self) -> str:
+        return f"run `moondream-cpp pull {self.ref} --force` to fetch it again, or `moondream-cpp rm {self.ref}`"
+
+
+def is_path(model: str | os.PathLike) -> bool:
+    """Whether --model names a path rather than a model name: a path has a separator (./moondream2, ~/m, /abs)."""
+    if isinstance(model, os.PathLike):
+        return True
+    seps = {"/", os.sep, os.altsep} - {None}
+    return any(c in model for c in seps) or model in (".", "..") or model.startswith("~")
+
 
 def local_models() -> list[LocalModel]:
-    """Every complete model in the store (a directory with a manifest and both files)."""
+    """Every model in the store (a models/<name>/<quant>/ directory with a manifest), damaged ones included."""
     out = []
     root = models_dir()
     if not root.is_dir():
         return out
     for man in sorted(root.glob(f"*/*/{MANIFEST}")):
+        if man.parent.parent.name.startswith("."):  # .partial/ (pulls at work), .locks/
+            continue
         try:
             m = json.loads(man.read_text())
             text, mmproj = man.parent / m["text"], man.parent / m["mmproj"]
         except (ValueError, KeyError, TypeError, OSError):
             continue
-        if text.is_file() and mmproj.is_file():
-            out.append(LocalModel(m.get("name", man.parent.parent.name), m.get("quant", man.parent.name), man.parent,
-                                  text, mmproj, m))
+        out.append(LocalModel(m.get("name", man.parent.parent.name), m.get("quant", man.parent.name), man.parent,
+                              text, mmproj, m))
     return out
 
 
 def find_local(name: str, quant: str | None = None) -> LocalModel | None:
-    """The stored model of this name (and quant): the registry's default quant first when several are stored."""
+    """The stored model of this name (and quant): the registry's default quant first when several are stored, then
+    an intact one."""
     have = [m for m in local_models() if m.name == name and (quant is None or m.quant == quant)]
     if not have:
         return None
     default = registry().get(name, {}).get("default_quant")
-    best = [m for m in have if m.quant == default]
-    return (best or have)[0]
+    return sorted(have, key=lambda m: (m.quant != default, m.damage is not None))[0]
 
 
 def resolve(model: str | os.PathLike) -> tuple[Path, Path | None]:
-    """What --model names: an existing directory or file as it is, else a registry name[:quant]. Returns what
-    Moondream.load takes: (directory, None) or (text, mmproj)."""
-    p = Path(model).expanduser()
-    if p.exists():
+    """What --model names: a path (with a separator: ./dir, /abs/file.gguf) as it is, else a registry name[:quant]
+    (never a directory that happens to have that name). Returns what Moondream.load takes: (directory, None) or
+    (text, mmproj)."""
+    if is_path(model):
+        p = Path(model).expanduser()
+        if not p.exists():
+            raise UnknownModelError(f"{model}: no such model directory or file")
         return p, None
-    s = str(model)
-    name, quant = parse_ref(s)
-    if name not in registry() and (os.sep in s or s.endswith(".gguf") or s.startswith(".")):
-        raise UnknownModelError(f"{s}: no such model directory or file")
-    if entry(name)["kind"] == "bundled":  # entry() also refuses an unknown name, listing the known ones
+    if model not in registry() and Path(model).exists():
+        what = "directory" if Path(model).is_dir() else "file"
+        raise UnknownModelError(f"unknown model name {model!r}; to use the {what} of that name here, write it as a "
+                                f"path: ./{model}")
+    name, quant = parse_ref(model)
+    e = entry(name)  # refuses an unknown name, listing the known ones
+    if e["kind"] == "bundled":
         from .gguf_models import demo_pair
 
         return demo_pair()
+    if quant:
+        check_quant(name, e, quant)
     found = find_local(name, quant)
     if found is None:
         want = f"{name}:{quant}" if quant else name
         raise UnknownModelError(f"{want} is not downloaded yet: run `moondream-cpp pull {name}"
                                 f"{' --quant ' + quant if quant else ''}` (the only command that uses the network)")
+    if found.damage:
+        raise ModelFileError(f"the stored {found.ref} in {found.directory} is damaged ({found.damage}): "
+                             f"{found.repair}")
     return found.text, found.mmproj
 
 

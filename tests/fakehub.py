@@ -1,5 +1,6 @@
 """A Hugging Face hub stand-in on loopback: the resolve/ routes huggingface_hub downloads from, with Range support,
-LFS-style sha256 ETags, and faults to order (corrupt bytes, a connection cut mid-file, a slow trickle)."""
+the hub's ETags (an LFS file's sha256 in X-Linked-Etag; a small file's git blob sha1 in ETag), the commit a revision
+resolves to, and faults to order (corrupt bytes, other bytes under the true hashes, a cut connection, a trickle)."""
 from __future__ import annotations
 
 import hashlib
@@ -9,16 +10,30 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+LFS_SUFFIXES = (".gguf", ".safetensors", ".bin")  # as the hub's default .gitattributes stores in LFS
+
+
+def git_blob_sha1(data: bytes) -> str:
+    """The git object id of a file: what the hub sends as the ETag of a file kept in git itself (not LFS)."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
 @dataclass
 class HubFile:
     data: bytes
-    corrupt: bool = False  # serve flipped bytes under the true sha256
+    lfs: bool = True
+    corrupt: bool = False  # serve flipped bytes under the true hashes
+    served: bytes | None = None  # serve these bytes instead, under the true hashes and size
     cut_after: int | None = None  # close the connection after this many bytes, once
     trickle: float = 0.0  # seconds to sleep per 64 KiB sent
     sha256: str = field(init=False)
 
     def __post_init__(self):
         self.sha256 = hashlib.sha256(self.data).hexdigest()
+
+    def body(self) -> bytes:
+        data = self.data if self.served is None else self.served
+        return bytes(b ^ 0xFF for b in data) if self.corrupt else data
 
 
 class FakeHub:
@@ -37,15 +52,19 @@ class FakeHub:
                 parts = self.path.split("?")[0].strip("/").split("/")
                 # /{owner}/{repo}/resolve/{revision}/{filename}
                 if len(parts) >= 5 and parts[2] == "resolve":
+                    self.commit = hub.commit("/".join(parts[:2]), parts[3])
                     return hub.files.get(("/".join(parts[:2]), parts[3], "/".join(parts[4:])))
                 return None
 
             def _headers(self, f: HubFile, start: int):
-                body = len(f.data) - start
-                self.send_header("X-Repo-Commit", "0" * 40)
-                self.send_header("ETag", f'"{f.sha256}"')
-                self.send_header("X-Linked-Etag", f'"{f.sha256}"')
-                self.send_header("X-Linked-Size", str(len(f.data)))
+                body = len(f.body()) - start
+                self.send_header("X-Repo-Commit", self.commit)
+                if f.lfs:
+                    self.send_header("ETag", f'"{git_blob_sha1(b"pointer " + f.sha256.encode())}"')
+                    self.send_header("X-Linked-Etag", f'"{f.sha256}"')
+                    self.send_header("X-Linked-Size", str(len(f.data)))
+                else:
+                    self.send_header("ETag", f'"{git_blob_sha1(f.data)}"')
                 self.send_header("Accept-Ranges", "bytes")
                 self.send_header("Content-Length", str(body))
                 if start:
@@ -76,8 +95,7 @@ class FakeHub:
                 start = int(rng.split("=")[1].split("-")[0]) if rng else 0
                 self.send_response(206 if start else 200)
                 self._headers(f, start)
-                data = bytes(b ^ 0xFF for b in f.data) if f.corrupt else f.data
-                data = data[start:]
+                data = f.body()[start:]
                 limit = f.cut_after - start if f.cut_after is not None and f.cut_after > start else None
                 if limit is not None:
                     f.cut_after = None  # only the first try is cut
@@ -103,9 +121,14 @@ class FakeHub:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def add(self, repo: str, revision: str, name: str, data: bytes, **faults) -> HubFile:
-        f = HubFile(data, **faults)
+        f = HubFile(data, **{"lfs": name.endswith(LFS_SUFFIXES), **faults})
         self.files[(repo, revision, name)] = f
         return f
+
+    def commit(self, repo: str, revision: str) -> str:
+        """The commit a revision names: a changed file under the revision (a moved tag) makes a new one."""
+        state = sorted((n, f.sha256) for (r, v, n), f in self.files.items() if (r, v) == (repo, revision))
+        return hashlib.sha1(repr((repo, revision, state)).encode()).hexdigest()
 
     def __enter__(self):
         self.thread.start()

@@ -34,13 +34,19 @@ def registry(text_sha=None):
     }
 
 
+def demo_hub() -> FakeHub:
+    """A fake hub holding the registry()'s two models at revision v1 (started by `with`)."""
+    h = FakeHub()
+    h.add("test/demo-gguf", "v1", TEXT.name, TEXT.read_bytes())
+    h.add("test/demo-gguf", "v1", MMPROJ.name, MMPROJ.read_bytes())
+    for f in CK_FILES:
+        h.add("test/demo-ck", "v1", f, (CK / f).read_bytes())
+    return h
+
+
 @pytest.fixture
 def hub():
-    with FakeHub() as h:
-        h.add("test/demo-gguf", "v1", TEXT.name, TEXT.read_bytes())
-        h.add("test/demo-gguf", "v1", MMPROJ.name, MMPROJ.read_bytes())
-        for f in CK_FILES:
-            h.add("test/demo-ck", "v1", f, (CK / f).read_bytes())
+    with demo_hub() as h:
         yield h
 
 
@@ -204,6 +210,12 @@ GOOD = {"kind": "gguf", "repo": "test/x", "revision": "v1",
      "entry 'x' has files.text.size 'big'; it must be a byte count or null"),
     ({"x": {**GOOD, "files": {**GOOD["files"], "mmproj": {"name": "m", "sha256": "abc"}}}},
      "entry 'x' has files.mmproj.sha256 'abc'; it must be 64 hex digits or null"),
+    ({"../x": GOOD}, "entry '../x' is not a valid model name: a name is a letter or digit, then"),
+    ({"x y": GOOD}, "entry 'x y' is not a valid model name"),
+    ({"x": {**GOOD, "files": {**GOOD["files"], "text": {"name": "../../t.gguf"}}}},
+     "entry 'x' has files.text.name '../../t.gguf'; it must be a relative path inside the repo"),
+    ({"x": {**GOOD, "kind": "checkpoint", "files": ["config.json", "/etc/passwd"]}},
+     "entry 'x' has files[1].name '/etc/passwd'; it must be a relative path inside the repo"),
     ({"x": {**GOOD, "kind": "checkpoint", "files": "model.safetensors"}},
      "entry 'x' needs 'files': a list of the checkpoint's file names"),
     ({"x": {**GOOD, "quants": ["q3"]}}, "entry 'x' has quants ['q3']; each must be one of f16, q8_0"),
