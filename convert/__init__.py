@@ -1,4 +1,4 @@
-"""HF moondream checkpoint -> GGUF pair: the phi2 text model and the clip "mlp" mmproj (spec §5)."""
+"""HF moondream checkpoint -> GGUF pair: the phi2 text model and the clip "mlp" mmproj (docs/architecture.md §6)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -77,7 +77,7 @@ def mmproj_tensors(ck: Checkpoint, kind: str) -> list[OutTensor]:
             shape = (v.n_embd, 3, v.patch_size, v.patch_size)
             load = lambda hf=hf, s=shape: ck.tensors.get(hf).reshape(s)  # noqa: E731
         out.append(OutTensor(gg, shape, dtype, load))
-    # the last block is written twice: mtmd runs block_count-1 blocks for "mlp" projectors (spec §5.2, pitfall P2)
+    # the last block is written twice: mtmd runs block_count-1 blocks for "mlp" projectors (docs/architecture.md P2)
     blocks = list(range(v.n_layer)) + [v.n_layer - 1]
     for gi, src in enumerate(blocks):
         for hf_t, gg_t in spec.VISION_BLOCK_TENSORS.items():

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_full_size_layout_is_moondream1():
     shapes = fullsize.tensor_shapes()
-    assert len(shapes) == 578 and fullsize.n_params() == 1_857_482_608  # spec §1.2 and §0
+    assert len(shapes) == 578 and fullsize.n_params() == 1_857_482_608  # docs/architecture.md §1.1 and §1.5
     assert shapes["vision_encoder.encoder.model.visual.blocks.26.mlp.fc1.weight"] == (4304, 1152)
     assert shapes["text_model.lm_head.linear.weight"] == (51200, 2048)
     tok = fullsize.byte_bpe_tokenizer()

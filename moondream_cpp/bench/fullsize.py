@@ -1,6 +1,6 @@
 """A full-size moondream1-shaped HF checkpoint with random weights, for speed and memory measurements (speed does
-not depend on weight values). Every tensor has its real name and shape (spec §1.2); the file is streamed to disk one
-tensor at a time, so making 3.7 GB of fp16 takes little memory."""
+not depend on weight values). Every tensor has its real name and shape (docs/architecture.md §1.5); the file is
+streamed to disk one tensor at a time, so making 3.7 GB of fp16 takes little memory."""
 from __future__ import annotations
 
 import json
