@@ -27,12 +27,14 @@ def pull(
     name: str = typer.Argument(..., help="A registry model (see `moondream-cpp list --all`), optionally NAME:QUANT."),
     quant: Optional[str] = typer.Option(None, "--quant", "-q", help=f"{', '.join(QUANTS)} (default: the model's "
                                         "own)."),
+    force: bool = typer.Option(False, "--force", help="Download and build it again even when it is stored (a damaged "
+                               "model is rebuilt without it)."),
 ):
     """Download a model (resumable, checksum-verified), converting and quantizing it where needed."""
     from moondream_cpp import store
 
     with conversion_progress() as on_progress:
-        m = store.pull(name, quant, on_step=lambda s: note(f"{name}: {s}"), on_progress=on_progress)
+        m = store.pull(name, quant, force=force, on_step=lambda s: note(f"{name}: {s}"), on_progress=on_progress)
     note(f"{m.ref}: {_size(m.size)} in {m.directory}")
     typer.echo(m.ref)
 
@@ -53,7 +55,8 @@ def list_cmd(
         rows.append({"model": "moondream-demo", "size": text.stat().st_size + mmproj.stat().st_size,
                      "where": str(text.parent), "local": True})
     local = store.local_models()
-    rows += [{"model": m.ref, "size": m.size, "where": str(m.directory), "local": True} for m in local]
+    rows += [{"model": m.ref, "size": m.size, "where": str(m.directory), "local": True,
+              "damaged": m.damage and f"{m.damage}: {m.repair}"} for m in local]
     if show_all:
         have = {m.name for m in local}
         for name, e in registry().items():
@@ -64,13 +67,15 @@ def list_cmd(
         print_json(rows)
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title=f"models ({store.models_dir()})")
     for col in ("model", "size", "where"):
         t.add_column(col, justify="right" if col == "size" else "left")
     for r in rows:
-        t.add_row(r["model"], _size(r["size"]) if r["local"] else "not downloaded", r["where"])
+        where = escape(r["where"]) + (f"\n[red]damaged[/red]: {escape(r['damaged'])}" if r.get("damaged") else "")
+        t.add_row(escape(r["model"]), _size(r["size"]) if r["local"] else "not downloaded", where)
     Console().print(t)
 
 

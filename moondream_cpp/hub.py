@@ -1,8 +1,10 @@
-"""One file from the Hugging Face hub into the store's work area: resumable, checked against its size and sha256.
+"""One file from the Hugging Face hub into the store's work area: resumable, checked against its size and hashes.
 
 Only `pull` uses this module, and nothing else in moondream-cpp touches the network. huggingface_hub is used through
-its public API: hf_hub_url and get_hf_file_metadata say where the file is and what it must be (its size, and its
-sha256, which is the ETag of an LFS file), and get_session() fetches the bytes. Not hf_hub_download: it resumes only
+its public API: hf_hub_url and get_hf_file_metadata say where the file is and what it must be (its size; the ETag,
+which is the sha256 of an LFS file and the git blob sha1 of a small file kept in git itself), and get_session()
+fetches the bytes. The file is checked against the sha256 the caller pins (the registry's, else the store's lock
+file's) and against the hub's ETag, whichever kind it is. Not hf_hub_download: it resumes only
 from its own bookkeeping (the hub cache, or local_dir's .cache/huggingface/download/*.incomplete), in 10 MiB chunks,
 while a pull resumes from its own .part file, written in 1 MiB steps, so a killed or cut pull keeps all but the last
 MiB it received and sends the hub a Range request for the rest.
@@ -12,9 +14,11 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .durable import sync
 from .errors import DownloadError
 
 # huggingface_hub reads this when it is imported: no telemetry from this process
@@ -30,17 +34,45 @@ STALLED_TRIES = 5  # a cut download is resumed until this many tries in a row re
 Progress = Callable[[str, int, "int | None"], None]  # (what, done, total or None when unknown)
 
 
+@dataclass(frozen=True)
+class Fetched:
+    path: Path
+    size: int
+    sha256: str
+    commit: str | None  # the commit the revision resolved to on the hub, when it said
+
+
+@dataclass(frozen=True)
+class Pin:
+    """What a file must be, and who says so (for the message when it is not)."""
+    sha256: str | None = None
+    size: int | None = None
+    by: str = "the registry"
+    remedy: str = "the pinned revision changed"
+
+
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
+    return _hashes(path, chunk)[0]
+
+
+def _hashes(path: Path, chunk: int = 1 << 22) -> tuple[str, str]:
+    """(sha256, git blob sha1) of a file in one read: the hub names LFS files by the first, git files by the second."""
+    sha256, blob = hashlib.sha256(), hashlib.sha1(b"blob %d\0" % path.stat().st_size)
     with open(path, "rb") as f:
         while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+            sha256.update(block)
+            blob.update(block)
+    return sha256.hexdigest(), blob.hexdigest()
 
 
-def download(repo: str, filename: str, revision: str, dest: Path, *, sha256: str | None = None,
-             size: int | None = None, on_progress: Progress | None = None) -> Path:
-    """Fetch one file into dest (resuming dest.part from an earlier try), verify size and sha256, return dest.
+def _hex(s: str | None, n: int) -> bool:
+    return bool(s) and len(s) == n and not set(s.lower()) - set("0123456789abcdef")
+
+
+def download(repo: str, filename: str, revision: str, dest: Path, *, pin: Pin = Pin(),
+             on_progress: Progress | None = None) -> Fetched:
+    """Fetch one file into dest (resuming dest.part from an earlier try), verify its size and hashes, return what
+    arrived. A file whose size or LFS sha256 on the hub contradicts the pin is refused before any byte is fetched.
 
     Raises DownloadError for anything on the hub's side; an OSError writing dest's directory is left to the caller."""
     what = f"{repo}/{filename}@{revision}"
@@ -52,11 +84,14 @@ def download(repo: str, filename: str, revision: str, dest: Path, *, sha256: str
         meta = hf.get_hf_file_metadata(url)  # no retries: an unreachable hub is reported at once
     except (httpx.HTTPError, OSError) as e:  # hub errors are both
         raise _network_error(e, what) from None
-    if size is not None and meta.size is not None and meta.size != size:
-        raise DownloadError(f"{what} is {meta.size} bytes on the hub but the registry pins {size}: the pinned "
-                            "revision changed; nothing was downloaded")
-    total = meta.size if meta.size is not None else size
-    expected = sha256.lower() if sha256 else (meta.etag if meta.etag and len(meta.etag) == 64 else None)
+    etag = (meta.etag or "").lower()
+    if pin.size is not None and meta.size is not None and meta.size != pin.size:
+        raise DownloadError(f"{what} is {meta.size} bytes on the hub but {pin.by} pins {pin.size}: {pin.remedy}; "
+                            "nothing was downloaded")
+    if pin.sha256 and _hex(etag, 64) and etag != pin.sha256.lower():
+        raise DownloadError(f"checksum mismatch for {what}: {pin.by} pins sha256 {pin.sha256.lower()}, the hub has "
+                            f"{etag}: {pin.remedy}; nothing was downloaded")
+    total = meta.size if meta.size is not None else pin.size
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
     if total is not None and _size(part) > total:
@@ -70,13 +105,19 @@ def download(repo: str, filename: str, revision: str, dest: Path, *, sha256: str
         part.unlink()
         raise DownloadError(f"{what}: received {got_size} bytes, expected {total}. The download was deleted; run pull "
                             "again")
-    got = sha256_file(part)
-    if expected and got != expected:
-        part.unlink()
-        raise DownloadError(f"checksum mismatch for {what}: expected sha256 {expected}, got {got}. The corrupt "
-                            "download was deleted; run pull again")
+    sha256, blob_sha1 = _hashes(part)
+    for kind, want, got, by in (("sha256", pin.sha256, sha256, pin.by),
+                                ("sha256", etag if _hex(etag, 64) else None, sha256, "the hub's LFS pointer"),
+                                ("git blob sha1", etag if _hex(etag, 40) else None, blob_sha1, "the hub's git ETag")):
+        if want and got != want.lower():
+            part.unlink()
+            again = pin.remedy if by == pin.by and pin.by != "the registry" else "run pull again"
+            raise DownloadError(f"checksum mismatch for {what}: {by} says {kind} {want.lower()}, the download has "
+                                f"{got}. The corrupt download was deleted; {again}")
+    sync(part)
     os.replace(part, dest)
-    return dest
+    sync(dest.parent)
+    return Fetched(dest, got_size, sha256, meta.commit_hash)
 
 
 def _fetch(url: str, part: Path, total: int | None, label: str, on_progress: Progress | None) -> None:

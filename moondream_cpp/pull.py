@@ -1,88 +1,118 @@
 """`pull`: a registry model into the local store, downloaded (hub.py), converted or quantized as its entry says.
 
 Safe to rerun after a failure: downloads resume from their .part files in models/.partial/<name>/src, the model is
-built in models/.partial/<name>/build-<quant> and moved into the store with one rename.
+built in models/.partial/<name>/build-<quant>, checked (gguf_check: what llama.cpp would abort on) and moved into the
+store with one synced rename (durable.py). Pulls of one model take turns (an flock on models/<name>/.pull.lock): they
+share the download area. Every download is held to the registry's sha256 or, where it has none, to what the first
+pull of the model received (lockfile.py).
 """
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
 from typing import Callable
 
-from . import store
-from .errors import MoondreamError, os_error_text
-from .hub import download, sha256_file
-from .registry import check_quant, entry, parse_ref
+from . import durable, lockfile, store
+from .errors import ModelFileError, MoondreamError, os_error_text
+from .gguf_check import check_pair
+from .hub import Fetched, download, sha256_file
+from .registry import check_quant, entry, files_of, parse_ref
 
 
-def pull_model(ref: str, quant: str | None = None, *, on_step: Callable[[str], None] | None = None,
-               on_progress=None) -> store.LocalModel:
-    """Download (and, for HF checkpoints, convert) a registry model into the store; the stored model if it is there.
-    on_step(text) hears each step; on_progress(what, done, total) follows downloads (in MB) and conversions."""
+def pull_model(ref: str, quant: str | None = None, *, force: bool = False,
+               on_step: Callable[[str], None] | None = None, on_progress=None) -> store.LocalModel:
+    """Download (and, for HF checkpoints, convert) a registry model into the store; the stored model if it is there
+    intact (force: build it again all the same). on_step(text) hears each step; on_progress(what, done, total)
+    follows downloads (in MB) and conversions."""
     name, ref_quant = parse_ref(ref)
     e = entry(name)
     if e["kind"] == "bundled":
         raise MoondreamError(f"{name} is bundled with moondream-cpp: there is nothing to pull")
     quant = check_quant(name, e, quant or ref_quant)
-    have = store.find_local(name, quant)
-    if have is not None:
+    if not force and (have := _intact(name, quant)) is not None:
         return have
     step = on_step or (lambda s: None)
     root = store.models_dir()
+    try:
+        with durable.exclusive(root / name / ".pull.lock", lambda: step(f"waiting for another pull of {name} to end")):
+            if not force and (have := _intact(name, quant)) is not None:
+                return have  # the pull we waited for stored it
+            _build_and_store(name, e, quant, root, step, on_progress)
+    except OSError as err:
+        if (full := store.disk_full_error(err, root)) is not None:
+            raise full from None
+        raise MoondreamError(f"could not write the model store {root} ({os_error_text(err)}); set "
+                             "MOONDREAM_CPP_HOME to a writable directory") from None
+    return store.find_local(name, quant)
+
+
+def _intact(name: str, quant: str) -> store.LocalModel | None:
+    have = store.find_local(name, quant)
+    return have if have is not None and have.damage is None else None
+
+
+def _build_and_store(name: str, e: dict, quant: str, root: Path, step, on_progress) -> None:
     work = root / ".partial" / name
     build = work / f"build-{quant}"
     try:
         work.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(build, ignore_errors=True)
         build.mkdir()
-        files = _fetch_and_build(name, e, quant, work / "src", build, step, on_progress)
+        files, fetched = _fetch_and_build(name, e, quant, work / "src", build, step, on_progress)
+        _check(name, files)  # what llama.cpp will load, checked before it is stored
         manifest = {"name": name, "quant": quant, "repo": e["repo"], "revision": e["revision"],
+                    "commit": next((f.commit for f in fetched if f.commit), None),
                     "text": files["text"].name, "mmproj": files["mmproj"].name,
+                    "bytes": {k: p.stat().st_size for k, p in files.items()},
                     "sha256": {k: sha256_file(p) for k, p in files.items()},
                     "pulled": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         (build / store.MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-        final = root / name / quant
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(build, final)  # one rename: the store has the whole model or none of it
+        durable.publish(build, root / name / quant, work / f"old-{quant}")
+        lockfile.record(name, e, fetched)
         shutil.rmtree(work, ignore_errors=True)
         try:
             work.parent.rmdir()  # .partial/, when no other pull is pending
         except OSError:
             pass
-    except OSError as err:
-        shutil.rmtree(build, ignore_errors=True)
-        if (full := store.disk_full_error(err, root)) is not None:
-            raise full from None
-        raise MoondreamError(f"could not write the model store {root} ({os_error_text(err)}); set "
-                             "MOONDREAM_CPP_HOME to a writable directory") from None
+    except ModelFileError:
+        shutil.rmtree(work, ignore_errors=True)  # the downloads are what is wrong: nothing of them is kept
+        raise
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)  # downloads (.part) are kept for resuming
         raise
-    return store.find_local(name, quant)
 
 
-def _fetch_and_build(name: str, e: dict, quant: str, src: Path, build: Path, step, on_progress) -> dict[str, Path]:
-    """The text and mmproj files of the model, made in build: a published pair quantized, or a checkpoint converted."""
+def _check(name: str, files: dict[str, Path]) -> None:
+    try:
+        check_pair(files["text"], files["mmproj"])
+    except ModelFileError as err:
+        raise ModelFileError(f"{name}: the downloaded model is not a valid moondream GGUF pair, so nothing was "
+                             f"stored: {err}. The files on the hub (or the registry entry) are wrong") from None
+
+
+def _fetch_and_build(name: str, e: dict, quant: str, src: Path, build: Path, step,
+                     on_progress) -> tuple[dict[str, Path], list[Fetched]]:
+    """The text and mmproj files of the model, made in build (a published pair quantized, or a checkpoint converted),
+    and the downloads they were made from."""
     mmproj_type = "f16" if quant == "f16" else "q8_0"
+    pins = lockfile.pins(name, e)
+    fetched = []
+    for f in files_of(e):
+        step(f"downloading {f['name']}")
+        fetched.append(download(e["repo"], f["name"], e["revision"], src / f["name"], pin=pins[f["name"]],
+                                on_progress=on_progress))
     if e["kind"] == "gguf":
-        got = {}
-        for role, f in e["files"].items():
-            step(f"downloading {f['name']}")
-            got[role] = download(e["repo"], f["name"], e["revision"], src / f["name"], sha256=f.get("sha256"),
-                                 size=f.get("size"), on_progress=on_progress)
+        got = {role: src / f["name"] for role, f in e["files"].items()}
+        _check(name, got)  # llama.cpp's quantizer aborts on some bad files too
         return {"text": _quantized(got["text"], build, quant, step),
-                "mmproj": _quantized(got["mmproj"], build, mmproj_type, step, pad_vision_mlp=True)}
-    for fname in e["files"]:
-        step(f"downloading {fname}")
-        download(e["repo"], fname, e["revision"], src / fname, on_progress=on_progress)
+                "mmproj": _quantized(got["mmproj"], build, mmproj_type, step, pad_vision_mlp=True)}, fetched
     step("converting")
     from .convert import convert
 
     out = convert(src, build, quant, mmproj_type, e.get("moondream_revision"), name, on_progress=on_progress)
-    return {"text": out.text, "mmproj": out.mmproj}
+    return {"text": out.text, "mmproj": out.mmproj}, fetched
 
 
 def _quantized(src: Path, build: Path, qtype: str, step, pad_vision_mlp: bool = False) -> Path:
@@ -90,7 +120,7 @@ def _quantized(src: Path, build: Path, qtype: str, step, pad_vision_mlp: bool = 
     first, as our converter writes it, so that fc2 is quantized too (the published moondream2 mmproj is not)."""
     if qtype == "f16":
         dst = build / src.name
-        os.replace(src, dst)  # the download is the f16 file: move, never copy gigabytes
+        src.replace(dst)  # the download is the f16 file: move, never copy gigabytes
         return dst
     from .convert.pad_gguf import pad_vision_mlp as pad
     from .convert.quantize import quantize

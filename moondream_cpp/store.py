@@ -2,10 +2,10 @@
 
 Layout: $MOONDREAM_CPP_HOME (default ~/.cache/moondream-cpp)/models/<name>/<quant>/ holds a text + mmproj GGUF pair
 and manifest.json (their sizes and sha256), models/<name>/lock.json what the first download of each source file was
-(lockfile.py). A pull works in models/.partial/<name>/ (downloads resume from their .part files), holds
-models/.locks/<name> while it runs and moves the finished pair into place with one synced rename, so the store never
-holds a half-made model. A stored file whose size differs from its manifest is reported as damaged, never used. Only
-`pull` uses the network.
+(lockfile.py). A pull works in models/.partial/<name>/ (downloads resume from their .part files), holds an flock on
+models/<name>/.pull.lock while it runs and moves the finished pair into place with one synced rename, so the store
+never holds a half-made model. A stored file whose size differs from its manifest is reported as damaged, never
+used. Only `pull` uses the network.
 """
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def local_models() -> list[LocalModel]:
     if not root.is_dir():
         return out
     for man in sorted(root.glob(f"*/*/{MANIFEST}")):
-        if man.parent.parent.name.startswith("."):  # .partial/ (pulls at work), .locks/
+        if man.parent.parent.name.startswith("."):  # .partial/: pulls at work
             continue
         try:
             m = json.loads(man.read_text())
@@ -153,12 +153,12 @@ def remove(ref: str) -> list[LocalModel]:
     return gone
 
 
-def pull(ref: str, quant: str | None = None, *, on_step: Callable[[str], None] | None = None,
+def pull(ref: str, quant: str | None = None, *, force: bool = False, on_step: Callable[[str], None] | None = None,
          on_progress=None) -> LocalModel:
     """Download (and, for HF checkpoints, convert) a registry model into the store; see moondream_cpp.pull."""
     from .pull import pull_model  # imported on demand: only pull loads huggingface_hub and touches the network
 
-    return pull_model(ref, quant, on_step=on_step, on_progress=on_progress)
+    return pull_model(ref, quant, force=force, on_step=on_step, on_progress=on_progress)
 
 
 def disk_full_error(e: OSError, where: Path) -> MoondreamError | None:
