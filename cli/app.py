@@ -20,8 +20,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help=f"Run moondream, the tiny vision-language model, on llama.cpp.\n\n{EXIT_CODES}")
 
 # options shared by every command that runs a model
-MODEL = typer.Option(None, "--model", "-m", help="A model name (`moondream-cpp list`), optionally NAME:QUANT, or a "
-                     "directory holding a text + mmproj GGUF pair. Default: the bundled demo model.")
+MODEL = typer.Option(None, "--model", "-m", help="A model name (`moondream-cpp list`), optionally NAME:QUANT, or the "
+                     "path of a directory holding a text + mmproj GGUF pair, written with a '/' (./models): a bare "
+                     "word is always a name. Default: the bundled demo model.")
 TEXT = typer.Option(None, "--text", help="Text model GGUF (with --mmproj).")
 MMPROJ = typer.Option(None, "--mmproj", help="Vision projector (mmproj) GGUF (with --text).")
 THREADS = typer.Option(None, "--threads", min=1, help="CPU threads (default: all available).")
@@ -63,7 +64,8 @@ def print_json(obj) -> None:
 
 
 def load_model(model: Optional[str], text: Optional[Path], mmproj: Optional[Path], **kw):
-    """The model a command runs: --text/--mmproj, else --model (name or directory), else the bundled demo."""
+    """The model a command runs: --text/--mmproj, else --model (a name, or a path with a '/'), else the bundled
+    demo."""
     from moondream_cpp import Moondream
     from moondream_cpp.settings import why_no_gpu
     from moondream_cpp.store import resolve
@@ -99,8 +101,8 @@ def timings_line(t: dict) -> str:
 
 @contextmanager
 def conversion_progress():
-    """A progress bar on stderr fed by convert's on_progress(what, done, total) callback; it appears at the first
-    call, so download bars printed before it (huggingface_hub's) are left alone."""
+    """A progress bar on stderr fed by an on_progress(what, done, total) callback: pull's downloads (in MB) and
+    convert's steps report through it. It appears at the first call; total None shows a bar of unknown length."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     state = {}

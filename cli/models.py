@@ -90,7 +90,8 @@ def rm(name: str = typer.Argument(..., help="NAME (every quant) or NAME:QUANT.")
 
 @app.command()
 def info(
-    model: str = typer.Argument(..., help="A model name, a directory with a GGUF pair, or one GGUF file."),
+    model: str = typer.Argument(..., help="A model name, or the path (with a '/') of a directory with a GGUF pair or "
+                                "of one GGUF file."),
     as_json: bool = JSON,
 ):
     """Print a GGUF pair's metadata: architecture, revision, prompt format, stop rule, types and sizes."""
