@@ -44,11 +44,30 @@ class Fetched:
 
 @dataclass(frozen=True)
 class Pin:
-    """What a file must be, and who says so (for the message when it is not)."""
+    """What a file must be, who says so and what to do when it is not (for the message)."""
     sha256: str | None = None
     size: int | None = None
     by: str = "the registry"
-    remedy: str = "the pinned revision changed"
+    remedy: str = "The registry entry no longer matches the hub: fix the entry (or report it, for a bundled one)."
+
+
+@dataclass(frozen=True)
+class Remote:
+    """A file on the hub at a revision: its metadata, and the pin it was checked against."""
+    repo: str
+    filename: str
+    revision: str
+    url: str
+    meta: hf.HfFileMetadata
+    pin: Pin
+
+    @property
+    def what(self) -> str:
+        return f"{self.repo}/{self.filename}@{self.revision}"
+
+    @property
+    def etag(self) -> str:
+        return (self.meta.etag or "").lower()
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -71,33 +90,45 @@ def _hex(s: str | None, n: int) -> bool:
 
 def download(repo: str, filename: str, revision: str, dest: Path, *, pin: Pin = Pin(),
              on_progress: Progress | None = None) -> Fetched:
-    """Fetch one file into dest (resuming dest.part from an earlier try), verify its size and hashes, return what
-    arrived. A file whose size or LFS sha256 on the hub contradicts the pin is refused before any byte is fetched.
+    """locate() then fetch(): one file from the hub into dest, checked."""
+    return fetch(locate(repo, filename, revision, pin), dest, on_progress)
 
-    Raises DownloadError for anything on the hub's side; an OSError writing dest's directory is left to the caller."""
+
+def locate(repo: str, filename: str, revision: str, pin: Pin = Pin()) -> Remote:
+    """What the hub says the file is (one HEAD request), refused when its size or LFS sha256 contradicts the pin,
+    so that a changed file is noticed before any byte of it (or of the files after it) is downloaded."""
     what = f"{repo}/{filename}@{revision}"
     if hf.is_offline_mode():
         raise DownloadError("HF_HUB_OFFLINE is set, so nothing may be downloaded: unset it to pull, or pass --model "
-                            "DIR with a GGUF pair you already have")
+                            "./DIR, a directory with a GGUF pair you already have")
     url = hf.hf_hub_url(repo, filename, revision=revision)
     try:
         meta = hf.get_hf_file_metadata(url)  # no retries: an unreachable hub is reported at once
     except (httpx.HTTPError, OSError) as e:  # hub errors are both
         raise _network_error(e, what) from None
-    etag = (meta.etag or "").lower()
+    remote = Remote(repo, filename, revision, url, meta, pin)
     if pin.size is not None and meta.size is not None and meta.size != pin.size:
-        raise DownloadError(f"{what} is {meta.size} bytes on the hub but {pin.by} pins {pin.size}: {pin.remedy}; "
-                            "nothing was downloaded")
-    if pin.sha256 and _hex(etag, 64) and etag != pin.sha256.lower():
+        raise DownloadError(f"{what} is {meta.size} bytes on the hub but {pin.by} pins {pin.size}, so nothing was "
+                            f"downloaded. {pin.remedy}")
+    if pin.sha256 and _hex(remote.etag, 64) and remote.etag != pin.sha256.lower():
         raise DownloadError(f"checksum mismatch for {what}: {pin.by} pins sha256 {pin.sha256.lower()}, the hub has "
-                            f"{etag}: {pin.remedy}; nothing was downloaded")
+                            f"{remote.etag}, so nothing was downloaded. {pin.remedy}")
+    return remote
+
+
+def fetch(remote: Remote, dest: Path, on_progress: Progress | None = None) -> Fetched:
+    """Fetch a located file into dest (resuming dest.part from an earlier try) and verify its size, the pin's sha256
+    and the hub's own hash (an LFS file's sha256, a git file's blob sha1); the file is synced before it is renamed.
+
+    Raises DownloadError for anything on the hub's side; an OSError writing dest's directory is left to the caller."""
+    what, meta, pin, etag = remote.what, remote.meta, remote.pin, remote.etag
     total = meta.size if meta.size is not None else pin.size
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
     if total is not None and _size(part) > total:
         part.unlink()
     try:
-        _fetch(meta.location or url, part, total, filename, on_progress)
+        _fetch(meta.location or remote.url, part, total, remote.filename, on_progress)
     except httpx.HTTPError as e:
         raise _network_error(e, what) from None
     got_size = _size(part)
@@ -111,9 +142,10 @@ def download(repo: str, filename: str, revision: str, dest: Path, *, pin: Pin = 
                                 ("git blob sha1", etag if _hex(etag, 40) else None, blob_sha1, "the hub's git ETag")):
         if want and got != want.lower():
             part.unlink()
-            again = pin.remedy if by == pin.by and pin.by != "the registry" else "run pull again"
+            # the hub's own hash failing means bytes broke on the way: trying again can work
+            again = "Run pull again." if by != pin.by or pin.by == "the registry" else pin.remedy
             raise DownloadError(f"checksum mismatch for {what}: {by} says {kind} {want.lower()}, the download has "
-                                f"{got}. The corrupt download was deleted; {again}")
+                                f"{got}. The corrupt download was deleted. {again}")
     sync(part)
     os.replace(part, dest)
     sync(dest.parent)

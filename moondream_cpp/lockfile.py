@@ -36,16 +36,17 @@ def pins(name: str, entry: dict) -> dict[str, Pin]:
     """Each file's pin: the registry's sha256 where it has one, else the lock file's, else only its size if known."""
     path = lock_path(name)
     locked = _read(path)["sources"].get(_source(entry), {})
-    moved = (f"the hub now serves another file under revision {entry['revision']} (a moved tag or a changed repo) "
-             f"than the one first pulled {locked.get('locked', '')}, so nothing was installed. If you trust the new "
-             f"file, delete {path} and pull again")
+    moved = (f"A moved tag or a changed repo: the hub serves another file under revision {entry['revision']} than "
+             f"the one this store first pulled ({locked.get('locked')}), and nothing was installed. If you trust the "
+             f"new file, delete {path} and pull again.")
     out = {}
     for f in files_of(entry):
         mine = locked.get("files", {}).get(f["name"])
         if f.get("sha256"):
             out[f["name"]] = Pin(f["sha256"], f.get("size"))
         elif mine:
-            out[f["name"]] = Pin(mine["sha256"], f.get("size", mine["size"]), f"the lock file {path}", moved)
+            size = f["size"] if f.get("size") is not None else mine["size"]
+            out[f["name"]] = Pin(mine["sha256"], size, f"the lock file {path}", moved)
         else:
             out[f["name"]] = Pin(None, f.get("size"))
     return out

@@ -17,7 +17,7 @@ from typing import Callable
 from . import durable, lockfile, store
 from .errors import ModelFileError, MoondreamError, os_error_text
 from .gguf_check import check_pair
-from .hub import Fetched, download, sha256_file
+from .hub import Fetched, fetch, locate, sha256_file
 from .registry import check_quant, entry, files_of, parse_ref
 
 
@@ -98,11 +98,12 @@ def _fetch_and_build(name: str, e: dict, quant: str, src: Path, build: Path, ste
     and the downloads they were made from."""
     mmproj_type = "f16" if quant == "f16" else "q8_0"
     pins = lockfile.pins(name, e)
+    # every file checked against its pin before the first byte of any is fetched
+    remotes = [locate(e["repo"], f["name"], e["revision"], pins[f["name"]]) for f in files_of(e)]
     fetched = []
-    for f in files_of(e):
-        step(f"downloading {f['name']}")
-        fetched.append(download(e["repo"], f["name"], e["revision"], src / f["name"], pin=pins[f["name"]],
-                                on_progress=on_progress))
+    for remote in remotes:
+        step(f"downloading {remote.filename}")
+        fetched.append(fetch(remote, src / remote.filename, on_progress))
     if e["kind"] == "gguf":
         got = {role: src / f["name"] for role, f in e["files"].items()}
         _check(name, got)  # llama.cpp's quantizer aborts on some bad files too

@@ -115,6 +115,7 @@ def test_what_the_first_pull_received_is_locked_and_a_change_on_the_hub_refused(
         assert r.returncode == 6, (args, r.stderr)
         assert "tokenizer.json" in r.stderr and str(lock_file) in r.stderr and "delete" in r.stderr, r.stderr
         assert "moved tag" in r.stderr and "nothing was installed" in r.stderr
+    assert gets(hub, "model.safetensors") == [None]  # refused before any file was fetched again: one GET, the first
     assert sorted(listed(home, hub.url)) == ["demo-ck:f16", "moondream-demo"]  # the stored f16 is left alone
     assert run("rm", "demo-ck", home=home, hub_url=hub.url).returncode == 0
     r = run("pull", "demo-ck", "--quant", "f16", home=home, hub_url=hub.url)
