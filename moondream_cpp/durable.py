@@ -7,7 +7,6 @@ its download area and its store directory.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -15,9 +14,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+try:
+    import fcntl
+except ImportError:  # Windows: pulls of one model are not serialized there
+    fcntl = None
+
 
 def sync(path: Path) -> None:
     """fsync a file or a directory (a directory's fsync makes the names created or renamed in it durable)."""
+    if os.name == "nt" and path.is_dir():  # Windows cannot open a directory to fsync it
+        return
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -58,6 +64,10 @@ def exclusive(lock_file: Path, on_wait: Callable[[], None]) -> Iterator[None]:
     process lock a file nobody else sees). on_wait() is called once when another process holds it, before waiting."""
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    if fcntl is None:
+        os.close(fd)
+        yield
+        return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
