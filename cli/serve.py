@@ -1,8 +1,9 @@
-"""`moondream-cpp serve`: thin over moondream_cpp.server.create_app, run by uvicorn."""
+"""`moondream-cpp serve` and `web`: thin over moondream_cpp.server.create_app, run by uvicorn. Who can reach the
+server and what each option opens: docs/security.md."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -10,18 +11,29 @@ from moondream_cpp.errors import MoondreamError
 
 from .app import GPU_LAYERS, LOW_RAM, MMPROJ, MODEL, N_CTX, TEXT, THREADS, app, load_model, note
 
+HOST = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default; any other needs --api-key).")
+API_KEY = typer.Option(None, "--api-key", envvar="MOONDREAM_CPP_API_KEY", help="Require 'Authorization: Bearer KEY' "
+                       "on /v1/*; the web page asks for it.")
+ALLOWED_HOST = typer.Option(None, "--allowed-host", help="Another name the server answers to in the Host header "
+                            "(besides localhost and its addresses), e.g. behind a reverse proxy; repeatable; '*' "
+                            "turns the DNS-rebinding guard off.")
+ALLOWED_ORIGIN = typer.Option(None, "--allowed-origin", help="A web origin (https://app.example) whose pages may "
+                              "call the API from the browser; repeatable; '*' allows every site.")
+
 
 @app.command()
 def serve(
     model: Optional[str] = MODEL,
     text: Optional[Path] = TEXT,
     mmproj: Optional[Path] = MMPROJ,
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default)."),
+    host: str = HOST,
     port: int = typer.Option(2020, "--port", min=1, max=65535, help="Port (2020, as Moondream Station)."),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="MOONDREAM_CPP_API_KEY",
-                                          help="Require 'Authorization: Bearer KEY' on every route but /health."),
+    api_key: Optional[str] = API_KEY,
+    allowed_host: Optional[List[str]] = ALLOWED_HOST,
+    allowed_origin: Optional[List[str]] = ALLOWED_ORIGIN,
     allow_remote_images: bool = typer.Option(False, "--allow-remote-images", help="Let requests name http(s) "
-                                             "image URLs (fetched with a timeout and a size limit)."),
+                                             "image URLs of public addresses (fetched with a deadline and a size "
+                                             "limit)."),
     media_root: Optional[Path] = typer.Option(None, "--media-root", help="Let requests name local image files "
                                               "under this directory."),
     max_body_mb: float = typer.Option(32, "--max-body-mb", min=0.01, help="Largest request body accepted."),
@@ -32,9 +44,9 @@ def serve(
     low_ram: bool = LOW_RAM,
 ):
     """Serve the model over HTTP: /v1/chat/completions (OpenAI), /v1/caption and /v1/query (moondream client),
-    /v1/models, /health, and the web demo at /."""
-    _serve(model, text, mmproj, host, port, api_key, allow_remote_images, media_root, max_body_mb, max_queue,
-           threads, gpu_layers, n_ctx, low_ram, what="the API")
+    /v1/models, /v1/status, /health, and the web demo at /."""
+    _serve(model, text, mmproj, host, port, api_key, allowed_host, allowed_origin, allow_remote_images, media_root,
+           max_body_mb, max_queue, threads, gpu_layers, n_ctx, low_ram, what="the API")
 
 
 @app.command()
@@ -42,8 +54,11 @@ def web(
     model: Optional[str] = MODEL,
     text: Optional[Path] = TEXT,
     mmproj: Optional[Path] = MMPROJ,
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default)."),
+    host: str = HOST,
     port: int = typer.Option(7860, "--port", min=1, max=65535, help="Port."),
+    api_key: Optional[str] = API_KEY,
+    allowed_host: Optional[List[str]] = ALLOWED_HOST,
+    allowed_origin: Optional[List[str]] = ALLOWED_ORIGIN,
     threads: Optional[int] = THREADS,
     gpu_layers: Optional[int] = GPU_LAYERS,
     n_ctx: Optional[int] = N_CTX,
@@ -51,26 +66,36 @@ def web(
 ):
     """The web demo: upload or paste an image, ask questions, streamed answers, captions, timings. Fully offline:
     one page served by the same server as the API."""
-    _serve(model, text, mmproj, host, port, None, False, None, 32, 16, threads, gpu_layers, n_ctx, low_ram,
-           what="the web demo")
+    _serve(model, text, mmproj, host, port, api_key, allowed_host, allowed_origin, False, None, 32, 16, threads,
+           gpu_layers, n_ctx, low_ram, what="the web demo")
 
 
-def _serve(model, text, mmproj, host, port, api_key, allow_remote_images, media_root, max_body_mb, max_queue,
-           threads, gpu_layers, n_ctx, low_ram, what):
+def _serve(model, text, mmproj, host, port, api_key, allowed_host, allowed_origin, allow_remote_images, media_root,
+           max_body_mb, max_queue, threads, gpu_layers, n_ctx, low_ram, what):
     try:
         import uvicorn
 
         from moondream_cpp.server import ImagePolicy, ServerConfig, create_app
+        from moondream_cpp.server.guard import is_loopback
     except ImportError:
         raise MoondreamError("serve needs the server extra: pip install 'moondream-cpp[server]'") from None
+    if not is_loopback(host) and not api_key:
+        # refused, not warned: a LAN-wide server without a key lets every device there use the model (and
+        # --media-root's files); a warning scrolls by unseen
+        raise typer.BadParameter(f"{host} is reachable from other machines: set --api-key KEY (or "
+                                 "MOONDREAM_CPP_API_KEY) to serve there, or bind 127.0.0.1", param_hint="'--host'")
     if media_root is not None and not media_root.is_dir():
         raise MoondreamError(f"--media-root {media_root} is not a directory")
     md = load_model(model, text, mmproj, n_threads=threads, n_gpu_layers=gpu_layers, n_ctx=n_ctx, low_ram=low_ram)
     policy = ImagePolicy(allow_remote=allow_remote_images, media_root=media_root,
                          max_image_bytes=int(max_body_mb * 2**20))
     cfg = ServerConfig(api_key=api_key, max_body_bytes=int(max_body_mb * 2**20), max_queue=max_queue,
-                       images=policy)
+                       images=policy, host=host, allowed_hosts=tuple(allowed_host or ()),
+                       allowed_origins=tuple(allowed_origin or ()))
     base = f"http://{host}:{port}"
     note(f"serving {md.name}: {what} at {base}/ (web demo) and {base}/v1 (OpenAI and moondream clients)"
          f"{', API key required' if api_key else ''}")
-    uvicorn.run(create_app(md, cfg), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    # connections at once (each may be sending a body of up to --max-body-mb): the queue, those decoding, and some
+    # room for /health and the page; uvicorn answers more with 503
+    uvicorn.run(create_app(md, cfg), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5,
+                limit_concurrency=2 * max_queue + 16)

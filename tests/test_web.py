@@ -71,3 +71,30 @@ def test_upload_ask_stream_follow_up(tmp_path):
         expect(page.locator(".bot").last).to_have_text("K")
         browser.close()
     assert outside == []  # no CDN, fonts or analytics
+
+
+@needs_chromium
+def test_with_an_api_key_the_page_asks_for_it_and_answers(tmp_path):
+    """--api-key: the page and its images load without the key; /v1 needs it, so the page asks for it once and
+    sends it (the example thumbnails and the answer prove both)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with server("--api-key", "s3cret", home=tmp_path) as (url, _), sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        page.goto(url + "/")
+        expect(page.locator("#keyform")).to_be_visible()
+        expect(page.locator("#model")).to_contain_text("API key")
+        page.wait_for_function("[...document.querySelectorAll('#examples img')].filter(i => i.naturalWidth > 0)"
+                               ".length === 3")  # static files need no key
+        page.fill("#key", "s3cret")
+        page.click("#usekey")
+        expect(page.locator("#model")).to_contain_text("moondream-demo")
+        expect(page.locator("#keyform")).to_be_hidden()
+        page.locator("#examples img").first.click()
+        expect(page.locator("#preview")).to_be_visible()
+        page.fill("#q", "What color is the circle?")
+        page.click("#send")
+        expect(page.locator(".bot.done")).to_have_count(1, timeout=60_000)
+        expect(page.locator(".bot").last).to_have_text("red")
+        browser.close()

@@ -1,30 +1,33 @@
 """The HTTP face: OpenAI-compatible /v1/chat/completions and /v1/models, Moondream-Station-style /v1/caption and
-/v1/query, /health. Every bad request is a 4xx JSON error in the OpenAI shape; nothing a client sends stops the
-server. Thin over Engine (the model and its queue), the request models in schemas and the parsers in openai_api /
-images; the model's worker thread runs for the app's lifespan."""
+/v1/query, /v1/status, /health and the web demo. Every bad request is a 4xx JSON error in the OpenAI shape; nothing
+a client sends stops the server. Thin over Guard (who may talk to it), Intake (request -> queued job, bounded),
+Engine (the model and its queue) and the response shapes in openai_api; the worker runs for the app's lifespan."""
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
+import logging
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import spec
 from ..errors import MoondreamError
-from .engine import Engine, Job
+from .engine import Engine, Job, Ticket
 from .errors import ApiError
+from .guard import Guard
 from .images import ImagePolicy
-from .images import load as load_image_ref
+from .intake import Intake
 from .openai_api import chunk, completion, generation_options, new_id, refuse_unsupported, timings, to_query, usage
-from .schemas import CaptionRequest, ChatRequest, QueryRequest, parse
+from .schemas import CaptionRequest, ChatRequest, QueryRequest
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -34,11 +37,38 @@ class ServerConfig:
     max_queue: int = 16
     images: ImagePolicy = field(default_factory=ImagePolicy)
     model_name: str | None = None
+    host: str = "127.0.0.1"  # the bind address: Host headers naming it are answered (guard.py)
+    allowed_hosts: tuple[str, ...] = ()  # more names the server answers to ("*": any)
+    allowed_origins: tuple[str, ...] = ()  # other sites whose pages may call the API ("*": any)
+
+
+class JobStream(StreamingResponse):
+    """An SSE answer whose job is cancelled however the response ends (finished, client gone, or never sent)."""
+
+    def __init__(self, job: Job, content):
+        super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self.job = job
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.job.cancel()
+
+
+async def _client_left(request: Request) -> None:
+    """Returns when the client hangs up (the body has been read: what the server receives next is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        await asyncio.sleep(0.05)
 
 
 def create_app(model, config: ServerConfig | None = None) -> FastAPI:
     cfg = config or ServerConfig()
     engine = Engine(model, cfg.max_queue)
+    # no text longer than the context times the longest token can fit: refused before the worker tokenizes it
+    longest_token = max((len(model.token_bytes(t)) for t in range(model.n_vocab)), default=16)
+    intake = Intake(engine, cfg.images, image_size=model.image_size, max_body_bytes=cfg.max_body_bytes,
+                    max_text_bytes=model.n_ctx * max(longest_token, 1))
     name = cfg.model_name or model.name
     started = time.time()
 
@@ -49,8 +79,11 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
             yield
         finally:  # the answer being written ends at its next token, waiting requests are dropped
             engine.close()
+            intake.close()
 
     app = FastAPI(title="moondream-cpp", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.add_middleware(Guard, bind_host=cfg.host, allowed_hosts=cfg.allowed_hosts,
+                       allowed_origins=cfg.allowed_origins, api_key=cfg.api_key, max_body_bytes=cfg.max_body_bytes)
 
     def error_response(e: ApiError):
         return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
@@ -65,44 +98,27 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def _bug(_, e):
-        return error_response(ApiError(500, f"internal error: {e.__class__.__name__}"))
+        log.error("a request failed", exc_info=e)
+        return error_response(ApiError(500, f"internal error ({e.__class__.__name__}); see the server log"))
 
-    @app.middleware("http")
-    async def _guard(request: Request, call_next):
-        # auth on every route but /health; both OpenAI (Bearer) and the moondream client's header are accepted
-        if cfg.api_key and request.url.path != "/health":
-            got = request.headers.get("authorization", "")
-            token = got[7:] if got.lower().startswith("bearer ") else request.headers.get("x-moondream-auth", "")
-            if not hmac.compare_digest(token.encode(), cfg.api_key.encode()):
-                return error_response(ApiError(401, "missing or wrong API key (send Authorization: Bearer KEY)",
-                                               code="invalid_api_key"))
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > cfg.max_body_bytes:
-            # a client still sending when we close gets a broken pipe, not our 413: read (and drop) a body up to
-            # 8x the limit first; a larger one is cut off at once
-            if int(length) <= 8 * cfg.max_body_bytes:
-                async for _ in request.stream():
-                    pass
-            return error_response(ApiError(413, f"the request body is {length} bytes, over the "
-                                           f"{cfg.max_body_bytes}-byte limit", code="body_too_large"))
-        return await call_next(request)
+    def queued(job: Job, ticket: Ticket) -> Job:
+        try:
+            return engine.submit(job, ticket)
+        except BaseException:
+            ticket.release()
+            raise
 
-    async def body(request: Request) -> bytes:
-        """The raw body, refused as soon as it passes the limit (a chunked body has no Content-Length to check)."""
-        raw = bytearray()
-        async for part in request.stream():
-            raw += part
-            if len(raw) > cfg.max_body_bytes:
-                raise ApiError(413, f"the request body is over the {cfg.max_body_bytes}-byte limit",
-                               code="body_too_large")
-        return bytes(raw)
-
-    async def image_of(ref):
-        return await asyncio.to_thread(load_image_ref, ref, cfg.images)  # decoding is CPU work: off the loop
-
-    async def job_answer(job: Job):
-        engine.submit(job)
-        return await job.answer()
+    async def answered(job: Job, request: Request):
+        """The whole answer; None when the client hung up first (its generation is cancelled, as for a stream)."""
+        getting = asyncio.ensure_future(job.answer())
+        leaving = asyncio.ensure_future(_client_left(request))
+        try:
+            await asyncio.wait({getting, leaving}, return_when=asyncio.FIRST_COMPLETED)
+            return getting.result() if getting.done() else None
+        finally:
+            job.cancel()  # a no-op once answered
+            for task in (getting, leaving):
+                task.cancel()
 
     def sse(obj) -> str:
         return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
@@ -119,14 +135,16 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=static), name="static")
 
     @app.get("/", include_in_schema=False)
-    async def page():  # the web demo (static/index.html), all offline
+    async def page():  # the web demo (static/index.html), all offline; it asks for the API key when one is set
         return FileResponse(static / "index.html")
 
     @app.get("/health")
-    async def health():
-        return {"status": "ok", "model": name, "busy": engine.busy, "waiting": engine.waiting,
-                "served": engine.served, "cancelled": engine.cancelled, "last": engine.last,
-                "uptime_s": round(time.time() - started, 1)}
+    async def health():  # liveness only, open to all: nothing about the model's use or past requests
+        return {"status": "ok"}
+
+    @app.get("/v1/status")
+    async def status():  # behind the API key like the rest of /v1
+        return {**engine.status(), "model": name, "uptime_s": round(time.time() - started, 1)}
 
     @app.get("/v1/models")
     async def models():
@@ -137,15 +155,16 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        req = parse(ChatRequest, await body(request))
+        req = await intake.parse(ChatRequest, request)
         refuse_unsupported(req)
         ref, history, question = to_query(req.messages)
-        job = Job(await image_of(ref), question, history, generation_options(req, model.n_ctx))
+        options = generation_options(req, model.n_ctx)
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        job = queued(*await intake.job(ref, question, history, options))
         cid = new_id()
         if not req.stream:
-            return completion(name, await job_answer(job), cid)
-        engine.submit(job)  # a full queue is a 503 before any byte of the stream is sent
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            a = await answered(job, request)
+            return completion(name, a, cid) if a is not None else Response(status_code=499)
 
         async def gen():
             yield sse(chunk(name, cid, {"role": "assistant", "content": ""}))
@@ -160,20 +179,21 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
                     yield sse(chunk(name, cid, {}, finish, extra))
             yield "data: [DONE]\n\n"
 
-        return StreamingResponse(stream_guarded(gen(), lambda e: sse(e.body()) + "data: [DONE]\n\n"),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return JobStream(job, stream_guarded(gen(), lambda e: sse(e.body()) + "data: [DONE]\n\n"))
 
-    async def station(req, question: str, key: str):
+    async def station(request: Request, req, question: str, key: str):
         """Moondream Station's /v1/caption and /v1/query: `key` names the answer ("caption" or "answer")."""
-        job = Job(await image_of(req.image_url), question, [], generation_options(req.settings, model.n_ctx))
+        options = generation_options(req.settings, model.n_ctx)
+        job = queued(*await intake.job(req.image_url, question, [], options))
         if not req.stream:
-            a = await job_answer(job)
+            a = await answered(job, request)
+            if a is None:
+                return Response(status_code=499)
             return {key: a.text, "request_id": new_id(),
                     "metrics": {"input_tokens": a.timings.get("prompt_tokens", 0),
                                 "output_tokens": a.timings.get("generated_tokens", 0),
                                 "prefill_time_ms": a.timings.get("prompt_ms", 0.0),
                                 "decode_time_ms": a.timings.get("generation_ms", 0.0)}}
-        engine.submit(job)
 
         async def gen():
             async for kind, value in job.stream():
@@ -183,23 +203,22 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
                     yield sse({"completed": True, "finish_reason": value.finish_reason,
                                "timings": timings(value.timings)})
 
-        return StreamingResponse(stream_guarded(gen(), lambda e: sse({**e.body(), "completed": True})),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return JobStream(job, stream_guarded(gen(), lambda e: sse({**e.body(), "completed": True})))
 
     @app.post("/v1/caption")
     async def caption(request: Request):
-        req = parse(CaptionRequest, await body(request))
+        req = await intake.parse(CaptionRequest, request)
         try:
             question = spec.caption_question(req.length)
         except MoondreamError as e:
             raise ApiError(400, str(e), param="length") from None
-        return await station(req, question, "caption")
+        return await station(request, req, question, "caption")
 
     @app.post("/v1/query")
     async def query(request: Request):
-        req = parse(QueryRequest, await body(request))
+        req = await intake.parse(QueryRequest, request)
         if not req.question.strip():
             raise ApiError(400, "question is required", param="question")
-        return await station(req, req.question, "answer")
+        return await station(request, req, req.question, "answer")
 
     return app

@@ -1,6 +1,8 @@
 """One model, many clients: requests wait in a bounded queue for the single llama context, answered by one worker
-thread. Pieces of an answer reach the waiting request through its asyncio queue; a request that goes away (client
-disconnect) is cancelled and its generation stops at the next token, freeing the worker."""
+thread. A request takes its place in the queue (a Ticket) before its image is decoded, so a full server says 503
+before spending memory on it; what waits is the preprocessed pixels, not the decoded upload. Pieces of an answer
+reach the waiting request through its asyncio queue; a request that goes away (client disconnect) is cancelled and
+its generation stops at the next token, freeing the worker."""
 from __future__ import annotations
 
 import asyncio
@@ -9,7 +11,7 @@ import queue
 import threading
 from dataclasses import dataclass, field
 
-from ..errors import MoondreamError, PromptTooLongError
+from ..errors import ModelFileError, MoondreamError, PromptTooLongError
 from ..options import GenerationOptions
 from ..runtime import Moondream
 from .errors import ApiError
@@ -19,7 +21,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Job:
-    image: object  # a decoded PIL image
+    image: object  # the preprocessed uint8 pixels (image_size x image_size x 3)
     question: str
     history: list = field(default_factory=list)
     options: GenerationOptions = field(default_factory=GenerationOptions)
@@ -62,11 +64,26 @@ class Job:
             self.cancel()
 
 
+class Ticket:
+    """A place in the queue, held from before the image is decoded until the worker takes the job (or the request
+    fails first and gives it back)."""
+
+    def __init__(self, engine: "Engine"):
+        self._engine, self._held = engine, True
+
+    def release(self):
+        if self._held:
+            self._held = False
+            self._engine._leave()
+
+
 class Engine:
     def __init__(self, model: Moondream, max_queue: int = 16):
         self.model = model
         self.max_queue = max_queue
-        self._q: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
+        self._q: queue.Queue[tuple[Job, Ticket] | None] = queue.Queue()  # bounded by the tickets
+        self._places = 0  # tickets held: requests decoding their image or waiting for the worker
+        self._lock = threading.Lock()
         self.busy = False
         self.served = 0
         self.cancelled = 0  # answers stopped because their client went away
@@ -77,37 +94,62 @@ class Engine:
     def start(self):
         self._thread.start()
 
-    def submit(self, job: Job) -> Job:
-        try:
-            self._q.put_nowait(job)
-        except queue.Full:
-            raise ApiError(503, f"the server is busy ({self.max_queue} requests waiting); retry shortly",
-                           code="server_busy", headers={"Retry-After": "1"}) from None
+    def _busy_error(self) -> ApiError:
+        return ApiError(503, f"the server is busy ({self.max_queue} requests waiting); retry shortly",
+                        code="server_busy", headers={"Retry-After": "1"})
+
+    def check_room(self) -> None:
+        """503 now if the queue is full (before a request fetches or decodes anything)."""
+        if self._places >= self.max_queue:
+            raise self._busy_error()
+
+    def admit(self) -> Ticket:
+        """A place in the queue, or 503."""
+        with self._lock:
+            if self._places >= self.max_queue:
+                raise self._busy_error()
+            self._places += 1
+        return Ticket(self)
+
+    def _leave(self):
+        with self._lock:
+            self._places -= 1
+
+    def submit(self, job: Job, ticket: Ticket) -> Job:
+        """Queue `job` in the place `ticket` holds (the worker gives the place back when it takes the job)."""
+        self._q.put((job, ticket))
         return job
 
     @property
     def waiting(self) -> int:
-        return self._q.qsize()
+        return self._places
+
+    def status(self) -> dict:
+        return {"busy": self.busy, "waiting": self.waiting, "served": self.served, "cancelled": self.cancelled,
+                "last": self.last}
 
     def close(self):
         """Stop: the answer being written ends at its next token, waiting requests are dropped."""
         self._stopping.set()
         while True:
             try:
-                job = self._q.get_nowait()
+                item = self._q.get_nowait()
             except queue.Empty:
                 break
-            if job is not None:
-                job.cancel()
+            if item is not None:
+                item[0].cancel()
+                item[1].release()
         self._q.put(None)
         if self._thread.is_alive():
             self._thread.join(timeout=30)
 
     def _work(self):
         while True:
-            job = self._q.get()
-            if job is None:
+            item = self._q.get()
+            if item is None:
                 return
+            job, ticket = item
+            ticket.release()
             if job.cancelled.is_set():
                 continue
             self.busy = True
@@ -115,6 +157,9 @@ class Engine:
                 self._run(job)
             except PromptTooLongError as e:
                 job._emit("error", ApiError(400, str(e), param="messages", code="context_length_exceeded"))
+            except ModelFileError:  # the model's files, not the request: the log names them, the client hears 500
+                log.exception("the model's files failed while answering")
+                job._emit("error", ApiError(500, "the model could not be used; see the server log"))
             except MoondreamError as e:
                 job._emit("error", ApiError(400, str(e)))
             except Exception as e:  # a bug: the client hears of it without details, the log keeps them

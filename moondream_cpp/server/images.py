@@ -1,21 +1,28 @@
-"""Image references in requests -> decoded images, safely: data: URIs (base64), http(s) only when allowed (with time
-and size limits), local paths only under a media root. Every refusal is an ApiError with a 4xx status."""
+"""Image references in requests -> bytes -> the model's preprocessed pixels, safely: data: URIs (base64), http(s)
+only when allowed (remote.py), local paths only under a media root. Every refusal is an ApiError with a 4xx status.
+The functions here block (base64, file reads, decoding): the server runs them off its event loop, and the long ones
+work in slices so that no single call holds the interpreter lock for long."""
 from __future__ import annotations
 
 import base64
 import binascii
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from typing import Callable
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
 
 from ..errors import ImageError
-from ..image import load_image
+from ..image import load_image, preprocess
 from .errors import ApiError
 
-_DATA_URI = re.compile(
-    r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w-]+=[^;,]*)*)(?P<b64>;base64)?,(?P<data>.*)$", re.S)
+_DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w-]+=[^;,]*)*)(?P<b64>;base64)?,", re.S)
+_BASE64_HEAD = re.compile(r"[A-Za-z0-9+/=\s]{16,}")
+_SLICE = 256 * 1024  # characters of base64 per step (a few ms each)
 
 
 @dataclass
@@ -23,93 +30,114 @@ class ImagePolicy:
     allow_remote: bool = False
     media_root: Path | None = None
     max_image_bytes: int = 20 * 2**20
-    remote_timeout_s: float = 10.0
+    remote_timeout_s: float = 10.0  # the whole fetch: resolve, connect, headers and body
+    # tests only, never set by the CLI: fetch from loopback (an image server in the test) / resolve names by a stub
+    allow_loopback_fetches: bool = False
+    resolver: Callable | None = None
 
 
-def _decode_base64(s: str) -> bytes:
-    try:
-        raw = base64.b64decode(re.sub(r"\s+", "", s), validate=True)
-    except (binascii.Error, ValueError):
-        raise ApiError(400, "the image is not valid base64", param="image_url") from None
+def kind_of(ref: str) -> str:
+    """"data", "remote" or "local"; a 400 for a scheme that is none of them."""
+    if not isinstance(ref, str) or not ref.strip():
+        raise ApiError(400, "image_url must be a non-empty string (a data: URI, or a URL or path where allowed)",
+                       param="image_url")
+    ref = ref.strip()
+    if _DATA_URI.match(ref):
+        return "data"
+    if "://" not in ref and not ref.startswith(("/", ".", "~")) and _BASE64_HEAD.fullmatch(ref[:64]):
+        return "data"  # bare base64, as the moondream client sends
+    scheme = urlsplit(ref[:2048]).scheme.lower()
+    if scheme in ("http", "https"):
+        return "remote"
+    if scheme in ("file", ""):
+        return "local"
+    raise ApiError(400, f"image URL scheme {scheme[:20]!r} is not allowed; send a data: URI", param="image_url")
+
+
+def read_inline(ref: str, policy: ImagePolicy) -> bytes:
+    """The bytes of a data: URI or bare base64."""
+    ref = ref.strip()
+    m = _DATA_URI.match(ref)
+    if m and not m.group("b64"):
+        raise ApiError(400, "data: URIs must be base64 encoded (data:image/png;base64,...)", param="image_url")
+    raw = _decode_base64(ref, m.end() if m else 0)
+    return _bounded(raw, policy)
+
+
+def _decode_base64(s: str, start: int) -> bytes:
+    """s[start:] as base64 (whitespace allowed), a slice at a time: one call over 30 MB would hold the interpreter
+    lock for a third of a second, freezing every other request."""
+    out, carry = [], ""
+    for i in range(start, len(s), _SLICE):
+        piece = carry + "".join(s[i:i + _SLICE].split())
+        cut = len(piece) - len(piece) % 4
+        try:
+            out.append(base64.b64decode(piece[:cut], validate=True))
+        except (binascii.Error, ValueError):
+            raise ApiError(400, "the image is not valid base64", param="image_url") from None
+        carry = piece[cut:]
+    if carry:
+        raise ApiError(400, "the image is not valid base64", param="image_url")
+    raw = b"".join(out)
     if not raw:
         raise ApiError(400, "the image is empty", param="image_url")
     return raw
 
 
-def fetch(ref: str, policy: ImagePolicy) -> bytes:
-    """The bytes an image reference points at (not yet decoded)."""
-    if not isinstance(ref, str) or not ref.strip():
-        raise ApiError(400, "image_url must be a non-empty string (a data: URI, or a URL or path where allowed)",
-                       param="image_url")
-    ref = ref.strip()
-    m = _DATA_URI.match(ref)
-    if m:
-        if not m.group("b64"):
-            raise ApiError(400, "data: URIs must be base64 encoded (data:image/png;base64,...)", param="image_url")
-        raw = _decode_base64(m.group("data"))
-    elif "://" not in ref and not ref.startswith(("/", ".", "~")) and re.fullmatch(r"[A-Za-z0-9+/=\s]{16,}", ref):
-        raw = _decode_base64(ref)  # bare base64, as the moondream client sends
-    else:
-        scheme = urlparse(ref).scheme.lower()
-        if scheme in ("http", "https"):
-            raw = _remote(ref, policy)
-        elif scheme in ("file", ""):
-            raw = _local(unquote(urlparse(ref).path) if scheme == "file" else ref, policy)
-        else:
-            raise ApiError(400, f"image URL scheme {scheme!r} is not allowed; send a data: URI", param="image_url")
+def _bounded(raw: bytes, policy: ImagePolicy) -> bytes:
     if len(raw) > policy.max_image_bytes:
         raise ApiError(413, f"the image is {len(raw)} bytes, over the {policy.max_image_bytes}-byte limit",
                        param="image_url")
     return raw
 
 
-def _remote(url: str, policy: ImagePolicy) -> bytes:
-    if not policy.allow_remote:
-        raise ApiError(400, "remote image URLs are disabled on this server (start it with --allow-remote-images); "
-                       "send the image as a data: URI", param="image_url")
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=policy.remote_timeout_s) as r:
-            raw = r.read(policy.max_image_bytes + 1)
-    except Exception as e:  # network, HTTP status, timeout
-        raise ApiError(400, f"could not fetch the image URL ({_fetch_failure(e, policy)}); check the URL or send the "
-                       "image as a data: URI", param="image_url") from None
-    return raw
-
-
-def _fetch_failure(e: Exception, policy: ImagePolicy) -> str:
-    """What went wrong, in words: urllib's own str() is a repr such as '<urlopen error [Errno 111] ...>'."""
-    import socket
-    import urllib.error
-
-    if isinstance(e, urllib.error.HTTPError):
-        return f"the server answered HTTP {e.code} {e.reason}"
-    reason = e.reason if isinstance(e, urllib.error.URLError) else e
-    if isinstance(reason, (TimeoutError, socket.timeout)):
-        return f"no answer within {policy.remote_timeout_s:g} s"
-    if isinstance(reason, OSError) and reason.strerror:
-        return reason.strerror
-    return str(reason) or reason.__class__.__name__
-
-
-def _local(path: str, policy: ImagePolicy) -> bytes:
+def read_local(ref: str, policy: ImagePolicy) -> bytes:
+    """A file under the media root, read race-free: the path is resolved and checked, then opened without following
+    a symlink that appeared since, and the opened file itself must be a regular file under the root; at most the
+    size limit is read."""
     if policy.media_root is None:
         raise ApiError(400, "local image paths are disabled on this server (start it with --media-root DIR); send "
                        "the image as a data: URI", param="image_url")
+    ref = ref.strip()
+    path = unquote(urlsplit(ref).path) if ref.lower().startswith("file:") else ref
     root = policy.media_root.resolve()
-    p = (root / Path(path).expanduser()).resolve() if not os.path.isabs(path) else Path(path).resolve()
-    if root != p and root not in p.parents:
-        raise ApiError(403, f"{path} is outside the media root", param="image_url")
-    if not p.is_file():
-        raise ApiError(404, f"{path}: no such image under the media root", param="image_url")
-    return p.read_bytes()
-
-
-def load(ref: str, policy: ImagePolicy):
-    """Fetch and decode: a PIL RGB image, or ApiError (a non-image or a decompression bomb is a 400)."""
-    raw = fetch(ref, policy)
+    p = (root / path).resolve()  # an absolute `path` replaces root here; "~" means nothing on a server
+    # the client's own path is not echoed: its words are enough, and a message then never names a server path
+    outside = ApiError(403, "image_url names a file outside the media root", param="image_url")
+    missing = ApiError(404, "image_url names no image file under the media root", param="image_url")
+    if not _under(p, root):
+        raise outside
+    try:  # O_NONBLOCK: a FIFO put there opens at once (and is refused below) instead of hanging this thread
+        fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        raise missing from None
     try:
-        return load_image(raw)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise missing
+        real = f"/proc/self/fd/{fd}"
+        if os.path.exists(real) and not _under(Path(os.readlink(real)), root):
+            raise outside  # a directory on the way was swapped for a symlink after the check
+        if st.st_size > policy.max_image_bytes:
+            raise ApiError(413, f"the image is {st.st_size} bytes, over the {policy.max_image_bytes}-byte limit",
+                           param="image_url")
+        chunks, total = [], 0
+        while total <= policy.max_image_bytes and (piece := os.read(fd, min(1 << 20, policy.max_image_bytes + 1))):
+            chunks.append(piece)
+            total += len(piece)
+        return _bounded(b"".join(chunks), policy)  # a file that grew while read is still cut at the limit
+    finally:
+        os.close(fd)
+
+
+def _under(p: Path, root: Path) -> bool:
+    return p == root or root in p.parents
+
+
+def decode(raw: bytes, size: int) -> np.ndarray:
+    """The model's input: the image decoded (allow-listed formats and sizes, image.load_image) and stretched to
+    size x size uint8 RGB; the full-size decoded image is dropped before this returns."""
+    try:
+        return preprocess(load_image(raw), size)
     except ImageError as e:
         raise ApiError(400, str(e), param="image_url") from None

@@ -1,0 +1,85 @@
+"""From a request to a queued job, in the order that keeps a hostile or unlucky client cheap: the body is read with
+its limit enforced while it arrives (chunks joined once), a large body is parsed off the event loop, every value is
+checked (400s) before anything is queued, a full queue is a 503 before the image is fetched or decoded, at most a
+few images decode at once, and what waits in the queue is the model's small preprocessed pixels."""
+from __future__ import annotations
+
+import asyncio
+
+from starlette.requests import Request
+
+from . import images
+from .engine import Engine, Job, Ticket
+from .errors import ApiError
+from .images import ImagePolicy
+from .remote import RemoteFetcher
+from .schemas import parse
+
+DECODE_SLOTS = 2  # images decoded at once: each may briefly need its full decoded size (up to 256 MB)
+PARSE_OFF_LOOP_BYTES = 256 * 1024  # bodies above this are parsed in a thread
+
+
+class Intake:
+    def __init__(self, engine: Engine, policy: ImagePolicy, *, image_size: int, max_body_bytes: int,
+                 max_text_bytes: int):
+        self.engine, self.policy = engine, policy
+        self.image_size = image_size
+        self.max_body_bytes, self.max_text_bytes = max_body_bytes, max_text_bytes
+        self.decoding = asyncio.Semaphore(DECODE_SLOTS)
+        self.remote = RemoteFetcher(policy)
+
+    def close(self):
+        self.remote.close()
+
+    async def body(self, request: Request) -> bytes:
+        """The raw body, refused as soon as it passes the limit (a chunked body has no Content-Length to check)."""
+        chunks, size = [], 0
+        async for part in request.stream():
+            size += len(part)
+            if size > self.max_body_bytes:
+                raise ApiError(413, f"the request body is over the {self.max_body_bytes}-byte limit",
+                               code="body_too_large")
+            chunks.append(part)
+        return b"".join(chunks)
+
+    async def parse(self, model, request: Request):
+        raw = await self.body(request)
+        if len(raw) > PARSE_OFF_LOOP_BYTES:
+            return await asyncio.to_thread(parse, model, raw)
+        return parse(model, raw)
+
+    def check_text(self, question: str, history=()) -> None:
+        """400 for text that cannot fit the context whatever its tokens (the model's longest token times its
+        context length), before it reaches the single worker that would tokenize it."""
+        size = len(question.encode()) + sum(len(q.encode()) + len(a.encode()) for q, a in history)
+        if size > self.max_text_bytes:
+            raise ApiError(400, f"the question and chat history are {size} bytes of text, more than the model's "
+                           f"context can hold ({self.max_text_bytes} bytes at most); shorten them",
+                           param="messages", code="context_length_exceeded")
+
+    async def pixels(self, ref: str) -> tuple[Ticket, object]:
+        """A place in the queue and the image's preprocessed pixels; 503 (queue full) before any fetching or
+        decoding."""
+        kind = images.kind_of(ref)
+        if kind == "remote" and not self.policy.allow_remote:
+            raise ApiError(400, "remote image URLs are disabled on this server (start it with "
+                           "--allow-remote-images); send the image as a data: URI", param="image_url")
+        self.engine.check_room()
+        if kind == "remote":
+            raw = await self.remote.fetch(ref.strip())  # bounded by the same size limit
+        elif kind == "data":
+            raw = await asyncio.to_thread(images.read_inline, ref, self.policy)
+        else:
+            raw = await asyncio.to_thread(images.read_local, ref, self.policy)
+        ticket = self.engine.admit()
+        try:
+            async with self.decoding:
+                return ticket, await asyncio.to_thread(images.decode, raw, self.image_size)
+        except BaseException:
+            ticket.release()
+            raise
+
+    async def job(self, ref: str, question: str, history, options) -> tuple[Job, Ticket]:
+        self.check_text(question, history)
+        ticket, pixels = await self.pixels(ref)
+        return Job(pixels, question, history, options), ticket
