@@ -10,9 +10,10 @@ import numpy as np
 from gguf import GGUFValueType as T
 from gguf import TokenType
 
-from . import spec
+from . import gguf_rules, spec
 from .errors import ModelFileError
 from .gguf_header import MAGIC, HeaderError, TensorEntry, read_header
+from .gguf_tensors import check_tensors, mmproj_table, text_table
 
 # element types of the array keys that llama.cpp reads with a fixed type
 _ARRAY_ITEM = {
@@ -24,6 +25,7 @@ _ARRAY_ITEM = {
     "clip.vision.feature_layer": T.INT32,
 }
 _KIND_OF_ARCH = {spec.ARCH_TEXT: "text", spec.ARCH_MMPROJ: "mmproj"}
+MIN_QUESTION_POSITIONS = 16  # a model's context must hold its image and at least this much question and answer
 
 
 @dataclass
@@ -106,6 +108,10 @@ def read_gguf(path: str | os.PathLike, expected_kind: str) -> GGUFFile:
     missing = [k for k in required if k not in keys]
     if missing:
         raise ModelFileError(f"{path}: required metadata missing: {', '.join(missing)}; re-convert the model")
+    unknown = gguf_rules.unknown_keys(keys, arch, table)
+    if unknown:
+        raise ModelFileError(f"{path}: metadata key(s) {', '.join(unknown[:3])} are not part of a moondream model: "
+                             "llama.cpp would act on them (some values abort it); re-convert the model")
     tensors, entries = {}, {}
     for t in header.tensors:
         if t.offset + t.nbytes > size:
@@ -116,38 +122,38 @@ def read_gguf(path: str | os.PathLike, expected_kind: str) -> GGUFFile:
     return GGUFFile(path, arch, keys, tensors, size, entries)
 
 
-def _need(f: GGUFFile, names: list[str]) -> None:
-    missing = [n for n in names if n not in f.tensors]
-    if missing:
-        raise ModelFileError(f"{f.path}: missing tensor(s) {', '.join(missing[:4])}"
-                             f"{' ...' if len(missing) > 4 else ''}; the file is incomplete: re-convert it")
+def _refuse(f: GGUFFile, problem: str | None) -> None:
+    if problem:
+        raise ModelFileError(f"{f.path}: {problem}; llama.cpp cannot run this file (it would abort): re-convert it")
 
 
-def _shape(f: GGUFFile, name: str, want: tuple) -> None:
-    got = f.tensors[name][0]
-    if got != want:
-        raise ModelFileError(f"{f.path}: tensor {name} has shape {got}, expected {want}; the file is inconsistent")
+def _rows(f: GGUFFile, name: str) -> int:
+    """The first (PyTorch-order) dimension of a tensor that shapes others: the vocabulary, the projector widths."""
+    if name not in f.entries:
+        raise ModelFileError(f"{f.path}: missing tensor(s) {name}; the file is incomplete: re-convert it")
+    ne = f.entries[name].ne
+    return int(ne[-1]) if ne else 0
 
 
 def check_text(path) -> TextInfo:
     f = read_gguf(path, "text")
     k = f.keys
-    n_embd, n_layer = int(k["phi2.embedding_length"]), int(k["phi2.block_count"])
+    n_embd, n_layer, n_head = int(k["phi2.embedding_length"]), int(k["phi2.block_count"]), \
+        int(k["phi2.attention.head_count"])
     n_ff = int(k["phi2.feed_forward_length"])
-    names = ["token_embd.weight", "output_norm.weight", "output_norm.bias", "output.weight", "output.bias"]
-    for i in range(n_layer):
-        names += [f"blk.{i}.attn_norm.weight", f"blk.{i}.attn_norm.bias", f"blk.{i}.attn_output.weight",
-                  f"blk.{i}.ffn_up.weight", f"blk.{i}.ffn_down.weight"]
-        if f"blk.{i}.attn_qkv.weight" not in f.tensors:
-            names += [f"blk.{i}.attn_q.weight", f"blk.{i}.attn_k.weight", f"blk.{i}.attn_v.weight"]
-    _need(f, names)
-    n_vocab = f.tensors["token_embd.weight"][0][0]
-    _shape(f, "token_embd.weight", (n_vocab, n_embd))
-    _shape(f, "output.weight", (n_vocab, n_embd))
-    _shape(f, "blk.0.ffn_up.weight", (n_ff, n_embd))
+    if "phi2.attention.layer_norm_epsilon" not in k:
+        _refuse(f, "phi2.attention.layer_norm_epsilon is missing")
+    _refuse(f, gguf_rules.text_dims_problem(
+        n_embd=n_embd, n_head=n_head, n_head_kv=int(k.get("phi2.attention.head_count_kv", n_head)), n_layer=n_layer,
+        n_ff=n_ff, n_rot=int(k["phi2.rope.dimension_count"]), n_ctx=int(k["phi2.context_length"]),
+        eps=k["phi2.attention.layer_norm_epsilon"]))
+    n_vocab = _rows(f, "token_embd.weight")
+    check_tensors(f.path, f.entries, text_table(f.entries, n_embd=n_embd, n_ff=n_ff, n_vocab=n_vocab,
+                                                n_layer=n_layer))
     tokens = k["tokenizer.ggml.tokens"]
     if len(tokens) != n_vocab:
         raise ModelFileError(f"{f.path}: {len(tokens)} tokenizer tokens but {n_vocab} embedding rows; re-convert it")
+    _refuse(f, gguf_rules.text_keys_problem(k, n_vocab))
     types = k.get("tokenizer.ggml.token_type")
     types = np.ones(len(tokens), np.int32) if types is None else np.asarray(types)
     real = np.nonzero(types != TokenType.UNUSED)[0]  # UNUSED rows only pad the matrix
@@ -165,30 +171,22 @@ def check_text(path) -> TextInfo:
 def check_mmproj(path) -> MmprojInfo:
     f = read_gguf(path, "mmproj")
     k = f.keys
-    if k["clip.projector_type"] != "mlp":
-        raise ModelFileError(f"{f.path}: projector type {k['clip.projector_type']!r}; moondream needs 'mlp'")
-    if not k.get("clip.has_vision_encoder"):
-        raise ModelFileError(f"{f.path} has no vision encoder")
     n_blocks = int(k["clip.vision.block_count"])
     width = int(k["clip.vision.embedding_length"])
     image, patch = int(k["clip.vision.image_size"]), int(k["clip.vision.patch_size"])
-    if patch <= 0 or image % patch:
-        raise ModelFileError(f"{f.path}: image size {image} is not a multiple of patch size {patch}")
-    names = ["v.patch_embd.weight", "v.position_embd.weight", "mm.0.weight", "mm.0.bias", "mm.2.weight", "mm.2.bias"]
-    for i in range(n_blocks):
-        names += [f"v.blk.{i}.{t}.weight" for t in ("ln1", "ln2", "attn_q", "attn_k", "attn_v", "attn_out",
-                                                      "ffn_up", "ffn_down")]
-    _need(f, names)
+    n_ff = int(k["clip.vision.feed_forward_length"])
+    _refuse(f, gguf_rules.mmproj_keys_problem(k, n_blocks) or gguf_rules.vision_dims_problem(
+        n_embd=width, n_head=int(k["clip.vision.attention.head_count"]), n_ff=n_ff, n_layer=n_blocks,
+        image_size=image, patch_size=patch, eps=k["clip.vision.attention.layer_norm_epsilon"]))
     n_patches = (image // patch) ** 2
-    pos = f.tensors["v.position_embd.weight"][0]
-    if pos[-2] != n_patches or pos[-1] != width:
-        raise ModelFileError(f"{f.path}: position embeddings {pos} do not fit {n_patches} patches of width {width}")
-    _shape(f, "v.blk.0.attn_q.weight", (width, width))
+    out = _rows(f, "mm.2.weight")
+    check_tensors(f.path, f.entries, mmproj_table(n_embd=width, n_ff=n_ff, n_layer=n_blocks, patch=patch,
+                                                  n_patches=n_patches, hidden=_rows(f, "mm.0.weight"),
+                                                  out_width=out))
     layers = k.get("clip.vision.feature_layer")
     layers = [] if layers is None else [int(x) for x in layers]
     # without feature_layer, mtmd runs block_count-1 blocks (LLaVA habit); the duplicate-block layout relies on it
     n_run = max(layers) if layers else n_blocks - 1
-    out = f.tensors["mm.2.weight"][0][0]
     return MmprojInfo(f, image, n_patches, out, n_run)
 
 
@@ -198,4 +196,7 @@ def check_pair(text_path, mmproj_path) -> tuple[TextInfo, MmprojInfo]:
         raise ModelFileError(f"these files do not belong together: {mm.file.path.name} projects images to width "
                              f"{mm.n_embd_out} but {text.file.path.name} has width {text.n_embd}; use the mmproj "
                              "converted from the same checkpoint")
+    if text.n_ctx < mm.n_patches + MIN_QUESTION_POSITIONS:
+        raise ModelFileError(f"{text.file.path.name}'s context of {text.n_ctx} positions cannot hold the "
+                             f"{mm.n_patches} image positions of {mm.file.path.name} and a question")
     return text, mm

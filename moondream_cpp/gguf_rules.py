@@ -1,0 +1,135 @@
+"""The values llama.cpp 0.3.36 accepts for a moondream pair, beyond their types: what the converter may write and what
+gguf_check lets through. llama.cpp aborts the whole process (GGML_ASSERT) on many values it reads without a check:
+a block count of 0 or over 512 (LLAMA_MAX_LAYERS), an expert count without experts in use, an unknown RoPE scaling
+type, a head length other than width / heads, odd RoPE dimensions or more than a head holds (at the first decode),
+a negative or NaN norm epsilon, vision heads that do not divide the width (at the first image).
+
+Each function answers with what is wrong, in a sentence, or None; callers name the file (or checkpoint) around it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+from . import spec
+
+MAX_LAYERS = 512  # LLAMA_MAX_LAYERS (src/llama-hparams.h); mtmd runs any count but moondream has 24..28
+MAX_WIDTH = 1 << 16  # far above moondream's (2048 text, 1152 vision), far below an int32 overflow in shapes
+MAX_CONTEXT = 1 << 20
+MAX_IMAGE = 8192  # clip.cpp's own limit on clip.vision.image_size
+MAX_PREFIX_CHARS = 64  # moondream.prompt.answer_prefix: "Answer:" and friends, never a prompt of its own
+STOP_RULES = ("eos", "end_marker")
+VISION_GELUS = ("erf", "tanh")
+TOKENIZER_MODEL = "gpt2"  # moondream's tokenizer is GPT-2 byte-level BPE, and the runtime relies on it
+
+
+def _eps(eps) -> str | None:
+    if not isinstance(eps, (int, float)) or not math.isfinite(eps) or not 0 < eps < 1:
+        return f"layer norm epsilon {eps!r} is not a small positive number"
+    return None
+
+
+def _count(name: str, value, low: int = 1, high: int = MAX_WIDTH) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        return f"{name} is {value!r}, not between {low} and {high}"
+    return None
+
+
+def text_dims_problem(*, n_embd, n_head, n_head_kv, n_layer, n_ff, n_rot, n_ctx, eps) -> str | None:
+    """The phi2 dimensions llama.cpp builds the text model from (keys phi2.*)."""
+    problem = (_count("the block count", n_layer, 1, MAX_LAYERS) or _count("the width", n_embd)
+               or _count("the head count", n_head) or _count("the feed-forward width", n_ff, 1, 4 * MAX_WIDTH)
+               or _count("the context length", n_ctx, 1, MAX_CONTEXT) or _eps(eps))
+    if problem:
+        return problem
+    if n_embd % n_head:
+        return f"the width {n_embd} is not a multiple of the {n_head} heads"
+    if n_head_kv != n_head:
+        return f"{n_head_kv} key/value heads for {n_head} heads (moondream's Phi has one per head)"
+    head = n_embd // n_head
+    if isinstance(n_rot, bool) or not isinstance(n_rot, int) or n_rot < 2 or n_rot % 2 or n_rot > head:
+        return f"{n_rot!r} rotary dimensions: RoPE needs an even count from 2 to the head size ({head})"
+    return None
+
+
+def vision_dims_problem(*, n_embd, n_head, n_ff, n_layer, image_size, patch_size, eps) -> str | None:
+    """The clip dimensions mtmd builds the vision tower from (keys clip.vision.*)."""
+    problem = (_count("the vision block count", n_layer, 1, MAX_LAYERS) or _count("the vision width", n_embd)
+               or _count("the vision head count", n_head) or _count("the vision MLP width", n_ff, 1, 4 * MAX_WIDTH)
+               or _count("the patch size", patch_size, 1, MAX_IMAGE)
+               or _count("the image size", image_size, 1, MAX_IMAGE)
+               or _eps(eps))
+    if problem:
+        return problem
+    if n_embd % n_head:
+        return f"the vision width {n_embd} is not a multiple of the {n_head} heads"
+    if image_size % patch_size:
+        return f"the image size {image_size} is not a multiple of the patch size {patch_size}"
+    return None
+
+
+def unknown_keys(keys: Mapping, arch: str, known: Mapping) -> list[str]:
+    """Keys of the architecture's own namespace (phi2.*, clip.*) that are not in our table: llama.cpp reads many
+    more of them than we write (experts, RoPE scaling, sliding windows, audio encoders...) and acts on them, some
+    by aborting; keys of other namespaces it does not read for these architectures, or reads with a check."""
+    return [k for k in keys if k.startswith(arch + ".") and k not in known]
+
+
+def text_keys_problem(keys: Mapping, n_vocab: int) -> str | None:
+    """The text file's other values: RoPE base, tokenizer, and our moondream.* keys."""
+    base = keys.get("phi2.rope.freq_base", spec.ROPE_BASE)
+    if not math.isfinite(base) or base <= 0:
+        return f"phi2.rope.freq_base is {base!r}, not a positive number"
+    if keys.get("tokenizer.ggml.model") != TOKENIZER_MODEL:
+        return f"tokenizer.ggml.model is {keys.get('tokenizer.ggml.model')!r}; moondream's tokenizer is 'gpt2'"
+    for key in ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"):
+        if key not in keys:
+            return f"{key} is missing"
+    for key in ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.unknown_token_id"):
+        if key in keys and not 0 <= keys[key] < n_vocab:
+            return f"{key} is {keys[key]}, outside the {n_vocab}-token vocabulary"
+    tokens = keys["tokenizer.ggml.tokens"]
+    if any(not t for t in tokens):
+        return "the tokenizer has an empty token"
+    if len(set(tokens)) != len(tokens):
+        return "the tokenizer lists a token twice"  # llama.cpp asserts every token text is unique
+    types = keys.get("tokenizer.ggml.token_type")
+    if types is not None and len(types) != len(tokens):
+        return f"{len(types)} token types for {len(tokens)} tokens"
+    if types is not None and len(types) and (min(types) < 0 or max(types) > 6):
+        return "a token type is not one of llama.cpp's (0-6)"
+    return _moondream_keys_problem(keys)
+
+
+def _moondream_keys_problem(keys: Mapping) -> str | None:
+    if keys.get(spec.MD_STOP_RULE, STOP_RULES[0]) not in STOP_RULES:
+        return f"{spec.MD_STOP_RULE} is {keys[spec.MD_STOP_RULE]!r}, not one of {', '.join(STOP_RULES)}"
+    if keys.get(spec.MD_VISION_GELU, VISION_GELUS[0]) not in VISION_GELUS:
+        return f"{spec.MD_VISION_GELU} is {keys[spec.MD_VISION_GELU]!r}, not one of {', '.join(VISION_GELUS)}"
+    if len(keys.get(spec.MD_ANSWER_PREFIX, "")) > MAX_PREFIX_CHARS:
+        return f"{spec.MD_ANSWER_PREFIX} is longer than {MAX_PREFIX_CHARS} characters"
+    if spec.MD_VISION_EPS in keys and _eps(keys[spec.MD_VISION_EPS]):
+        return f"{spec.MD_VISION_EPS}: {_eps(keys[spec.MD_VISION_EPS])}"
+    if spec.MD_MAX_NEW_TOKENS in keys:
+        return _count(spec.MD_MAX_NEW_TOKENS, keys[spec.MD_MAX_NEW_TOKENS], 1, MAX_CONTEXT)
+    return None
+
+
+def mmproj_keys_problem(keys: Mapping, n_layer: int) -> str | None:
+    """The mmproj's other values: projector, activation, normalisation, feature layers."""
+    if keys["clip.projector_type"] != "mlp":
+        return f"projector type {keys['clip.projector_type']!r}; moondream needs 'mlp'"
+    if keys.get("clip.has_vision_encoder") is not True:
+        return "it has no vision encoder (clip.has_vision_encoder is not true)"
+    if keys.get("clip.use_gelu") and keys.get("clip.use_silu"):
+        return "clip.use_gelu and clip.use_silu are both true"
+    for key in ("clip.vision.image_mean", "clip.vision.image_std"):
+        values = [float(v) for v in keys[key]]
+        if len(values) != 3 or not all(math.isfinite(v) for v in values):
+            return f"{key} is {values[:6]}, not three numbers (one per colour)"
+        if key.endswith("std") and min(values) <= 0:
+            return f"{key} is {values}: a deviation must be positive"
+    layers = keys.get("clip.vision.feature_layer")
+    if layers is not None and any(not 0 < int(v) <= n_layer for v in layers):
+        return f"clip.vision.feature_layer {list(layers)[:6]} names blocks outside 1..{n_layer}"
+    return None
