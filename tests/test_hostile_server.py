@@ -268,6 +268,27 @@ def test_a_client_that_hangs_up_cancels_its_plain_request(one_place):
     assert last["finish_reason"] == "cancelled" and last["generated_tokens"] < 1500
 
 
+def test_connections_at_once_are_bounded(one_place):
+    """Each connection may be sending a body of up to --max-body-mb: from 2 x --max-queue + 16 of them on (18
+    here), uvicorn answers 503 instead of taking another; when they go, the server answers again."""
+    url, _ = one_place
+    host, port = url.split("//")[1].split(":")
+    hogs = []
+    try:
+        for _ in range(17):
+            hogs.append(socket.create_connection((host, int(port))))
+            hogs[-1].sendall(f"POST /v1/query HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+                             f"Content-Length: 1000000\r\n\r\n{{".encode())  # a body that never ends
+            time.sleep(0.05)  # each one taken in before the next
+        assert request(url, "/health")[0] == 503
+        while len(hogs) > 1:
+            hogs.pop().close()
+        assert wait_for(lambda: request(url, "/health")[0] == 200, 10)
+    finally:
+        for s in hogs:
+            s.close()
+
+
 def test_waiting_requests_hold_small_pixels_not_decoded_images(slow_model, tmp_path):
     """12 requests with a 5000x5000 image (75 MB decoded each) wait behind a long answer: the queue holds the
     model's preprocessed pixels and at most two images decode at once, so the server's peak RSS grows by a fraction

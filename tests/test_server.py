@@ -39,8 +39,10 @@ def free_port() -> int:
 @contextmanager
 def server(*args, home, command="serve"):
     port = free_port()
-    p = subprocess.Popen([CLI, command, "--port", str(port), *map(str, args)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env={**os.environ, "MOONDREAM_CPP_HOME": str(home)})
+    log = Path(home) / f"server-{port}.log"  # a file, not a pipe: a chatty server never blocks on a full pipe
+    with open(log, "w") as out:
+        p = subprocess.Popen([CLI, command, "--port", str(port), *map(str, args)], stdout=out, stderr=out, text=True,
+                             env={**os.environ, "MOONDREAM_CPP_HOME": str(home)})
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(300):
@@ -49,7 +51,7 @@ def server(*args, home, command="serve"):
                 break
             except OSError:
                 if p.poll() is not None:
-                    raise AssertionError(p.stderr.read())
+                    raise AssertionError(log.read_text())
                 time.sleep(0.1)
         yield url, p
     finally:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from . import images
 from .engine import Engine, Job, Ticket
@@ -34,12 +34,15 @@ class Intake:
     async def body(self, request: Request) -> bytes:
         """The raw body, refused as soon as it passes the limit (a chunked body has no Content-Length to check)."""
         chunks, size = [], 0
-        async for part in request.stream():
-            size += len(part)
-            if size > self.max_body_bytes:
-                raise ApiError(413, f"the request body is over the {self.max_body_bytes}-byte limit",
-                               code="body_too_large")
-            chunks.append(part)
+        try:
+            async for part in request.stream():
+                size += len(part)
+                if size > self.max_body_bytes:
+                    raise ApiError(413, f"the request body is over the {self.max_body_bytes}-byte limit",
+                                   code="body_too_large")
+                chunks.append(part)
+        except ClientDisconnect:  # gone mid-body: nobody to answer, and no bug to log
+            raise ApiError(400, "the client went away before sending its whole body") from None
         return b"".join(chunks)
 
     async def parse(self, model, request: Request):
