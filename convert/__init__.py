@@ -14,6 +14,7 @@ from moondream_cpp.errors import CheckpointError
 from moondream_cpp.outputs import writable_dir
 
 from .checkpoint import Checkpoint, load_checkpoint
+from .checkpoint_dims import valid_name
 from .gguf_out import OutTensor, atomic_path, scratch_path, write_gguf
 from .pad_gguf import with_padded_mlp
 from .quantize import MMPROJ_TYPES, TEXT_TYPES, quantize
@@ -178,6 +179,9 @@ def convert(checkpoint_dir: str | Path, out_dir: str | Path, text_type: str = "f
         raise CheckpointError(f"unknown text type {text_type!r}; choose one of {', '.join(TEXT_TYPES)}")
     if mmproj_type not in MMPROJ_TYPES:
         raise CheckpointError(f"unknown mmproj type {mmproj_type!r}; choose one of {', '.join(MMPROJ_TYPES)}")
+    if name is not None and not valid_name(name):
+        raise CheckpointError(f"--name {name[:60]!r} is not a plain file name stem (letters, digits, '.', '_', '-', "
+                              "'+')")
     ck = load_checkpoint(checkpoint_dir, revision)
     out_dir = writable_dir(out_dir, "-o/--out-dir")
     name = name or ck.name

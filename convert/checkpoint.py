@@ -2,98 +2,18 @@
 from __future__ import annotations
 
 import json
-import math
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from moondream_cpp import spec
+from moondream_cpp import gguf_rules, spec
 from moondream_cpp.errors import CheckpointError
+from moondream_cpp.gguf_check import MIN_QUESTION_POSITIONS
 
-_ST_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64}
+from .checkpoint_dims import TextDims, VisionDims, check_shapes, config_int, text_dims, valid_name, vision_dims
+from .safetensors_files import SafetensorsFiles
 
-
-class SafetensorsFiles:
-    """Tensors of one or more .safetensors shards, each a read-only np.memmap view (nothing is read up front)."""
-
-    def __init__(self, files: list[Path]):
-        self._where: dict[str, tuple[Path, str, list[int], int, int]] = {}
-        for f in files:
-            with open(f, "rb") as fh:
-                raw = fh.read(8)
-                if len(raw) < 8:
-                    raise CheckpointError(f"{f} is not a safetensors file (too short)")
-                (n,) = struct.unpack("<Q", raw)
-                if n > 100_000_000 or n > f.stat().st_size - 8:
-                    raise CheckpointError(f"{f} is not a valid safetensors file (bad header length)")
-                try:
-                    header = json.loads(fh.read(n))
-                except ValueError as e:
-                    raise CheckpointError(f"{f} has a corrupt safetensors header: {e}") from None
-            base = 8 + n
-            for name, info in header.items():
-                if name == "__metadata__":
-                    continue
-                if info["dtype"] not in _ST_DTYPES:
-                    raise CheckpointError(f"{f}: tensor {name} has unsupported dtype {info['dtype']}")
-                start, end = info["data_offsets"]
-                if base + end > f.stat().st_size:
-                    raise CheckpointError(f"{f} is truncated: tensor {name} ends past the end of the file")
-                self._where[name] = (f, info["dtype"], info["shape"], base + start, end - start)
-
-    def names(self) -> list[str]:
-        return list(self._where)
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._where[name][2])
-
-    def get(self, name: str) -> np.ndarray:
-        """The tensor as float32 (a fresh array; the memmap view is dropped right after)."""
-        shape = self.shape(name)
-        return self.get_rows(name, 0, shape[0] if shape else 1).reshape(shape)
-
-    def get_rows(self, name: str, start: int, stop: int) -> np.ndarray:
-        """Rows start:stop of the tensor's first dimension as float32, flat; only those bytes are mapped and read."""
-        path, dtype, shape, offset, nbytes = self._where[name]
-        row = math.prod(shape[1:]) if len(shape) > 1 else 1
-        item = np.dtype(_ST_DTYPES[dtype]).itemsize
-        count = (stop - start) * row
-        if count == 0:
-            return np.zeros(0, np.float32)
-        raw = np.memmap(path, dtype=_ST_DTYPES[dtype], mode="r", offset=offset + start * row * item, shape=(count,))
-        if dtype == "BF16":
-            out = (raw.astype(np.uint32) << 16).view(np.float32)
-        else:
-            out = raw.astype(np.float32)
-        del raw
-        return out
-
-
-@dataclass(frozen=True)
-class TextDims:
-    n_embd: int
-    n_layer: int
-    n_head: int
-    n_ff: int
-    n_vocab: int
-    rotary_dim: int
-    n_ctx: int
-    eps: float
-
-
-@dataclass(frozen=True)
-class VisionDims:
-    n_embd: int
-    n_layer: int
-    n_head: int
-    n_ff: int
-    patch_size: int
-    image_size: int
-    n_patches: int
-    proj_hidden: int
-    proj_out: int
+# re-exported: where the reference model and the tests have always found them
+__all__ = ["Checkpoint", "SafetensorsFiles", "TextDims", "VisionDims", "detect_revision", "load_checkpoint"]
 
 
 @dataclass
@@ -113,8 +33,14 @@ class Checkpoint:
 def _shards(path: Path) -> list[Path]:
     index = path / "model.safetensors.index.json"
     if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return sorted({path / f for f in weight_map.values()})
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+            raise CheckpointError(f"{index} is not a valid index (a JSON object with a weight_map)") from None
+        bad = [f for f in shards if not isinstance(f, str) or not valid_name(f) or not (path / f).is_file()]
+        if bad:
+            raise CheckpointError(f"{index} names shard {str(bad[0])[:80]!r}, not a file in {path}")
+        return sorted(path / f for f in shards)
     single = path / "model.safetensors"
     if single.exists():
         return [single]
@@ -134,10 +60,16 @@ def _text_config(config: dict) -> dict:
     return {}
 
 
+def _section(config: dict, key: str) -> dict:
+    value = config.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def detect_revision(config: dict, override: str | None = None) -> spec.Revision:
     """The checkpoint's revision: the caller's choice, our config key, or what config.json proves; never a guess."""
     choices = ", ".join(spec.REVISIONS)
     name = override or config.get("moondream_revision")
+    name = name if name is None or isinstance(name, str) else str(name)
     if name is None:
         if isinstance(config.get("text_config"), dict):
             name = "2024-05-08"  # phi_config was renamed text_config in MD@3346cd7, just before 2024-05-08
@@ -181,8 +113,13 @@ def load_checkpoint(path: str | Path, revision: str | None = None) -> Checkpoint
         raise CheckpointError(f"no config.json in {path}: is this an HF moondream checkpoint directory?")
     try:
         config = json.loads(cfg_file.read_text())
-    except ValueError as e:
+    except (ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{cfg_file} is not a JSON object")
+    if "moondream_name" in config and not valid_name(config["moondream_name"]):
+        raise CheckpointError(f"{cfg_file}: moondream_name {str(config['moondream_name'])[:60]!r} is not a plain name "
+                              "(letters, digits, '.', '_', '-', '+')")
     tensors = SafetensorsFiles(_shards(path))
     names = set(tensors.names())
     for bad, why in spec.REFUSED_TENSORS.items():
@@ -201,57 +138,28 @@ def load_checkpoint(path: str | Path, revision: str | None = None) -> Checkpoint
     n_text = _count_blocks(names, "text_model.transformer.h.")
     # multi-crop revisions (>= 2024-05-20) feed the projector 2 x vision width
     fc1_name = spec.PROJECTION_PREFIX + "fc1.weight"
-    fc1 = tensors.shape(fc1_name) if fc1_name in names else None
-    patch = tensors.shape(spec.VISION_PREFIX + "patch_embed.linear.weight")
-    if fc1 is not None and fc1[1] == 2 * patch[0]:
+    fc1 = tensors.shape(fc1_name) if fc1_name in names else ()
+    patch_name = spec.VISION_PREFIX + "patch_embed.linear.weight"
+    patch = tensors.shape(patch_name) if patch_name in names else ()
+    if len(fc1) == 2 and len(patch) == 2 and fc1[1] == 2 * patch[0]:
         raise CheckpointError("this is a multi-crop moondream2 revision (2024-05-20 or later, projector input "
                               f"{fc1[1]} = 2 x {patch[0]}); a single llama.cpp mmproj cannot run it. "
                               "Use the 2024-05-08 or an earlier revision")
     _check_names(names, n_vision, n_text)
 
-    v_embd, patch_in = patch
-    patch_size = int(round(math.sqrt(patch_in / 3)))
-    n_patches = tensors.shape(spec.VISION_PREFIX + "pos_embed")[-2]
-    grid = int(round(math.sqrt(n_patches)))
-    if 3 * patch_size * patch_size != patch_in or grid * grid != n_patches:
-        raise CheckpointError(f"unexpected vision shapes: patch embedding {patch}, {n_patches} positions")
-    vcfg = config.get("vision_config", {}) or {}
-    vision = VisionDims(
-        n_embd=v_embd,
-        n_layer=n_vision,
-        n_head=int(vcfg.get("num_heads", 16)),
-        n_ff=tensors.shape(spec.VISION_PREFIX + "blocks.0.mlp.fc1.weight")[0],
-        patch_size=patch_size,
-        image_size=grid * patch_size,
-        n_patches=n_patches,
-        proj_hidden=fc1[0],
-        proj_out=tensors.shape(spec.PROJECTION_PREFIX + "fc2.weight")[0],
-    )
-    if v_embd % vision.n_head:
-        raise CheckpointError(f"vision width {v_embd} is not divisible by {vision.n_head} heads")
-
-    tcfg = _text_config(config)
-    n_vocab, n_embd = tensors.shape("text_model.transformer.embd.wte.weight")
-    n_head = int(tcfg.get("n_head", tcfg.get("num_attention_heads", 32)))
-    if n_embd % n_head:
-        raise CheckpointError(f"text width {n_embd} is not divisible by {n_head} heads (config.json)")
-    head_dim = n_embd // n_head
-    if "rotary_dim" in tcfg:
-        rotary = int(tcfg["rotary_dim"])
-    elif "partial_rotary_factor" in tcfg:
-        rotary = int(float(tcfg["partial_rotary_factor"]) * head_dim)
-    else:
-        rotary = min(32, head_dim)
-    text = TextDims(
-        n_embd=n_embd,
-        n_layer=n_text,
-        n_head=n_head,
-        n_ff=tensors.shape("text_model.transformer.h.0.mlp.fc1.weight")[0],
-        n_vocab=n_vocab,
-        rotary_dim=rotary,
-        n_ctx=int(tcfg.get("n_positions", tcfg.get("max_position_embeddings", 2048))),
-        eps=float(tcfg.get("layer_norm_epsilon", tcfg.get("layer_norm_eps", spec.TEXT_EPS))),
-    )
-    if vision.proj_out != text.n_embd:
-        raise CheckpointError(f"projector output width {vision.proj_out} != text width {text.n_embd}")
+    vcfg, tcfg = _section(config, "vision_config"), _text_config(config)
+    vision = vision_dims(tensors, config_int(vcfg, ("num_heads",), 16), n_vision)
+    text = text_dims(tensors, tcfg, n_text)
+    check_shapes(tensors, text, vision)
+    problem = gguf_rules.text_dims_problem(n_embd=text.n_embd, n_head=text.n_head, n_head_kv=text.n_head,
+                                           n_layer=text.n_layer, n_ff=text.n_ff, n_rot=text.rotary_dim,
+                                           n_ctx=text.n_ctx, eps=text.eps) \
+        or gguf_rules.vision_dims_problem(n_embd=vision.n_embd, n_head=vision.n_head, n_ff=spec.padded_ff(vision.n_ff),
+                                          n_layer=vision.n_layer + 1, image_size=vision.image_size,
+                                          patch_size=vision.patch_size, eps=rev.vision_eps)
+    if problem is None and text.n_ctx < vision.n_patches + MIN_QUESTION_POSITIONS:
+        problem = f"a context of {text.n_ctx} positions cannot hold the {vision.n_patches} image positions"
+    if problem:
+        raise CheckpointError(f"{cfg_file} and the weights give {problem}: llama.cpp could not run the converted "
+                              "model; is this an unmodified moondream checkpoint?")
     return Checkpoint(path, config, tensors, rev, text, vision)

@@ -28,16 +28,23 @@ def read_vocab(checkpoint_dir: Path, n_rows: int) -> Vocab:
     try:
         tj = json.loads(path.read_text(encoding="utf-8"))
         model = tj["model"]
-    except (ValueError, KeyError) as e:
-        raise CheckpointError(f"{path} is not a valid HF tokenizer file: {e}") from None
-    pre = tj.get("pre_tokenizer") or {}
+        pre = tj.get("pre_tokenizer") or {}
+        if not isinstance(model, dict) or not isinstance(pre, dict):
+            raise TypeError("model and pre_tokenizer must be objects")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{path} is not a valid HF tokenizer file: {e!r}") from None
     if model.get("type") != "BPE" or pre.get("type") != "ByteLevel":
         raise CheckpointError(f"{path}: expected a GPT-2 style byte-level BPE tokenizer (as phi-1.5's), got model "
                               f"{model.get('type')!r} with pre-tokenizer {pre.get('type')!r}")
-    by_id: dict[int, tuple[str, int]] = {i: (t, TokenType.NORMAL) for t, i in model["vocab"].items()}
-    for added in tj.get("added_tokens", []):
-        # added tokens are stored as raw text (llama.cpp matches user-defined tokens verbatim, like HF does)
-        by_id[added["id"]] = (added["content"], TokenType.CONTROL if added.get("special") else TokenType.USER_DEFINED)
+    try:
+        by_id: dict[int, tuple[str, int]] = {i: (t, TokenType.NORMAL) for t, i in model["vocab"].items()}
+        for added in tj.get("added_tokens", []):
+            # added tokens are stored as raw text (llama.cpp matches user-defined tokens verbatim, like HF does)
+            by_id[added["id"]] = (added["content"],
+                                  TokenType.CONTROL if added.get("special") else TokenType.USER_DEFINED)
+    except (AttributeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path} is not a valid HF tokenizer file: {e!r}") from None
+    _check_tokens(path, by_id)
     n_real = max(by_id) + 1
     if n_real > n_rows:
         raise CheckpointError(f"tokenizer has {n_real} tokens but the embedding matrix only {n_rows} rows")
@@ -46,13 +53,28 @@ def read_vocab(checkpoint_dir: Path, n_rows: int) -> Vocab:
         tok, typ = by_id.get(i, (f"[PAD{i}]", TokenType.UNUSED))
         tokens.append(tok)
         types.append(int(typ))
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    merges = [m if isinstance(m, str) else " ".join(map(str, m)) for m in model.get("merges") or []]
     if not merges:
         raise CheckpointError(f"{path} has no BPE merges; a GPT-2 style tokenizer needs its merges list")
     bos = next((i for i, (t, _) in by_id.items() if t == spec.BOS_TOKEN), None)
     if bos is None:
         raise CheckpointError(f"{path} has no {spec.BOS_TOKEN} token, which moondream uses as BOS and EOS")
     return Vocab(tokens, types, merges, bos)
+
+
+def _check_tokens(path: Path, by_id: dict) -> None:
+    """Ids are whole numbers, texts non-empty and each text once: llama.cpp aborts on a vocabulary that lists a token
+    text twice (it maps texts to ids both ways)."""
+    if not by_id:
+        raise CheckpointError(f"{path} has no tokens")
+    seen: dict[str, int] = {}
+    for i, (text, _) in by_id.items():
+        if isinstance(i, bool) or not isinstance(i, int) or i < 0 or not isinstance(text, str) or not text:
+            raise CheckpointError(f"{path}: token {str(text)[:40]!r} with id {str(i)[:20]} is not a non-empty text "
+                                  "with a non-negative whole-number id")
+        if text in seen:
+            raise CheckpointError(f"{path}: the token {text[:40]!r} has two ids ({seen[text]} and {i})")
+        seen[text] = i
 
 
 def vocab_keys(v: Vocab) -> list[tuple]:

@@ -187,3 +187,88 @@ def test_vision_mlp_padded_with_zeros_to_a_32_multiple(checkpoint, converted):
     _, q8 = converted("2024-04-02", "f16", "q8_0")
     types = {x.name: x.tensor_type.name for x in GGUFReader(q8).tensors if x.name.startswith("v.blk.")}
     assert {ty for n, ty in types.items() if n.endswith(".weight") and ".ln" not in n} == {"Q8_0"}
+
+
+# ------------------------------------------------------------------ config.json and weights llama.cpp cannot run
+@pytest.mark.parametrize("edit,message", [
+    (lambda c: c["phi_config"].update(partial_rotary_factor=1.5), "96 rotary dimensions.*head size .64"),
+    (lambda c: c["phi_config"].update(rotary_dim=15), "15 rotary dimensions"),
+    (lambda c: c["phi_config"].update(num_attention_heads=0), "head count is 0"),
+    (lambda c: c["phi_config"].update(num_attention_heads=3), "width 256 is not a multiple of the 3 heads"),
+    (lambda c: c["phi_config"].update(num_attention_heads="four"), "num_attention_heads is 'four', not a whole"),
+    (lambda c: c["phi_config"].update(max_position_embeddings=-5), "context length is -5"),
+    (lambda c: c["phi_config"].update(max_position_embeddings=40), "40 positions cannot hold the 64 image"),
+    (lambda c: c["phi_config"].update(layer_norm_eps=-1e-5), "epsilon -1e-05"),
+    (lambda c: c["vision_config"].update(num_heads=0), "vision head count is 0"),
+    (lambda c: c["vision_config"].update(num_heads=5), "vision width 128 is not a multiple of the 5 heads"),
+    (lambda c: c.update(moondream_name="../../evil"), "moondream_name '../../evil' is not a plain name"),
+    (lambda c: c.update(moondream_revision=["2024-04-02"]), "unknown revision"),
+])
+def test_config_values_llama_cpp_cannot_run_are_refused(checkpoint, tmp_path, edit, message):
+    """The converter used to write these (or fail with a traceback); the files aborted llama.cpp at load or at the
+    first decode (tests/test_hostile_models.py shows the same values in a GGUF do)."""
+    ck = copy_ck(checkpoint("2024-04-02"), tmp_path / "ck", edit_config=edit)
+    with pytest.raises(CheckpointError, match=message):
+        convert(ck, tmp_path / "out", "f32", "f32")
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_a_token_listed_twice_is_refused(checkpoint, tmp_path):
+    """llama.cpp aborts on a vocabulary with one text under two ids; the converter refuses to write one."""
+    ck = copy_ck(checkpoint("2024-04-02"), tmp_path / "ck")
+    tj = json.loads((ck / "tokenizer.json").read_text())
+    tj["added_tokens"].append(dict(id=50300, content="the", special=False))
+    (ck / "tokenizer.json").write_text(json.dumps(tj))
+    with pytest.raises(CheckpointError, match="the token 'the' has two ids"):
+        convert(ck, tmp_path / "out", "f32", "f32")
+
+
+def test_shards_named_outside_the_checkpoint_are_refused(checkpoint, tmp_path):
+    ck = copy_ck(checkpoint("2024-04-02"), tmp_path / "ck")
+    (ck / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": "../model.safetensors"}}))
+    with pytest.raises(CheckpointError, match="names shard '../model.safetensors', not a file in"):
+        load_checkpoint(ck)
+    (ck / "model.safetensors.index.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match="not a valid index"):
+        load_checkpoint(ck)
+
+
+def _safetensors_with(path, edit_header, tail=b""):
+    """A two-tensor safetensors file whose JSON header `edit_header` changed (lengths fixed up, data kept)."""
+    save_file({"a": np.arange(8, dtype=np.float16).reshape(2, 4), "b": np.arange(3, dtype=np.float32)}, str(path))
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8: 8 + n])
+    edit_header(header)
+    new = json.dumps(header).encode()
+    new += b" " * (-len(new) % 8)
+    path.write_bytes(len(new).to_bytes(8, "little") + new + raw[8 + n:] + tail)
+    return path
+
+
+@pytest.mark.parametrize("edit,tail,message", [
+    (lambda h: h["b"].update(shape=[7]), b"", "b of shape .7. .F32. needs 28 bytes but its header gives it 12"),
+    (lambda h: h["a"].update(shape=[4, 4]), b"", "a of shape .4, 4. .F16. needs 32 bytes but its header gives it 16"),
+    (lambda h: h["a"].update(data_offsets=[0, 16]), b"", "starts at byte .*overlap or leave a gap"),
+    (lambda h: h["a"].update(data_offsets=[16, 32]), b"\0" * 4, "overlap or leave a gap"),
+    (lambda h: None, b"\0" * 8, "trailing bytes"),
+    (lambda h: h["a"].update(data_offsets=[-16, 0]), b"", "malformed entry"),
+    (lambda h: h["a"].update(shape=[2.0, 4]), b"", "malformed entry"),
+    (lambda h: h.update(a=[1, 2]), b"", "malformed entry"),
+])
+def test_safetensors_headers_are_checked_like_the_safetensors_library(tmp_path, edit, tail, message):
+    """Each header lies (an oversize shape used to read the next tensor's bytes as its own): ours refuses it, as the
+    safetensors library does; an honest file reads the same values through both."""
+    from safetensors import safe_open
+
+    from moondream_cpp.convert.safetensors_files import SafetensorsFiles
+
+    good = _safetensors_with(tmp_path / "good.safetensors", lambda h: None)
+    with safe_open(str(good), "numpy") as f:
+        np.testing.assert_array_equal(SafetensorsFiles([good]).get("a"), f.get_tensor("a").astype(np.float32))
+    bad = _safetensors_with(tmp_path / "bad.safetensors", edit, tail)
+    with pytest.raises(CheckpointError, match=message):
+        SafetensorsFiles([bad])
+    with pytest.raises(Exception):
+        with safe_open(str(bad), "numpy") as f:
+            [f.get_tensor(k) for k in f.keys()]
