@@ -261,7 +261,7 @@ def test_safetensors_headers_are_checked_like_the_safetensors_library(tmp_path, 
     safetensors library does; an honest file reads the same values through both."""
     from safetensors import safe_open
 
-    from moondream_cpp.convert.safetensors_files import SafetensorsFiles
+    from moondream_cpp.convert.checkpoint import SafetensorsFiles
 
     good = _safetensors_with(tmp_path / "good.safetensors", lambda h: None)
     with safe_open(str(good), "numpy") as f:
