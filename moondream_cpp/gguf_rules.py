@@ -71,8 +71,9 @@ def vision_dims_problem(*, n_embd, n_head, n_ff, n_layer, image_size, patch_size
 def unknown_keys(keys: Mapping, arch: str, known: Mapping) -> list[str]:
     """Keys of the architecture's own namespace (phi2.*, clip.*) that are not in our table: llama.cpp reads many
     more of them than we write (experts, RoPE scaling, sliding windows, audio encoders...) and acts on them, some
-    by aborting; keys of other namespaces it does not read for these architectures, or reads with a check."""
-    return [k for k in keys if k.startswith(arch + ".") and k not in known]
+    by aborting. And split.*: a split model makes llama.cpp load more files, named after this one, that nobody
+    checked. Keys of other namespaces it does not read for these architectures, or reads with a check."""
+    return [k for k in keys if (k.startswith(arch + ".") and k not in known) or k.startswith("split.")]
 
 
 def text_keys_problem(keys: Mapping, n_vocab: int) -> str | None:
