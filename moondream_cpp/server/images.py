@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import os
 import re
 import stat
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 from urllib.parse import unquote, urlsplit
 
 import numpy as np
+from PIL import Image
 
 from ..errors import ImageError
-from ..image import load_image, preprocess
+from ..image import FORMATS, load_image, preprocess
 from .errors import ApiError
 
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w-]+=[^;,]*)*)(?P<b64>;base64)?,", re.S)
@@ -132,6 +135,18 @@ def read_local(ref: str, policy: ImagePolicy) -> bytes:
 
 def _under(p: Path, root: Path) -> bool:
     return p == root or root in p.parents
+
+
+def pixel_count(raw: bytes) -> int:
+    """Width x height from the image's header (nothing decoded); a huge number when the header does not read (the
+    decoder then says why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(raw), formats=FORMATS) as img:
+                return img.size[0] * img.size[1]
+    except Exception:  # noqa: BLE001 - any unreadable header: decode() reports it
+        return 1 << 62
 
 
 def decode(raw: bytes, size: int) -> np.ndarray:
