@@ -86,7 +86,7 @@ def read_gguf(path: str | os.PathLike, expected_kind: str) -> GGUFFile:
     keys = header.values
     types = {k: [t for t in v if t is not None] for k, v in header.types.items()}
     arch = keys.get("general.architecture")
-    if arch not in _KIND_OF_ARCH:
+    if not isinstance(arch, str) or arch not in _KIND_OF_ARCH:
         raise ModelFileError(f"{path} has architecture {arch!r}; moondream-cpp needs a phi2 text model and a clip "
                              "mmproj")
     kind = _KIND_OF_ARCH[arch]

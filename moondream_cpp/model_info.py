@@ -39,6 +39,7 @@ def describe(model: str | os.PathLike) -> dict:
             arch = read_header(first).values.get("general.architecture")
         except (HeaderError, OSError) as e:
             raise ModelFileError(f"{first} is not a readable GGUF file ({e})") from None
+        arch = arch if isinstance(arch, str) else repr(arch)  # any type, a list or an array included
         if arch == spec.ARCH_TEXT:
             return {"text": _text(gguf_check.check_text(first))}
         if arch == spec.ARCH_MMPROJ:

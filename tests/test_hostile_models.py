@@ -195,6 +195,8 @@ HEADER_CASES = {
     "absurd block count": (lambda g: g.set("phi2.block_count", T.UINT32, 2**32 - 1), "block count is 4294967295"),
     "a key twice": (lambda g: g.kvs.append(KV("general.name", T.STRING, "again")), "given twice"),
     "a split model": (lambda g: g.set("split.count", T.UINT16, 2), "split.count"),
+    "architecture as an array": (lambda g: g.set("general.architecture", T.ARRAY, ["phi2"], T.STRING),
+                                 r"architecture \['phi2'\]"),
 }
 
 
