@@ -200,3 +200,57 @@ def test_a_dripping_server_is_cut_off_and_cannot_starve_other_requests(fetching)
         assert sorted(results) == [400] * 4 + [503] * 2
     finally:
         drip.close()
+
+
+def test_the_pinned_connection_keeps_the_name_for_host_and_tls(tmp_path, monkeypatch):
+    """The name is resolved once and the connection goes to that address, while the Host header (and, over https,
+    SNI and the certificate check) still use the name."""
+    import functools
+    import http.server
+    import shutil
+    import ssl
+    import subprocess
+
+    from moondream_cpp.server import ImagePolicy, remote
+
+    lookups = []
+
+    def resolver(host, port, **_):
+        lookups.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+    policy = ImagePolicy(allow_remote=True, allow_loopback_fetches=True, resolver=resolver)
+    png = (EX / "shapes.png").read_bytes()
+    peer = Recorder(http_reply(body=png))
+    try:
+        assert remote.fetch_url(f"http://pics.test:{peer.port}/a.png?x=1", policy, time.monotonic() + 5) == png
+        assert lookups == ["pics.test"]
+        assert peer.seen[0].startswith(b"GET /a.png?x=1 HTTP/1.1\r\n")
+        assert f"Host: pics.test:{peer.port}\r\n".encode() in peer.seen[0]
+    finally:
+        peer.close()
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl to make a certificate")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", tmp_path / "k.pem", "-out",
+                    tmp_path / "c.pem", "-days", "1", "-subj", "/CN=pics.test", "-addext",
+                    "subjectAltName=DNS:pics.test"], check=True, capture_output=True)
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+    tls = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(EX)))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
+    tls.socket = ctx.wrap_socket(tls.socket, server_side=True)
+    threading.Thread(target=tls.serve_forever, daemon=True).start()
+    port = tls.server_address[1]
+    try:
+        with pytest.raises(remote.FetchFailed):  # a certificate nobody vouches for
+            remote.fetch_url(f"https://pics.test:{port}/shapes.png", policy, time.monotonic() + 5)
+        trusting = ssl.create_default_context
+        monkeypatch.setattr(remote.ssl, "create_default_context", lambda: trusting(cafile=str(tmp_path / "c.pem")))
+        assert remote.fetch_url(f"https://pics.test:{port}/shapes.png", policy, time.monotonic() + 5) == png
+        with pytest.raises(remote.FetchFailed):  # the certificate names pics.test, not other.test
+            remote.fetch_url(f"https://other.test:{port}/shapes.png", policy, time.monotonic() + 5)
+    finally:
+        tls.shutdown()
