@@ -156,6 +156,7 @@ def _read(fh, size: int) -> Header:
             n = min(n * 4, MAX_HEADER_BYTES)
 
 
+TENSOR_ALIGNMENT = 32  # ggml's: llama.cpp maps tensors in place and aborts on data not at a multiple of it
 _MIN_KV_BYTES, _MIN_TENSOR_BYTES = 14, 25  # a key of 1 character and a 1-byte value; a 1-character, 1-D tensor
 GGML_MAX_NAME = 64  # ggml's limit on a tensor name's length (the terminating zero included)
 
@@ -222,6 +223,9 @@ def _tensors(raw: list, data_start: int, align: int) -> tuple[TensorEntry, ...]:
         if offset != expected:
             raise HeaderError(f"tensor {name} is at offset {offset} of the data, expected {expected} (right after "
                               "the tensor before it)")
+        if (data_start + offset) % TENSOR_ALIGNMENT:
+            raise HeaderError(f"tensor {name} starts at byte {data_start + offset} of the file, not a multiple of "
+                              f"{TENSOR_ALIGNMENT} ({Keys.General.ALIGNMENT} {align})")
         nbytes = n // block * tsize
         expected += -(-nbytes // align) * align
         tensors.append(TensorEntry(name, ne, qt, data_start + offset, nbytes))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import faulthandler
 import json
 import os
 import random
@@ -67,6 +68,7 @@ def run_cli(argv: list[str]) -> tuple[str, float, str]:
             os.close(r)
             os.dup2(w, 1)
             os.dup2(w, 2)
+            faulthandler.dump_traceback_later(HANG_S - 5, exit=True)  # a hang says where it hangs
             sys.argv = ["moondream-cpp", *argv]
             cli_main()
             code = 0
@@ -108,6 +110,7 @@ def fuzz(count: int, seed: int, only: int | None = None, log=None) -> dict:
 
     native.llama()  # the native library loaded once, before the children
     originals = {k: loads(p.read_bytes()) for k, p in FILES.items()}
+    load_before = os.getloadavg()[0]  # the times mean little on a busy machine: say how busy it was
     outcomes, times, failures, slowest, examples = {}, [], [], [], {}
     indices = [only] if only is not None else range(count)
     with tempfile.TemporaryDirectory(prefix="fuzz-gguf-") as tmp:
@@ -136,6 +139,7 @@ def fuzz(count: int, seed: int, only: int | None = None, log=None) -> dict:
     return {"count": len(times), "seed": seed, "outcomes": outcomes, "failures": len(failures),
             "max_seconds": round(max(times), 3), "mean_seconds": round(statistics.fmean(times), 3),
             "median_seconds": round(statistics.median(times), 3), "slowest": slowest,
+            "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)], "cpus": os.cpu_count(),
             "an_example_of_each_outcome": examples, "failed": failures[:50]}
 
 

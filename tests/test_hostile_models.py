@@ -176,6 +176,17 @@ def _header_case(tmp_path, name, edit, src=TEXT) -> Path:
     return path
 
 
+def _misaligned(g) -> None:
+    """general.alignment 8, a valid GGUF layout, with the data section made to start off ggml's 32-byte grid (header
+    padding); llama.cpp maps tensors in place and aborts on such a file."""
+    g.set("general.alignment", T.UINT32, 8)
+    for pad in range(32):
+        g.set("x.pad", T.STRING, "a" * pad)
+        g.relayout()
+        if (len(dumps(g)) - len(g.data)) % 32:
+            return
+
+
 HEADER_CASES = {
     "alignment 0": (lambda g: g.set("general.alignment", T.UINT32, 0), "general.alignment is 0"),
     "alignment 3": (lambda g: g.set("general.alignment", T.UINT32, 3), "not a power of two"),
@@ -195,6 +206,7 @@ HEADER_CASES = {
     "absurd block count": (lambda g: g.set("phi2.block_count", T.UINT32, 2**32 - 1), "block count is 4294967295"),
     "a key twice": (lambda g: g.kvs.append(KV("general.name", T.STRING, "again")), "given twice"),
     "a split model": (lambda g: g.set("split.count", T.UINT16, 2), "split.count"),
+    "data off the 32-byte grid": (_misaligned, "not a multiple of 32"),
     "architecture as an array": (lambda g: g.set("general.architecture", T.ARRAY, ["phi2"], T.STRING),
                                  r"architecture \['phi2'\]"),
 }
