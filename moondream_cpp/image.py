@@ -20,6 +20,7 @@ MAX_ASPECT = 64  # a longer side over 64 times the shorter is no picture moondre
 # Only these decoders ever see input: Pillow's other plugins include EPS (which runs Ghostscript where installed) and
 # rarely used parsers (FITS, PSD, JPEG 2000, ...) that an upload could reach.
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+ORIENTATION = 0x0112  # the EXIF tag
 CONVERT_BLOCK_BYTES = 16 * 2**20  # float64 scratch per block when 16-bit or float images are scaled to 8 bits
 
 
@@ -62,7 +63,8 @@ def load_image(source) -> Image.Image:
             if getattr(img, "is_animated", False):
                 img.seek(0)  # animated GIF/PNG/WebP: the first frame
             img.load()
-            img = ImageOps.exif_transpose(img)  # what a viewer shows: camera photos stored sideways are turned upright
+            if img.getexif().get(ORIENTATION, 1) != 1:  # exif_transpose copies the image even when nothing turns
+                img = ImageOps.exif_transpose(img)  # what a viewer shows: photos stored sideways are turned upright
             return _to_rgb(img)
     except ImageError:
         raise
@@ -79,7 +81,8 @@ def load_image(source) -> Image.Image:
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         img = _wide_grey_to_8bit(img)
-    return img.convert("RGB")  # as moondream's preprocess: alpha dropped, CMYK/palette/greyscale to RGB
+    # as moondream's preprocess: alpha dropped, CMYK/palette/greyscale to RGB (an RGB image is not copied again)
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def _wide_grey_to_8bit(img: Image.Image) -> Image.Image:

@@ -104,3 +104,26 @@ def test_the_six_formats_still_load(tmp_path, fmt):
     p = tmp_path / f"x.{fmt.lower()}"
     Image.new("RGB", (16, 16), (200, 10, 10)).save(p, fmt)
     assert load_image(p).size == (16, 16) and load_image(p.read_bytes()).size == (16, 16)
+
+
+def test_a_photo_is_decoded_once_not_copied_for_orientation_or_mode(tmp_path):
+    h = w = 4000
+    y, x = np.mgrid[0:h, 0:w]
+    p = tmp_path / "big.png"
+    Image.fromarray(np.stack([x % 256, y % 256, (x + y) % 256], -1).astype(np.uint8)).save(p)
+    grown, out = peak_growth_mb(p)
+    assert out == "ok" and grown < 80, f"a 48 MB image grew the peak by {grown} MB (two more copies made it 105)"
+
+
+def test_exif_orientation_still_turns_the_photo_upright(tmp_path):
+    from moondream_cpp.image import load_image
+
+    a = np.arange(20 * 40 * 3, dtype=np.uint32).reshape(20, 40, 3).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned: shown rotated 90 degrees clockwise
+    p = tmp_path / "turned.png"
+    Image.fromarray(a).save(p, exif=exif)
+    np.testing.assert_array_equal(np.asarray(load_image(p)), np.rot90(a, -1))
+    q = tmp_path / "plain.png"
+    Image.fromarray(a).save(q)
+    np.testing.assert_array_equal(np.asarray(load_image(q)), a)
