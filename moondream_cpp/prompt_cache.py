@@ -106,10 +106,10 @@ class PromptCache:
         self.prefixes.clear()
         self.reset()
 
-    def clear(self) -> None:
-        """Forget everything, images included."""
+    def clear_images(self) -> None:
+        """Forget encoded images and the saved prefixes made from them; the KV cache stays as it is."""
         self.images.clear()
-        self.forget()
+        self.prefixes.clear()
 
     @contextlib.contextmanager
     def limited(self, image_bytes: int, state_bytes: int):

@@ -162,8 +162,7 @@ class Moondream:
 
     def clear_image_cache(self) -> None:
         """Forget encoded images and saved image prefixes."""
-        self.cache.images.clear()
-        self.cache.prefixes.clear()
+        self.cache.clear_images()
 
     def forget_context(self) -> None:
         """Empty the KV cache and the saved image-prefix states; encoded images stay. The next question evaluates
