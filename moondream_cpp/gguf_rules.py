@@ -90,10 +90,9 @@ def text_keys_problem(keys: Mapping, n_vocab: int) -> str | None:
         if key in keys and not 0 <= keys[key] < n_vocab:
             return f"{key} is {keys[key]}, outside the {n_vocab}-token vocabulary"
     tokens = keys["tokenizer.ggml.tokens"]
-    if any(not t for t in tokens):
-        return "the tokenizer has an empty token"
-    if len(set(tokens)) != len(tokens):
-        return "the tokenizer lists a token twice"  # llama.cpp asserts every token text is unique
+    # llama.cpp names an empty token [EMPTY_<id>], then asserts that every token text is unique
+    if len({t or f"[EMPTY_{i}]" for i, t in enumerate(tokens)}) != len(tokens):
+        return "the tokenizer lists a token twice"
     types = keys.get("tokenizer.ggml.token_type")
     if types is not None and len(types) != len(tokens):
         return f"{len(types)} token types for {len(tokens)} tokens"
