@@ -43,7 +43,7 @@ def find_pair(directory: Path) -> tuple[Path, Path]:
             arch = read_header(p).values.get("general.architecture")
         except (HeaderError, OSError):
             arch = None  # unreadable: not a candidate
-        by_arch.setdefault(arch, []).append(p)
+        by_arch.setdefault(arch if isinstance(arch, str) else None, []).append(p)
     texts, mmprojs = by_arch[spec.ARCH_TEXT], by_arch[spec.ARCH_MMPROJ]
     if len(texts) != 1 or len(mmprojs) != 1:
         raise ModelFileError(f"{directory} should hold exactly one text GGUF and one mmproj GGUF; found text: "
