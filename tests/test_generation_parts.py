@@ -30,8 +30,9 @@ def test_prompt_of_a_2024_04_revision():
 
 
 @pytest.mark.parametrize("bad", [dict(max_tokens=0), dict(max_tokens=1.5), dict(max_tokens=True),
-                                 dict(temperature=float("nan")), dict(temperature=-1), dict(top_p=-0.1), dict(top_p=1.5),
-                                 dict(top_p=float("inf")), dict(seed=-1), dict(seed=1e999), dict(stop=[1])])
+                                 dict(temperature=float("nan")), dict(temperature=-1), dict(top_p=-0.1),
+                                 dict(top_p=1.5), dict(top_p=float("inf")), dict(seed=-1), dict(seed=1e999),
+                                 dict(stop=[1])])
 def test_options_refuse_bad_values(bad):
     with pytest.raises(MoondreamError):
         GenerationOptions(**bad)
