@@ -126,3 +126,25 @@ def slow_model(checkpoint, workdir):
 
     out = convert(checkpoint(t_embd=512, t_layers=6, t_heads=8), workdir / "slow", "f16", "f16", name="slow")
     return out.text.parent
+
+
+@pytest.fixture
+def hub():
+    """A fake hub on loopback holding the models of test_pull.registry() (the pull and store tests share it)."""
+    from test_pull import demo_hub
+
+    with demo_hub() as h:
+        yield h
+
+
+@pytest.fixture
+def home(tmp_path):
+    """A model store whose user registry.json names the fake hub's models."""
+    import json
+
+    from test_pull import registry
+
+    h = tmp_path / "home"
+    h.mkdir()
+    (h / "registry.json").write_text(json.dumps(registry()))
+    return h

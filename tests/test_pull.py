@@ -44,20 +44,6 @@ def demo_hub() -> FakeHub:
     return h
 
 
-@pytest.fixture
-def hub():
-    with demo_hub() as h:
-        yield h
-
-
-@pytest.fixture
-def home(tmp_path):
-    h = tmp_path / "home"
-    h.mkdir()
-    (h / "registry.json").write_text(json.dumps(registry()))
-    return h
-
-
 def env(home, hub_url):
     e = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     e.update(MOONDREAM_CPP_HOME=str(home), HF_ENDPOINT=hub_url, HF_HOME=str(home / "hf"), HOME=str(home))

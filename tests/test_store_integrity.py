@@ -14,24 +14,10 @@ from pathlib import Path
 import pytest
 
 from conftest import CLI
-from test_pull import CK, MMPROJ, TEXT, demo_hub, env, listed, registry, run
+from test_pull import CK, MMPROJ, TEXT, env, listed, registry, run
 
 ROOT = Path(__file__).resolve().parents[1]
 IMG = ROOT / "examples" / "shapes.png"
-
-
-@pytest.fixture
-def hub():
-    with demo_hub() as h:
-        yield h
-
-
-@pytest.fixture
-def home(tmp_path):
-    h = tmp_path / "home"
-    h.mkdir()
-    (h / "registry.json").write_text(json.dumps(registry()))
-    return h
 
 
 def in_dir(cwd, *args, home):
