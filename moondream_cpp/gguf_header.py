@@ -122,12 +122,17 @@ _cache: OrderedDict[tuple, Header] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
+def file_identity(st: os.stat_result) -> tuple:
+    """What tells one version of a file from another: device, inode, size, modification time."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def read_header(path: str | os.PathLike) -> Header:
     """The file's header, parsed once per file identity (path, device, inode, size, modification time)."""
     path = Path(path).resolve()
     with open(path, "rb") as fh:
         st = os.fstat(fh.fileno())  # the identity of the bytes read below, not of whatever the path names later
-        key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        key = (str(path), *file_identity(st))
         with _cache_lock:
             if key in _cache:
                 _cache.move_to_end(key)

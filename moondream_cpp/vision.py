@@ -13,6 +13,7 @@ import numpy as np
 
 from . import residency
 from .errors import ModelFileError
+from .gguf_header import file_identity
 from .image import load_image, preprocess
 from .native import deferred_interrupt
 from .native_handles import TextModel, VisionContext
@@ -100,7 +101,6 @@ class Vision:
 
 def _identity(path) -> tuple | None:
     try:
-        st = os.stat(path)
+        return file_identity(os.stat(path))
     except OSError:
         return None
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
