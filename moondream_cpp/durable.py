@@ -58,6 +58,18 @@ def publish(build: Path, final: Path, trash: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
+def try_lock(fd: int) -> bool:
+    """Take an exclusive flock on an open file at once; False when another process holds it. Without fcntl
+    (Windows) there are no advisory locks and this always succeeds."""
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
 @contextmanager
 def exclusive(lock_file: Path, on_wait: Callable[[], None]) -> Iterator[None]:
     """Hold an exclusive flock on lock_file (created if needed, never deleted: deleting it would let a waiting
@@ -69,9 +81,7 @@ def exclusive(lock_file: Path, on_wait: Callable[[], None]) -> Iterator[None]:
         yield
         return
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not try_lock(fd):
             on_wait()
             fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -16,12 +16,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .durable import try_lock
 from .errors import MoondreamError
-
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; concurrent runs on one file are the user's to avoid
-    fcntl = None
 
 DIED_ON = ("the process died twice while working on this image (out of memory or a crash?); run again with "
            "--retry-errors to try it once more")
@@ -44,13 +40,9 @@ class RecordsFile:
         self.current = self.path.with_name(self.path.name + ".current")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-        if fcntl is not None:
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(self.fd)
-                raise MoondreamError(f"another run is writing {self.path}; wait for it, or give --out another "
-                                     "file") from None
+        if not try_lock(self.fd):
+            os.close(self.fd)
+            raise MoondreamError(f"another run is writing {self.path}; wait for it, or give --out another file")
 
     def close(self) -> None:
         if self.fd is not None:
