@@ -123,7 +123,7 @@ class TextContext(_Handle):
         if not ptr:
             raise MoondreamError(f"llama.cpp could not create a context of {n_ctx} tokens (out of memory?)")
         self._own(ptr, L.llama_free, model)
-        self.model, self.n_ctx, self.n_batch = model, n_ctx, cp.n_batch
+        self.model, self.n_ctx, self.n_batch, self.n_ubatch = model, n_ctx, cp.n_batch, cp.n_ubatch
         self.memory = L.llama_get_memory(ptr)
         self.token_batch = Batch(self.n_batch)
         self.row_batch = Batch(self.n_batch, model.n_embd)
@@ -150,6 +150,18 @@ class TextContext(_Handle):
 
     def decode_rows(self, rows: np.ndarray, start: int, want_logits: bool = True) -> None:
         self.decode(self.row_batch.rows(rows, start, want_logits))
+
+    def decode_rows_bidirectional(self, rows: np.ndarray, start: int, want_logits: bool = True) -> None:
+        """Evaluate rows that all attend to each other (the 2025 prefix: BOS + the image, docs/architecture.md §9),
+        in one micro-batch: llama.cpp refuses non-causal batches larger than n_ubatch."""
+        if rows.shape[0] > self.n_ubatch:
+            raise MoondreamError(f"the {rows.shape[0]}-row image prefix needs n_ubatch >= {rows.shape[0]} "
+                                 f"(it is {self.n_ubatch})")
+        self.L.llama_set_causal_attn(self.ptr, False)
+        try:
+            self.decode_rows(rows, start, want_logits)
+        finally:
+            self.L.llama_set_causal_attn(self.ptr, True)
 
     def logits(self) -> np.ndarray:
         """The last evaluated position's logits (a view into llama.cpp's buffer: copy to keep)."""

@@ -8,12 +8,13 @@ from .errors import MoondreamError
 
 @dataclass(frozen=True)
 class GenerationOptions:
-    """max_tokens None: the revision's own limit. temperature 0: greedy (the default, as upstream answers).
+    """max_tokens None: the revision's own limit. temperature 0: greedy; None: the revision's own default (greedy up
+    to 2025-03-27, 0.5 with top_p 0.3 from 2025-04-14, as upstream samples). top_p None: the revision's default.
     seed None: a fresh random stream per answer. stop: strings that end the answer (not included)."""
 
     max_tokens: int | None = None
-    temperature: float = 0.0
-    top_p: float = 1.0
+    temperature: float | None = None
+    top_p: float | None = None
     seed: int | None = None
     stop: tuple[str, ...] = ()
 
@@ -26,12 +27,18 @@ class GenerationOptions:
         if self.max_tokens is not None and (isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int)
                                             or self.max_tokens < 1):
             raise MoondreamError(f"max_tokens must be a whole number >= 1, not {self.max_tokens!r}")
-        if not _finite(self.temperature) or self.temperature < 0:
+        if self.temperature is not None and (not _finite(self.temperature) or self.temperature < 0):
             raise MoondreamError(f"temperature must be a finite number >= 0, not {self.temperature!r}")
-        if not _finite(self.top_p) or not 0 <= self.top_p <= 1:  # 0: only the most likely token, as OpenAI's API
+        if self.top_p is not None and (not _finite(self.top_p) or not 0 <= self.top_p <= 1):  # 0: only the most likely token, as OpenAI's API
             raise MoondreamError(f"top_p must be a number in [0, 1], not {self.top_p!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
             raise MoondreamError(f"seed must be a whole number >= 0, not {self.seed!r}")
+
+    def sampling(self, default_temperature: float, default_top_p: float) -> tuple[float, float]:
+        """(temperature, top_p) with the revision's defaults where unset; a temperature given alone keeps top_p 1."""
+        if self.temperature is None:
+            return default_temperature, default_top_p if self.top_p is None else self.top_p
+        return self.temperature, 1.0 if self.top_p is None else self.top_p
 
     @classmethod
     def of(cls, options: "GenerationOptions | None" = None, **overrides) -> "GenerationOptions":

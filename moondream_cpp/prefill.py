@@ -12,14 +12,19 @@ from .token_embeddings import TokenEmbeddings
 
 
 def evaluate(ctx: TextContext, cache: PromptCache, items: list, images: dict,
-             token_embeddings: TokenEmbeddings | None) -> Plan:
-    """Bring the KV cache to hold `items`, the last one's logits ready; `images` maps image keys to EncodedImage."""
+             token_embeddings: TokenEmbeddings | None, prefix_attention: bool = False) -> Plan:
+    """Bring the KV cache to hold `items`, the last one's logits ready; `images` maps image keys to EncodedImage.
+    `prefix_attention`: the image prefix (BOS + image) is one batch whose rows attend to each other (2025)."""
     if len(items) > ctx.n_ctx:
         raise PromptTooLongError(f"the prompt needs {len(items)} positions but the context holds {ctx.n_ctx}; ask a "
                                  "shorter question, clear the chat history, or load with a larger n_ctx")
-    plan = cache.plan(items)
+    plan = cache.plan(items, whole_prefix=prefix_attention)
     prefix, n, i = image_prefix_len(items), len(items), plan.keep
     try:
+        if prefix_attention and i < prefix:  # plan() keeps all of the prefix or none of it
+            ctx.decode_rows_bidirectional(embedding_rows(items[:prefix], images, token_embeddings), 0, prefix == n)
+            cache.extend(items[:prefix])
+            i = prefix
         if token_embeddings is not None and i < prefix:
             # the image prefix (BOS, markers, image) goes in as embeddings, its tokens' rows beside the image's: one
             # pass over the weights per batch, not one more for a lone BOS. What follows it stays token batches, so

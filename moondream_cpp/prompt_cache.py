@@ -68,9 +68,11 @@ class PromptCache:
         return sum(len(buf) for _, buf in self.prefixes.values())
 
     # ------------------------------------------------------------------ the prompt
-    def plan(self, items: Sequence) -> Plan:
+    def plan(self, items: Sequence, whole_prefix: bool = False) -> Plan:
         """Bring the KV cache to a prefix of `items` (the longest cached or saved one) and say where evaluation
-        starts. At least the last item is always left to evaluate: its logits are needed."""
+        starts. At least the last item is always left to evaluate: its logits are needed. `whole_prefix`: the image
+        prefix attends both ways (2025 revisions), so a part of it cannot be kept: BOS cached with another image
+        attended to that image."""
         keep = 0
         for a, b in zip(self.kv, items):
             if a != b:
@@ -78,6 +80,8 @@ class PromptCache:
             keep += 1
         keep = min(keep, len(items) - 1)
         prefix = image_prefix_len(items)
+        if whole_prefix and keep < prefix:
+            keep = 0
         wanted = items[prefix - 1][0] if prefix else None
         if wanted in self.prefixes:  # the prefix to restore becomes the most recent: the save below cannot evict it
             self.prefixes.move_to_end(wanted)

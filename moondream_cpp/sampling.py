@@ -9,14 +9,24 @@ import numpy as np
 Sampler = Callable[[np.ndarray], int]
 
 
-def make_sampler(temperature: float, top_p: float, seed: int | None, n_real_tokens: int) -> Sampler:
+def make_sampler(temperature: float, top_p: float, seed: int | None, n_real_tokens: int,
+                 masked: tuple[int, ...] = ()) -> Sampler:
+    """`masked`: token ids never chosen (2025-06-21 answers never emit its answer token, as upstream masks it)."""
     rng = np.random.default_rng(seed)
+    masked = [t for t in masked if t < n_real_tokens]
+
+    def real(logits: np.ndarray) -> np.ndarray:
+        z = logits[:n_real_tokens]
+        if masked:
+            z = z.copy()
+            z[masked] = -np.inf
+        return z
 
     def greedy(logits: np.ndarray) -> int:
-        return int(np.argmax(logits[:n_real_tokens]))
+        return int(np.argmax(real(logits)))
 
     def sample(logits: np.ndarray) -> int:
-        z = logits[:n_real_tokens].astype(np.float64) / temperature
+        z = real(logits).astype(np.float64) / temperature
         p = np.exp(z - z.max())
         p /= p.sum()
         if top_p < 1.0:

@@ -41,10 +41,18 @@ def test_options_refuse_bad_values(bad):
 def test_options_overrides_and_stop_normalised():
     base = GenerationOptions(max_tokens=5, stop="END")
     assert base.stop == ("END",)
-    assert GenerationOptions.of(base, temperature=0.5) == GenerationOptions(5, 0.5, 1.0, None, ("END",))
+    # top_p unset (None) stays unset: the revision's default applies at answer time
+    assert GenerationOptions.of(base, temperature=0.5) == GenerationOptions(5, 0.5, None, None, ("END",))
     assert GenerationOptions(stop=["", "x"]).stop == ("x",)
     with pytest.raises(TypeError):
         GenerationOptions.of(None, max_new_tokens=3)
+
+
+def test_options_take_the_revision_sampling_defaults_only_where_unset():
+    assert GenerationOptions().sampling(0.5, 0.3) == (0.5, 0.3)  # 2025-04-14 and later sample by default
+    assert GenerationOptions(top_p=0.9).sampling(0.5, 0.3) == (0.5, 0.9)
+    assert GenerationOptions(temperature=0).sampling(0.5, 0.3) == (0, 1.0)  # asked greedy: greedy
+    assert GenerationOptions(temperature=0.7).sampling(0.0, 1.0) == (0.7, 1.0)
 
 
 def steps(tokens, finish):

@@ -150,3 +150,16 @@ def test_limited_bounds_apply_inside_the_block_only(kv):
     with cache.limited(10, 0):
         assert (cache.image_bytes, cache.state_bytes) == (10, 0)
     assert (cache.image_bytes, cache.state_bytes) == (1000, 1000)
+
+
+def test_a_bidirectional_prefix_is_kept_whole_or_not_at_all():
+    """2025 prefixes attend both ways: BOS evaluated beside image A must not be kept for image B (state saving
+    off, so nothing is restored either)."""
+    kv, cache = FakeKV(), PromptCache(FakeKV(), 10**9, 0)
+    cache.store = kv
+    kv.evaluate(cache, prompt("A", 1))
+    assert cache.plan(prompt("B", 1), whole_prefix=True).keep == 0  # only BOS was common: dropped
+    assert kv.held == []
+    kv.evaluate(cache, prompt("A", 1))
+    assert cache.plan(prompt("A", 2), whole_prefix=True).keep == 5  # the whole prefix is common: kept
+    assert cache.plan(prompt("A", 2), whole_prefix=False).keep == 5
