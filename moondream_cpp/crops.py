@@ -1,0 +1,104 @@
+"""The 2025 family's multi-crop preprocessing: a global 378² view of the whole image plus up to 12 overlapping 378²
+local crops cut from the image stretched to fit a tiling (docs/architecture.md §9). Pure numpy + PIL.
+
+The local crops overlap by a margin of OVERLAP_MARGIN patches on each inner side; multicrop.reconstruct cuts the
+margins off again after the vision tower, so each patch of the stretched image is read once, with context around it.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from . import spec2025
+from .errors import MoondreamError
+
+MARGIN_PX = spec2025.OVERLAP_MARGIN * spec2025.PATCH_SIZE  # 56: cut from each inner side of a local crop
+WINDOW_PX = spec2025.CROP_SIZE - 2 * MARGIN_PX  # 266: the stride between local crops, and what each one contributes
+
+
+@dataclass(frozen=True)
+class Crops:
+    """What the vision tower reads for one image: the global view first, then the local crops row by row."""
+
+    global_crop: np.ndarray  # uint8 [crop, crop, 3]: the original image stretched to the crop size
+    local: np.ndarray  # uint8 [th*tw, crop, crop, 3]: crop (i, j) at index i*tw + j
+    tiling: tuple[int, int]  # (rows, columns) of local crops
+
+
+def check_max_crops(max_crops) -> int:
+    """max_crops as given by a user (CLI, server): a whole number from 1 to upstream's 12."""
+    if (isinstance(max_crops, bool) or not isinstance(max_crops, numbers.Integral)
+            or not 1 <= max_crops <= spec2025.MAX_CROPS):
+        raise MoondreamError(f"max_crops must be a whole number from 1 to {spec2025.MAX_CROPS} (the model's "
+                             f"default, and its most), not {max_crops!r}; fewer crops read the image faster but in "
+                             "less detail")
+    return int(max_crops)
+
+
+def select_tiling(height: int, width: int, max_crops: int = spec2025.MAX_CROPS) -> tuple[int, int]:
+    """(rows, columns) of local crops for an image of height x width pixels, by upstream's rule on the size less the
+    outer margins, in windows of WINDOW_PX. The count can exceed max_crops where one side needs very many windows
+    (step 3 floors each side separately, never below 1: 400 x 8000 gives (1, 13)); upstream does the same."""
+    max_crops = check_max_crops(max_crops)
+    h, w = height - 2 * MARGIN_PX, width - 2 * MARGIN_PX
+    if h <= WINDOW_PX or w <= WINDOW_PX:  # a side of at most one crop: one tile, whatever the other side
+        return 1, 1
+    min_h, min_w = math.ceil(h / WINDOW_PX), math.ceil(w / WINDOW_PX)
+    if min_h * min_w > max_crops:  # not even the minimum fits: shrink both sides by the same factor
+        ratio = math.sqrt(max_crops / (min_h * min_w))
+        return max(1, math.floor(min_h * ratio)), max(1, math.floor(min_w * ratio))
+    th = max(math.floor(math.sqrt(max_crops * h / w)), min_h)  # tiles of the image's aspect ratio
+    tw = max(math.floor(math.sqrt(max_crops * w / h)), min_w)
+    if th * tw > max_crops:  # the minimums pushed it over: give back along the longer side
+        if tw > th:
+            tw = math.floor(max_crops / th)
+        else:
+            th = math.floor(max_crops / tw)
+    return max(1, th), max(1, tw)
+
+
+def resize_lanczos(image: Image.Image, height: int, width: int) -> np.ndarray:
+    """The one resizer of the 2025 path: PIL Lanczos (upstream's fallback when pyvips is missing), aspect not kept.
+    uint8 [height, width, 3]."""
+    if image.size == (width, height):
+        return np.asarray(image, dtype=np.uint8)
+    return np.asarray(image.resize((width, height), Image.Resampling.LANCZOS), dtype=np.uint8)
+
+
+Resizer = Callable[[Image.Image, int, int], np.ndarray]
+
+
+def overlap_crops(rgb, max_crops: int = spec2025.MAX_CROPS, resize: Resizer = resize_lanczos) -> Crops:
+    """The global crop and the local crops of an RGB image (uint8 [H, W, 3] array or an RGB PIL image).
+
+    The local crops are 378² windows at (i*266, j*266) of the whole image stretched to (th*266+112, tw*266+112).
+    With tiling (1, 1) that stretch is the global crop itself, so `local` is a view of it (no second resize)."""
+    image = _as_rgb_image(rgb)
+    size = spec2025.CROP_SIZE
+    th, tw = select_tiling(image.height, image.width, max_crops)
+    global_crop = resize(image, size, size)
+    if (th, tw) == (1, 1):
+        return Crops(global_crop, global_crop[None], (1, 1))
+    stretched = resize(image, th * WINDOW_PX + 2 * MARGIN_PX, tw * WINDOW_PX + 2 * MARGIN_PX)
+    local = np.zeros((th * tw, size, size, 3), np.uint8)  # zero where a window runs past the stretched image
+    for i in range(th):
+        for j in range(tw):
+            window = stretched[i * WINDOW_PX: i * WINDOW_PX + size, j * WINDOW_PX: j * WINDOW_PX + size]
+            local[i * tw + j, : window.shape[0], : window.shape[1]] = window
+    return Crops(global_crop, local, (th, tw))
+
+
+def _as_rgb_image(rgb) -> Image.Image:
+    if isinstance(rgb, Image.Image):
+        if rgb.mode != "RGB":
+            raise ValueError(f"overlap_crops needs an RGB image, got mode {rgb.mode} (image.load_image converts)")
+        return rgb
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"overlap_crops needs uint8 [H, W, 3] pixels, got {getattr(rgb, 'dtype', type(rgb))} "
+                         f"{getattr(rgb, 'shape', '')}")
+    return Image.fromarray(rgb)  # uint8 [H, W, 3] is RGB
