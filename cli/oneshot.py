@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from moondream_cpp.errors import ImageError
+from moondream_cpp.errors import ImageError, MoondreamError
 
 from .app import (GPU_LAYERS, JSON, LOW_RAM, MAX_TOKENS, MMPROJ, MODEL, N_CTX, TEXT, THREADS, app, load_model, note,
                   print_json, stderr)
@@ -47,7 +47,7 @@ def caption(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Append JSON-lines records here (crash-safe; "
                                        "resumes where it stopped)."),
     question: Optional[str] = typer.Option(None, "--question", "-q", help="Ask this instead of captioning."),
-    length: str = typer.Option("normal", "--length", help="short or normal."),
+    length: str = typer.Option("normal", "--length", help="short, normal, or long (2025-03-27 and later)."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip images already in --out (default), or "
                                 "start the file afresh."),
     retry_errors: bool = typer.Option(False, "--retry-errors", help="On resume, try unreadable images again."),
@@ -63,11 +63,12 @@ def caption(
 ):
     """Caption images (or ask --question about each): one model load, a progress bar with images/s and ETA.
     With --out, records go to a JSON-lines file that a crash cannot corrupt; run again to resume."""
-    from moondream_cpp import spec
+    from moondream_cpp import spec2025
     from moondream_cpp.batch import check_output, collect_images, run_batch
     from moondream_cpp.options import GenerationOptions
 
-    spec.caption_question(length, "--length")  # a bad --length is reported before anything loads
+    if length not in spec2025.STARMIE_CAPTIONS:  # every length any model has; the model's own check follows
+        raise MoondreamError(f"--length must be one of {', '.join(spec2025.STARMIE_CAPTIONS)}, not {length!r}")
     options = GenerationOptions(max_tokens=max_tokens)
     paths = collect_images(images)
     if not paths:
@@ -75,6 +76,8 @@ def caption(
     if out:
         check_output(out)
     md = load_model(model, text, mmproj, n_threads=threads, n_gpu_layers=gpu_layers, n_ctx=n_ctx, low_ram=low_ram)
+    if not question:
+        md.caption_items_check(length, "--length")
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 

@@ -75,7 +75,9 @@ def run_batch(md, images: list[Path], out: Path, *, question: str | None = None,
               fsync: bool = False, on_record: Callable[[dict], None] | None = None, **option_overrides) -> BatchReport:
     """Answer `question` (default: a caption of `length`) for every image, appending one record per image to out
     (moondream_cpp/records.py). options (or keywords max_tokens, temperature, ...): how each answer is generated."""
-    q = question or spec.caption_question(length)
+    md.caption_items_check(length)  # a length this model has no caption of fails before any image
+    # a 2024 model's caption is a question; a 2025 model's is a template of its own, named here by its length
+    q = question or (spec.caption_question(length) if md.family == "2024" else f"caption ({length})")
     options = GenerationOptions.of(options, **option_overrides)
     out = Path(out)
     check_output(out)
@@ -101,7 +103,8 @@ def run_batch(md, images: list[Path], out: Path, *, question: str | None = None,
                 records.starting(str(p), attempt + 1 if same_file_key(p) == died_key else 1)
                 rec: dict = {"path": str(p), "question": q, "model": md.name}
                 try:
-                    a = md.query(p, q, options=options)
+                    a = md.query(p, question, options=options) if question else md.caption(p, length,
+                                                                                            options=options)
                     rec.update({"answer": a.text, "finish_reason": a.finish_reason, "timings": a.timings})
                 except ImageError as e:
                     rec["error"] = str(e)

@@ -71,7 +71,22 @@ class ChatSession:
         return out if stream else out.finish()
 
     def caption(self, length: str = "normal", *, stream: bool = False) -> Answer | Stream:
-        return self.ask(spec.caption_question(length), stream=stream)
+        if self.model.family == "2024":  # a caption is a question, which joins the history
+            return self.ask(spec.caption_question(length), stream=stream)
+        if self.image is None:
+            raise MoondreamError("no image yet: set one with set_image (in the chat: /image PATH)")
+        s = self.model.caption(self.image, length, stream=True, options=self.options)
+        first, self._image_timings = self._image_timings, None
+
+        def run():
+            yield from s
+            a = s.answer
+            a.timings.update(first or {})
+            self.turns.append(Turn(self.image_name, f"caption ({length})", a.text, a.finish_reason, dict(a.timings)))
+            return a
+
+        out = Stream(run())
+        return out if stream else out.finish()
 
     def transcript(self) -> dict:
         return {"model": self.model.name, "revision": self.model.revision.name,

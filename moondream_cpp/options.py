@@ -29,7 +29,8 @@ class GenerationOptions:
             raise MoondreamError(f"max_tokens must be a whole number >= 1, not {self.max_tokens!r}")
         if self.temperature is not None and (not _finite(self.temperature) or self.temperature < 0):
             raise MoondreamError(f"temperature must be a finite number >= 0, not {self.temperature!r}")
-        if self.top_p is not None and (not _finite(self.top_p) or not 0 <= self.top_p <= 1):  # 0: only the most likely token, as OpenAI's API
+        # top_p 0: only the most likely token, as OpenAI's API
+        if self.top_p is not None and (not _finite(self.top_p) or not 0 <= self.top_p <= 1):
             raise MoondreamError(f"top_p must be a number in [0, 1], not {self.top_p!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
             raise MoondreamError(f"seed must be a whole number >= 0, not {self.seed!r}")

@@ -16,14 +16,13 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from . import gguf_check, prefill, residency, spec
+from . import gguf_check, prefill, prompting, residency, spec, spec2025
 from .errors import ModelFileError, MoondreamError
 from .generate import Answer, Chunk, Stream, chunks, token_steps
 from .gguf_header import HeaderError, read_header
 from .native import deferred_interrupt
 from .native_handles import TextContext, TextModel
 from .options import GenerationOptions
-from .prompt import prompt_items
 from .prompt_cache import PromptCache
 from .sampling import make_sampler
 from .settings import DEFAULT, KV_TYPES, LOW_RAM, Settings, default_threads
@@ -72,20 +71,23 @@ class Moondream:
             text_path, mmproj_path = find_pair(text_path)
         cfg = (settings or (LOW_RAM if low_ram else DEFAULT)).with_(**overrides)
         text_info, mm_info = gguf_check.check_pair(text_path, mmproj_path)
-        if revision is not None and revision not in spec.REVISIONS:
-            raise MoondreamError(f"unknown revision {revision!r}; known: {', '.join(spec.REVISIONS)}")
+        family_2025 = text_info.file.get(spec2025.MD_FAMILY) == "2025"
+        known = spec2025.REVISIONS_2025 if family_2025 else spec.REVISIONS
+        if revision is not None and revision not in known:
+            raise MoondreamError(f"unknown revision {revision!r} for this model; known: {', '.join(known)}")
         n_ctx = min(cfg.n_ctx, text_info.n_ctx)  # never past the positions the model was trained on
         if n_ctx < mm_info.n_patches + 16:
             raise MoondreamError(f"n_ctx {n_ctx} cannot hold the {mm_info.n_patches} image positions and a question")
         cfg = cfg.with_(n_ctx=n_ctx, n_threads=cfg.n_threads or default_threads())
+        if family_2025:  # the bidirectional image prefix is one micro-batch
+            rows = mm_info.n_patches + 1
+            cfg = cfg.with_(n_batch=max(cfg.n_batch, rows), n_ubatch=max(cfg.n_ubatch, rows))
         with deferred_interrupt():
             return cls(text_info, mm_info, cfg, revision)
 
     def __init__(self, text_info, mm_info, settings: Settings, revision=None):
         self.settings = cfg = settings.for_machine(text_info.quant)
         self.text_info, self.mmproj_info = text_info, mm_info
-        self.revision = spec.REVISIONS[revision] if revision else spec.revision_of_file(text_info.revision,
-                                                                                         text_info.file.keys)
         self.n_threads, self.n_ctx = cfg.n_threads, cfg.n_ctx
         self.image_size = mm_info.image_size
         self.name = text_info.file.get("general.name") or text_info.file.path.stem
@@ -111,12 +113,39 @@ class Moondream:
             self.close()
             raise
         self.cache = PromptCache(self.context, int(cfg.image_cache_mb * 2**20), int(cfg.state_cache_mb * 2**20))
-        self.bos = int(text_info.file.get("tokenizer.ggml.bos_token_id", 50256))
-        self.eos = int(text_info.file.get("tokenizer.ggml.eos_token_id", self.bos))
         self.n_real_tokens = text_info.n_real_tokens
-        # "<END>" revisions stopped on ANY token of the marker (docs/architecture.md §5, P8)
-        self.stop_ids = {self.eos} if self.revision.stop_rule == "eos" else set(self.tokenize(spec.END_MARKER))
+        self.prompting = self._prompting(text_info, revision)
+        self.revision = self.prompting.revision
+        self.bos, self.stop_ids = self.prompting.bos, self.prompting.stop_ids
         self.last_prefix_restored = False
+
+    def _prompting(self, text_info, revision: str | None) -> prompting.Prompting:
+        keys = text_info.file.keys
+        if keys.get(spec2025.MD_FAMILY) == "2025":
+            rev = spec2025.REVISIONS_2025.get(revision or keys.get(spec.MD_REVISION))
+            if rev is None:
+                raise ModelFileError(f"{text_info.file.path} is moondream revision {keys.get(spec.MD_REVISION)!r}, "
+                                     "which this version of moondream-cpp does not know; upgrade moondream-cpp")
+            if rev.tokenizer == "starmie":
+                from .starmie import StarmieTokenizer
+
+                tok = StarmieTokenizer(str(keys.get(spec2025.MD_TOKENIZER_JSON, "")))
+                return prompting.for_2025(rev, tok.tokenize, tok.token_bytes)
+            return prompting.for_2025(rev, self.text_model.tokenize, self.text_model.token_bytes)
+        rev = spec.REVISIONS[revision] if revision else spec.revision_of_file(text_info.revision, keys)
+        bos = int(text_info.file.get("tokenizer.ggml.bos_token_id", 50256))
+        eos = int(text_info.file.get("tokenizer.ggml.eos_token_id", bos))
+        # "<END>" revisions stopped on ANY token of the marker (docs/architecture.md §5, P8)
+        return prompting.for_2024(rev, self.text_model.tokenize, self.text_model.token_bytes, bos, eos)
+
+    @property
+    def family(self) -> str:
+        """"2024" (one 378x378 view, text prompts) or "2025" (multi-crop, prefix attention, token templates)."""
+        return self.prompting.family
+
+    @property
+    def caption_lengths(self) -> tuple[str, ...]:
+        return self.prompting.caption_lengths
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
@@ -134,10 +163,10 @@ class Moondream:
     # ------------------------------------------------------------------ text
     def tokenize(self, text: str) -> list[int]:
         """Token ids of `text` (no BOS; special-token text is NOT parsed, so user text cannot inject control tokens)."""
-        return self.text_model.tokenize(text)
+        return self.prompting.tokenize(text)
 
     def token_bytes(self, token: int) -> bytes:
-        return self.text_model.token_bytes(token)
+        return self.prompting.token_bytes(token)
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         return b"".join(self.token_bytes(t) for t in tokens).decode("utf-8", "replace")
@@ -185,12 +214,12 @@ class Moondream:
     # ------------------------------------------------------------------ prompt and answers
     def prompt_items(self, image: EncodedImage, question: str, history: Sequence[tuple[str, str]] = ()) -> list:
         """The model input, position by position: token ids, and (image key, row) for each image embedding."""
-        return prompt_items(self.revision, image.key, image.embeddings.shape[0], question, history, self.tokenize,
-                            self.bos)
+        return self.prompting.query_items(image.key, image.embeddings.shape[0], question, history)
 
     def evaluate(self, items: list, images: dict[str, EncodedImage]) -> int:
         """Bring the KV cache to hold `items` (reusing what it can); how many positions were evaluated."""
-        plan = prefill.evaluate(self.context, self.cache, items, images, self.token_embeddings)
+        plan = prefill.evaluate(self.context, self.cache, items, images, self.token_embeddings,
+                                self.prompting.prefix_attention)
         self.last_prefix_restored = plan.restored
         return len(items) - plan.keep
 
@@ -212,23 +241,40 @@ class Moondream:
         s = Stream.of_chunks(self.stream_chunks(image, question, history, opts, should_stop))
         return s if stream else s.finish()
 
-    def caption(self, image, length: str = "normal", **kw) -> Answer | Stream:
-        return self.query(image, spec.caption_question(length), **kw)
+    def caption(self, image, length: str = "normal", *, stream: bool = False, options: GenerationOptions | None = None,
+                should_stop=None, **option_overrides) -> Answer | Stream:
+        """A caption of `image`; length "short", "normal" or (2025-03-27 and later) "long": see `caption_lengths`."""
+        self.caption_items_check(length)
+        opts = GenerationOptions.of(options, **option_overrides)
+        s = Stream.of_chunks(self.stream_chunks(image, None, (), opts, should_stop, caption=length))
+        return s if stream else s.finish()
 
-    def stream_chunks(self, image, question: str, history: Sequence[tuple[str, str]] = (),
-                      options: GenerationOptions | None = None, should_stop=None) -> Iterator[Chunk]:
-        """The answer as text chunks; the last chunk carries finish_reason and the Answer with its timings."""
+    def caption_items_check(self, length: str, what: str = "caption length") -> None:
+        """Raise MoondreamError when this model has no caption of `length` (before any image work); `what` names the
+        setting in the message (e.g. "--length")."""
+        self.prompting.check_caption(length, what)
+
+    def stream_chunks(self, image, question: str | None, history: Sequence[tuple[str, str]] = (),
+                      options: GenerationOptions | None = None, should_stop=None,
+                      caption: str | None = None) -> Iterator[Chunk]:
+        """The answer (to `question`, or a caption of length `caption`) as text chunks; the last chunk carries
+        finish_reason and the Answer with its timings."""
         opts = options or GenerationOptions()
+        if caption is not None:
+            self.caption_items_check(caption)
         t0 = time.perf_counter()
         enc, cached = self.encode_image_cached(image)
         t1 = time.perf_counter()
-        items = self.prompt_items(enc, question, history)
+        n_rows = enc.embeddings.shape[0]
+        items = (self.prompting.caption_items(enc.key, n_rows, caption) if caption is not None
+                 else self.prompt_items(enc, question, history))
         n_eval = self.evaluate(items, {enc.key: enc})
         t2 = time.perf_counter()
-        sample = make_sampler(opts.temperature, opts.top_p, opts.seed, self.n_real_tokens)
-        limit = opts.max_tokens if opts.max_tokens is not None else self.revision.max_new_tokens
+        temperature, top_p = opts.sampling(self.prompting.temperature, self.prompting.top_p)
+        sample = make_sampler(temperature, top_p, opts.seed, self.n_real_tokens, self.prompting.masked)
+        limit = opts.max_tokens if opts.max_tokens is not None else self.prompting.max_tokens
         steps = token_steps(self.context, self.cache, sample, self.stop_ids, limit, should_stop)
-        for c in chunks(steps, self.token_bytes, opts.stop, self.revision.stop_rule == "end_marker"):
+        for c in chunks(steps, self.token_bytes, opts.stop, self.prompting.end_marker):
             if c.answer is not None:
                 t3, n_out = time.perf_counter(), len(c.answer.tokens)
                 c.answer.timings = {

@@ -66,9 +66,18 @@ class Vision:
             self.context = None
 
     def encode(self, pixels: np.ndarray, key: str) -> EncodedImage:
+        with self.session() as encode_crop:
+            t0 = time.perf_counter()
+            emb = encode_crop(pixels)
+            return EncodedImage(emb, key, (time.perf_counter() - t0) * 1000)
+
+    @contextlib.contextmanager
+    def session(self):
+        """The tower loaded for the block, which gets a function: uint8 [size, size, 3] -> [n_patches, n_embd] rows.
+        On demand, the tower lives only for the block, and with the text weights mapped those are handed back while it
+        runs: the text weights are not used meanwhile, so the two are never resident together (the text pages wait in
+        the page cache, and come back at once after). A multi-crop image runs all its crops in one session."""
         on_demand = self.settings.mmproj_on_demand and not self.held
-        # the text weights are not used while the vision tower runs: with both on demand and mapped, the two are
-        # never resident together (the text pages wait in the page cache, and come back at once after)
         lean = on_demand and self.settings.mmap
         with deferred_interrupt():
             if self.context is None:
@@ -76,9 +85,7 @@ class Vision:
                     residency.release(self.text_file)
                 self.open()
             try:
-                t0 = time.perf_counter()
-                emb = self.context.encode(pixels, self.n_patches)
-                return EncodedImage(emb, key, (time.perf_counter() - t0) * 1000)
+                yield lambda pixels: self.context.encode(pixels, self.n_patches)
             finally:
                 if on_demand:  # the vision tower only lives while it works
                     self.close()
