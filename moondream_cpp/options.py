@@ -10,13 +10,16 @@ from .errors import MoondreamError
 class GenerationOptions:
     """max_tokens None: the revision's own limit. temperature 0: greedy; None: the revision's own default (greedy up
     to 2025-03-27, 0.5 with top_p 0.3 from 2025-04-14, as upstream samples). top_p None: the revision's default.
-    seed None: a fresh random stream per answer. stop: strings that end the answer (not included)."""
+    seed None: a fresh random stream per answer. stop: strings that end the answer (not included).
+    max_crops (2025 models): read the image in at most this many local crops, up to the model's own limit (the
+    load's max_crops, by default upstream's 12); fewer is faster and less detailed. Ignored by 2024 models."""
 
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    max_crops: int | None = None
 
     def __post_init__(self):
         stop = self.stop
@@ -32,6 +35,10 @@ class GenerationOptions:
         # top_p 0: only the most likely token, as OpenAI's API
         if self.top_p is not None and (not _finite(self.top_p) or not 0 <= self.top_p <= 1):
             raise MoondreamError(f"top_p must be a number in [0, 1], not {self.top_p!r}")
+        if self.max_crops is not None:
+            from .crops import check_max_crops
+
+            check_max_crops(self.max_crops)
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
             raise MoondreamError(f"seed must be a whole number >= 0, not {self.seed!r}")
 

@@ -109,6 +109,11 @@ class Moondream:
                                        n_threads=cfg.n_threads, flash_attn=cfg.flash_attn or quant_kv,
                                        kv_type=KV_TYPES[cfg.kv_type])
             self.vision = Vision(mm_info, self.text_model, cfg, str(path), keep_resident=embd_range)
+            self.multicrop = None
+            if text_info.file.get(spec2025.MD_FAMILY) == "2025":
+                from .vision2025 import MultiCropVision
+
+                self.multicrop = MultiCropVision(self.vision, mm_info, cfg.max_crops)
         except BaseException:
             self.close()
             raise
@@ -172,20 +177,22 @@ class Moondream:
         return b"".join(self.token_bytes(t) for t in tokens).decode("utf-8", "replace")
 
     # ------------------------------------------------------------------ image
-    def encode_image(self, image) -> EncodedImage:
+    def encode_image(self, image, max_crops: int | None = None) -> EncodedImage:
         """Preprocess as moondream (stretch, bicubic) and run the vision tower + projector, once per distinct image:
         recently used images come from an LRU cache (`image_cache_mb`)."""
-        return self.encode_image_cached(image)[0]
+        return self.encode_image_cached(image, max_crops)[0]
 
-    def encode_image_cached(self, image) -> tuple[EncodedImage, bool]:
-        """The encoded image, and whether it came from the cache (no vision tower run)."""
+    def encode_image_cached(self, image, max_crops: int | None = None) -> tuple[EncodedImage, bool]:
+        """The encoded image, and whether it came from the cache (no vision tower run). max_crops: 2025 models read
+        the image in at most this many local crops (at most the load's max_crops); 2024 models ignore it."""
         if isinstance(image, EncodedImage):
             return image, True
-        pixels, key = pixels_of(image, self.image_size)
+        pixels, key = (self.multicrop.crops_of(image, max_crops) if self.multicrop
+                       else pixels_of(image, self.image_size))
         enc = self.cache.image(key)
         if enc is not None:
             return enc, True
-        enc = self.vision.encode(pixels, key)
+        enc = self.multicrop.encode(pixels, key) if self.multicrop else self.vision.encode(pixels, key)
         self.cache.add_image(enc)
         return enc, False
 
@@ -263,7 +270,7 @@ class Moondream:
         if caption is not None:
             self.caption_items_check(caption)
         t0 = time.perf_counter()
-        enc, cached = self.encode_image_cached(image)
+        enc, cached = self.encode_image_cached(image, opts.max_crops)
         t1 = time.perf_counter()
         n_rows = enc.embeddings.shape[0]
         items = (self.prompting.caption_items(enc.key, n_rows, caption) if caption is not None

@@ -50,6 +50,9 @@ class Settings:
     # together (+0.35 s per new image on a full-size q8_0 mmproj here, -0.6 GB peak; docs/performance.md)
     mmproj_on_demand: bool = True
     keep_vision_in_batches: bool = True  # ...but keep it loaded through a batch, where images come back to back
+    # 2025 models: at most this many local crops per image (None: upstream's 12). Each crop is one vision-tower pass,
+    # so fewer is faster on slow machines, and reads the image in less detail than the reference does
+    max_crops: int | None = None
 
     def __post_init__(self):
         if self.kv_type not in KV_TYPES:
@@ -58,6 +61,10 @@ class Settings:
             raise MoondreamError("n_threads must be at least 1")
         if self.n_gpu_layers is not None and self.n_gpu_layers < 0:
             raise MoondreamError("n_gpu_layers must be 0 (CPU only) or more; leave it unset for all layers on the GPU")
+        if self.max_crops is not None:
+            from .crops import check_max_crops
+
+            check_max_crops(self.max_crops)
 
     def for_machine(self, weight_type: str | None = None) -> "Settings":
         """These settings with every `None` (automatic) field decided for this machine and llama.cpp build, and for
