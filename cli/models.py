@@ -44,25 +44,31 @@ def list_cmd(
     show_all: bool = typer.Option(False, "--all", "-a", help="Also list registry models not downloaded yet."),
     as_json: bool = JSON,
 ):
-    """Show the models on this machine (the store and the bundled demo), with their sizes."""
+    """Show the models on this machine (the store and the bundled demo), with their sizes, family and kind."""
     from moondream_cpp import store
     from moondream_cpp.gguf_models import demo_pair
-    from moondream_cpp.registry import registry
+    from moondream_cpp.registry import family_of, kind_of, registry
+
+    reg = registry()
+
+    def about(name: str) -> dict:
+        e = reg.get(name)
+        return {"family": family_of(e), "kind": kind_of(e)} if e else {"family": "?", "kind": "?"}
 
     rows = []
     text, mmproj = demo_pair()
     if text.exists():
-        rows.append({"model": "moondream-demo", "size": text.stat().st_size + mmproj.stat().st_size,
-                     "where": str(text.parent), "local": True})
+        rows.append({"model": "moondream-demo", **about("moondream-demo"),
+                     "size": text.stat().st_size + mmproj.stat().st_size, "where": str(text.parent), "local": True})
     local = store.local_models()
-    rows += [{"model": m.ref, "size": m.size, "where": str(m.directory), "local": True,
-              "damaged": m.damage and f"{m.damage}: {m.repair}"} for m in local]
+    rows += [{"model": m.ref, **about(m.name), "size": m.size, "where": str(m.directory), "local": True,
+              "damaged": m.damage and f"{m.damage}: {m.repair}", "stale": m.stale} for m in local]
     if show_all:
-        have = {m.name for m in local}
-        for name, e in registry().items():
+        have = {m.name for m in local if m.stale is None}
+        for name, e in reg.items():
             if e["kind"] != "bundled" and name not in have:
-                rows.append({"model": name, "size": None, "where": f"{e['repo']}@{e['revision']}", "local": False,
-                             "quants": e.get("quants", [])})
+                rows.append({"model": name, **about(name), "size": None, "where": f"{e['repo']}@{e['revision']}",
+                             "local": False, "quants": e.get("quants", [])})
     if as_json:
         print_json(rows)
         return
@@ -70,12 +76,15 @@ def list_cmd(
     from rich.markup import escape
     from rich.table import Table
 
-    t = Table(title=f"models ({store.models_dir()})")
-    for col in ("model", "size", "where"):
-        t.add_column(col, justify="right" if col == "size" else "left")
+    t = Table(title=f"models ({store.models_dir()})", caption="HF checkpoints are converted by `pull`; `where` is "
+                  "the hub repo@revision of a model not downloaded")
+    for col in ("model", "family", "kind", "size", "where"):
+        t.add_column(col, justify="right" if col == "size" else "left", overflow="fold")  # never cut a revision
     for r in rows:
-        where = escape(r["where"]) + (f"\n[red]damaged[/red]: {escape(r['damaged'])}" if r.get("damaged") else "")
-        t.add_row(escape(r["model"]), _size(r["size"]) if r["local"] else "not downloaded", where)
+        where = (escape(r["where"]) + (f"\n[red]damaged[/red]: {escape(r['damaged'])}" if r.get("damaged") else "")
+                 + (f"\n[yellow]stale[/yellow]: {escape(r['stale'])}" if r.get("stale") else ""))
+        t.add_row(escape(r["model"]), escape(r["family"]), escape(r["kind"]),
+                  _size(r["size"]) if r["local"] else "not downloaded", where)
     Console().print(t)
 
 

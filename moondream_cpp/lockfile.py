@@ -9,6 +9,7 @@ models/<name>/lock.json:
                                      "files": {"<file>": {"size": bytes, "sha256": hex}}}}}
 is written only after a pull has checked and stored the model (a download that failed its checks is never
 recorded) and read before every later pull of the model, any quant. `rm` keeps it, as the memory of what was trusted.
+A file of another repo (an entry's extra_files, such as the 2025-06-21 tokenizer) is a source of its own.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from pathlib import Path
 from . import durable, store
 from .errors import MoondreamError
 from .hub import Fetched, Pin
-from .registry import HEX, files_of
+from .registry import HEX, Download, downloads
 
 LOCK = "lock.json"
 
@@ -28,44 +29,49 @@ def lock_path(name: str) -> Path:
     return store.models_dir() / name / LOCK
 
 
-def _source(entry: dict) -> str:
-    return f"{entry['repo']}@{entry['revision']}"
+def _source(d: Download) -> str:
+    return f"{d.repo}@{d.revision}"
 
 
-def pins(name: str, entry: dict) -> dict[str, Pin]:
-    """Each file's pin: the registry's sha256 where it has one, else the lock file's, else only its size if known."""
+def pins(name: str, entry: dict) -> list[Pin]:
+    """The pin of each of registry.downloads(entry), in order: the registry's sha256 where it has one, else the lock
+    file's, else only its size if known."""
     path = lock_path(name)
-    locked = _read(path)["sources"].get(_source(entry), {})
-    moved = (f"A moved tag or a changed repo: the hub serves another file under revision {entry['revision']} than "
-             f"the one this store first pulled ({locked.get('locked')}), and nothing was installed. If you trust the "
-             f"new file, delete {path} and pull again.")
-    out = {}
-    for f in files_of(entry):
-        mine = locked.get("files", {}).get(f["name"])
-        if f.get("sha256"):
-            out[f["name"]] = Pin(f["sha256"], f.get("size"))
+    sources = _read(path)["sources"]
+    out = []
+    for d in downloads(entry):
+        locked = sources.get(_source(d), {})
+        mine = locked.get("files", {}).get(d.name)
+        if d.sha256:
+            out.append(Pin(d.sha256, d.size))
         elif mine:
-            size = f["size"] if f.get("size") is not None else mine["size"]
-            out[f["name"]] = Pin(mine["sha256"], size, f"the lock file {path}", moved)
+            moved = (f"A moved tag or a changed repo: the hub serves another file under revision {d.revision} of "
+                     f"{d.repo} than the one this store first pulled ({locked.get('locked')}), and nothing was "
+                     f"installed. If you trust the new file, delete {path} and pull again.")
+            size = d.size if d.size is not None else mine["size"]
+            out.append(Pin(mine["sha256"], size, f"the lock file {path}", moved))
         else:
-            out[f["name"]] = Pin(None, f.get("size"))
+            out.append(Pin(None, d.size))
     return out
 
 
-def record(name: str, entry: dict, fetched: list[Fetched]) -> None:
+def record(name: str, fetched: list[tuple[Download, Fetched]]) -> None:
     """Add the files of a successful pull that the lock file does not hold yet (those it holds were checked against
-    it on the way in)."""
+    it on the way in), each under its own repo@revision."""
     path = lock_path(name)
     data = _read(path)
-    src = data["sources"].setdefault(_source(entry), {"commit": None, "locked": None, "files": {}})
-    new = {f.path.name: {"size": f.size, "sha256": f.sha256} for f in fetched if f.path.name not in src["files"]}
-    if not new:
-        return
-    src["files"].update(new)
-    src["commit"] = src["commit"] or next((f.commit for f in fetched if f.commit), None)
-    src["locked"] = src["locked"] or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    durable.write_json(path, data)
+    changed = False
+    for d, f in fetched:
+        src = data["sources"].setdefault(_source(d), {"commit": None, "locked": None, "files": {}})
+        if d.name in src["files"]:
+            continue
+        src["files"][d.name] = {"size": f.size, "sha256": f.sha256}
+        src["commit"] = src["commit"] or f.commit
+        src["locked"] = src["locked"] or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        changed = True
+    if changed:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        durable.write_json(path, data)
 
 
 def _read(path: Path) -> dict:

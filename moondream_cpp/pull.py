@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Callable
 
 from . import durable, lockfile, store
-from .errors import ModelFileError, MoondreamError, os_error_text
+from .errors import DownloadError, ModelFileError, MoondreamError, os_error_text
 from .gguf_check import check_pair
-from .hub import Fetched, fetch, locate, sha256_file
-from .registry import check_quant, entry, files_of, parse_ref
+from .hub import Fetched, Remote, fetch, locate, sha256_file
+from .registry import Download, check_quant, downloads, entry, parse_ref
 
 
 def pull_model(ref: str, quant: str | None = None, *, force: bool = False,
@@ -50,7 +50,7 @@ def pull_model(ref: str, quant: str | None = None, *, force: bool = False,
 
 def _intact(name: str, quant: str) -> store.LocalModel | None:
     have = store.find_local(name, quant)
-    return have if have is not None and have.damage is None else None
+    return have if have is not None and have.damage is None and have.stale is None else None
 
 
 def _build_and_store(name: str, e: dict, quant: str, root: Path, step, on_progress) -> None:
@@ -63,14 +63,16 @@ def _build_and_store(name: str, e: dict, quant: str, root: Path, step, on_progre
         files, fetched = _fetch_and_build(name, e, quant, work / "src", build, step, on_progress)
         _check(name, files)  # what llama.cpp will load, checked before it is stored
         manifest = {"name": name, "quant": quant, "repo": e["repo"], "revision": e["revision"],
-                    "commit": next((f.commit for f in fetched if f.commit), None),
+                    "commit": next((f.commit for d, f in fetched if f.commit and not d.extra), None),
+                    "extra_files": [{"repo": d.repo, "revision": d.revision, "name": d.name, "to": d.to,
+                                     "commit": f.commit, "sha256": f.sha256} for d, f in fetched if d.extra],
                     "text": files["text"].name, "mmproj": files["mmproj"].name,
                     "bytes": {k: p.stat().st_size for k, p in files.items()},
                     "sha256": {k: sha256_file(p) for k, p in files.items()},
                     "pulled": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         (build / store.MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
         durable.publish(build, root / name / quant, work / f"old-{quant}")
-        lockfile.record(name, e, fetched)
+        lockfile.record(name, fetched)
         shutil.rmtree(work, ignore_errors=True)
         try:
             work.parent.rmdir()  # .partial/, when no other pull is pending
@@ -93,17 +95,17 @@ def _check(name: str, files: dict[str, Path]) -> None:
 
 
 def _fetch_and_build(name: str, e: dict, quant: str, src: Path, build: Path, step,
-                     on_progress) -> tuple[dict[str, Path], list[Fetched]]:
+                     on_progress) -> tuple[dict[str, Path], list[tuple[Download, Fetched]]]:
     """The text and mmproj files of the model, made in build (a published pair quantized, or a checkpoint converted),
     and the downloads they were made from."""
     mmproj_type = "f16" if quant == "f16" else "q8_0"
-    pins = lockfile.pins(name, e)
+    wanted = downloads(e)
     # every file checked against its pin before the first byte of any is fetched
-    remotes = [locate(e["repo"], f["name"], e["revision"], pins[f["name"]]) for f in files_of(e)]
+    remotes = [_locate(name, d, pin) for d, pin in zip(wanted, lockfile.pins(name, e))]
     fetched = []
-    for remote in remotes:
-        step(f"downloading {remote.filename}")
-        fetched.append(fetch(remote, src / remote.filename, on_progress))
+    for d, remote in zip(wanted, remotes):
+        step(f"downloading {d.repo}/{d.name}" if d.extra else f"downloading {d.name}")
+        fetched.append((d, fetch(remote, src / d.to, on_progress)))
     if e["kind"] == "gguf":
         got = {role: src / f["name"] for role, f in e["files"].items()}
         _check(name, got)  # llama.cpp's quantizer aborts on some bad files too
@@ -114,6 +116,17 @@ def _fetch_and_build(name: str, e: dict, quant: str, src: Path, build: Path, ste
 
     out = convert(src, build, quant, mmproj_type, e.get("moondream_revision"), name, on_progress=on_progress)
     return {"text": out.text, "mmproj": out.mmproj}, fetched
+
+
+def _locate(name: str, d: Download, pin) -> Remote:
+    try:
+        return locate(d.repo, d.name, d.revision, pin)
+    except DownloadError as err:
+        if not d.extra:
+            raise
+        # a file of another repo: say what the model wants it for
+        raise DownloadError(f"{name} needs {d.what} (saved in its checkpoint as {d.to}), and it could not be had, "
+                            f"so nothing was downloaded: {err}") from None
 
 
 def _quantized(src: Path, build: Path, qtype: str, step, pad_vision_mlp: bool = False) -> Path:

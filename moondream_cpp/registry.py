@@ -2,20 +2,24 @@
 $MOONDREAM_CPP_HOME/registry.json, checked before use so a mistake in that file is reported in words.
 
 An entry is one of:
-  {"kind": "gguf", "repo", "revision", "files": {"text": FILE, "mmproj": FILE}, "quants"?, "default_quant"?}
-      a published f16 GGUF pair; FILE is {"name", "size"?, "sha256"?} (size and sha256 pin the download)
-  {"kind": "checkpoint", "repo", "revision", "files": [FILE or name], "moondream_revision"?, "quants"?,
-   "default_quant"?}  an HF checkpoint, converted after the download
+  {"kind": "gguf", "repo", "revision", "files": {"text": FILE, "mmproj": FILE}, "family"?, "quants"?,
+   "default_quant"?}  a published f16 GGUF pair; FILE is {"name", "size"?, "sha256"?} (size and sha256 pin the download)
+  {"kind": "checkpoint", "repo", "revision", "files": [FILE or name], "extra_files"?, "moondream_revision"?,
+   "quants"?, "default_quant"?}  an HF checkpoint, converted after the download; each of "extra_files" is
+      {"repo", "revision", "name", "to", "size"?, "sha256"?}: a file of another hub repo, saved at `to` inside the
+      downloaded checkpoint, where the converter looks for it (the 2025-06-21 tokenizer, moondream/starmie-v1)
   {"kind": "bundled", ...}  the demo model shipped in the package (bundled registry only)
 
-A revision is a commit where one is known (moondream1), else the repo's tag: a tag can move, so the first download of
-each file is recorded in the store's lock file (lockfile.py) and every later pull must match it. Names become store
-directories, so a name is a word (NAME_PATTERN), never a path, and file names stay inside the download directory.
+A revision is a commit where one is known (moondream1), else the repo's tag or branch: it can move, so the first
+download of each file is recorded in the store's lock file (lockfile.py) and every later pull must match it. Names
+become store directories, so a name is a word (NAME_PATTERN), never a path; repo file names and `to` stay inside the
+download directory; moondream_revision is one the converter knows (spec.REVISIONS, spec2025.REVISIONS_2025).
 """
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import MoondreamError, UnknownModelError
@@ -25,6 +29,25 @@ USER_KINDS = ("gguf", "checkpoint")
 HEX = "0123456789abcdef"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 NAME_RULE = "a letter or digit, then letters, digits, '.', '_' or '-' (at most 100)"
+# a hub repo id ("owner/name" or "name"), as huggingface_hub checks it: it goes unquoted into the download URL
+REPO_PATTERN = re.compile(r"(?!.*(\.\.|--))([A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}")
+EXTRA_FILE = '{"repo", "revision", "name", "to"}'
+
+
+@dataclass(frozen=True)
+class Download:
+    """One file a pull fetches: `name` in hub repo `repo` at `revision`, saved at `to` in the download directory."""
+    repo: str
+    revision: str
+    name: str
+    to: str
+    size: int | None = None
+    sha256: str | None = None
+    extra: bool = False  # from another repo than the entry's own (extra_files)
+
+    @property
+    def what(self) -> str:
+        return f"{self.repo}/{self.name}@{self.revision}"
 
 
 def user_registry_path() -> Path:
@@ -76,6 +99,8 @@ def _entry_problem(entry) -> str | None:
     for key in ("repo", "revision"):
         if not isinstance(entry.get(key), str) or not entry[key]:
             return f"needs {key!r} (a string)"
+    if not REPO_PATTERN.fullmatch(entry["repo"]):
+        return f"has repo {entry['repo']!r}; it must be a hub repo id, OWNER/NAME"
     files = entry.get("files")
     if kind == "gguf":
         if not isinstance(files, dict) or set(files) != {"text", "mmproj"}:
@@ -93,6 +118,9 @@ def _entry_problem(entry) -> str | None:
             problem = _file_problem(f if isinstance(f, dict) else {"name": f}, f"files[{i}]")
             if problem:
                 return problem
+    problem = _extra_files_problem(entry) or _saved_problem(entry) or _revision_problem(entry)
+    if problem:
+        return problem
     quants = entry.get("quants", QUANTS)
     if not isinstance(quants, list | tuple) or not quants or any(q not in QUANTS for q in quants):
         return f"has quants {quants!r}; each must be one of {', '.join(QUANTS)}"
@@ -102,13 +130,63 @@ def _entry_problem(entry) -> str | None:
     return None
 
 
+def _extra_files_problem(entry: dict) -> str | None:
+    """What is wrong with an entry's extra_files (files of other repos saved inside the download), or None."""
+    extra = entry.get("extra_files")
+    if extra is None:
+        return None
+    if entry["kind"] != "checkpoint":
+        return "has 'extra_files', which only a checkpoint entry may have (they are saved in the checkpoint)"
+    if not isinstance(extra, list):
+        return f"has 'extra_files' that is not a list of {EXTRA_FILE} objects"
+    for i, x in enumerate(extra):
+        where = f"extra_files[{i}]"
+        if not isinstance(x, dict):
+            return f"has {where} that is not a JSON object {EXTRA_FILE}"
+        for key in ("repo", "revision", "to"):
+            if not isinstance(x.get(key), str) or not x[key]:
+                return f"needs {where}.{key} (a string)"
+        if not REPO_PATTERN.fullmatch(x["repo"]):
+            return f"has {where}.repo {x['repo']!r}; it must be a hub repo id, OWNER/NAME"
+        problem = _file_problem(x, where) or _path_problem(x["to"], f"{where}.to", "the downloaded checkpoint")
+        if problem:
+            return problem
+    return None
+
+
+def _saved_problem(entry: dict) -> str | None:
+    """Two downloads saved at one place (or one inside the other) would overwrite each other."""
+    saved = [d.to for d in downloads(entry)]
+    for to in saved:
+        parents = ["/".join(to.split("/")[:n]) for n in range(1, to.count("/") + 1)]
+        if saved.count(to) > 1 or f"{to}.part" in saved or any(p in saved for p in parents):  # .part: resumes
+            return (f"saves two downloads at {to!r} (or one inside the other): each file and extra_files[].to "
+                    "must name a place of its own")
+    return None
+
+
+def _revision_problem(entry: dict) -> str | None:
+    """moondream_revision, when given, must be one the converter knows; family, when given, a word or two."""
+    from .spec import REVISIONS
+    from .spec2025 import REVISIONS_2025
+
+    rev = entry.get("moondream_revision")
+    known = [*REVISIONS, *REVISIONS_2025]
+    if rev is not None and rev not in known:
+        return f"has moondream_revision {rev!r}; it must be one of {', '.join(known)}"
+    if "family" in entry and not isinstance(entry["family"], str):
+        return f"has family {entry['family']!r}; it must be a string (shown by `list --all`)"
+    return None
+
+
 def _file_problem(f: dict, where: str) -> str | None:
     """What is wrong with one file of an entry ({"name", "size"?, "sha256"?}), or None."""
     name = f.get("name")
     if not isinstance(name, str) or not name:
         return f"needs {where}.name (a file name in the repo)"
-    if name.startswith("/") or "\\" in name or "\0" in name or any(p in ("", ".", "..") for p in name.split("/")):
-        return f"has {where}.name {name!r}; it must be a relative path inside the repo, without '.' or '..' parts"
+    problem = _path_problem(name, f"{where}.name", "the repo")
+    if problem:
+        return problem
     if f.get("size") is not None and (type(f["size"]) is not int or f["size"] < 0):
         return f"has {where}.size {f['size']!r}; it must be a byte count or null"
     sha = f.get("sha256")
@@ -117,11 +195,46 @@ def _file_problem(f: dict, where: str) -> str | None:
     return None
 
 
-def files_of(entry: dict) -> list[dict]:
-    """An entry's files as {"name", "size"?, "sha256"?}: a checkpoint's bare names become {"name": name}."""
+def _path_problem(path: str, where: str, inside: str) -> str | None:
+    """A path that could leave the directory it is joined to (absolute, '..', a backslash, a NUL) is refused."""
+    if path.startswith("/") or "\\" in path or "\0" in path or any(p in ("", ".", "..") for p in path.split("/")):
+        return f"has {where} {path!r}; it must be a relative path inside {inside}, without '.' or '..' parts"
+    return None
+
+
+def downloads(entry: dict) -> list[Download]:
+    """What a pull of the entry fetches: its own files (a checkpoint's bare names become {"name": name}), then its
+    extra_files."""
     files = entry["files"]
-    return list(files.values()) if isinstance(files, dict) else [f if isinstance(f, dict) else {"name": f}
-                                                                  for f in files]
+    own = list(files.values()) if isinstance(files, dict) else [f if isinstance(f, dict) else {"name": f}
+                                                                 for f in files]
+    return ([Download(entry["repo"], entry["revision"], f["name"], f["name"], f.get("size"), f.get("sha256"))
+             for f in own]
+            + [Download(x["repo"], x["revision"], x["name"], x["to"], x.get("size"), x.get("sha256"), extra=True)
+               for x in entry.get("extra_files", [])])
+
+
+def family_of(entry: dict) -> str:
+    """Which moondream an entry is, for `list`: its moondream_revision says, else its own "family"."""
+    from .spec2025 import REVISIONS_2025
+
+    rev = entry.get("moondream_revision")
+    if rev == "moondream1":
+        return "moondream1"
+    if rev in REVISIONS_2025:
+        return "moondream2 2025"
+    if rev is not None:
+        return "moondream2 2024"
+    return entry.get("family", "?")
+
+
+def kind_of(entry: dict) -> str:
+    """What a pull of the entry fetches, for `list`: a published GGUF pair (quantized here), or an HF checkpoint and
+    the other repos it takes files from (converted here)."""
+    if entry["kind"] != "checkpoint":
+        return {"gguf": "published GGUF"}.get(entry["kind"], entry["kind"])
+    return "HF checkpoint" + "".join(f" + {r.split('/')[-1]}" for r in sorted({x["repo"] for x in
+                                                                               entry.get("extra_files", [])}))
 
 
 def parse_ref(ref: str) -> tuple[str, str | None]:

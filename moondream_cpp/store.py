@@ -5,7 +5,8 @@ and manifest.json (their sizes and sha256), models/<name>/lock.json what the fir
 (lockfile.py). A pull works in models/.partial/<name>/ (downloads resume from their .part files), holds an flock on
 models/<name>/.pull.lock while it runs and moves the finished pair into place with one synced rename, so the store
 never holds a half-made model. A stored file whose size differs from its manifest is reported as damaged, never
-used. Only `pull` uses the network.
+used, and so is one pulled from another repo or revision than its name now means (the registry moved the name).
+Only `pull` uses the network.
 """
 from __future__ import annotations
 
@@ -63,6 +64,16 @@ class LocalModel:
         return None
 
     @property
+    def stale(self) -> str | None:
+        """How the stored model differs from what its name means now (the registry moved the name to another repo or
+        revision, as `moondream2` moved from the 2024 GGUF pair to 2025-06-21), or None."""
+        e = registry().get(self.name)
+        if not e or "repo" not in e or "repo" not in self.manifest:
+            return None
+        was, now = f"{self.manifest['repo']}@{self.manifest.get('revision')}", f"{e['repo']}@{e['revision']}"
+        return None if was == now else f"it was pulled from {was}, and {self.name} now names {now}"
+
+    @property
     def repair(self) -> str:
         return f"run `moondream-cpp pull {self.ref} --force` to fetch it again, or `moondream-cpp rm {self.ref}`"
 
@@ -101,7 +112,7 @@ def find_local(name: str, quant: str | None = None) -> LocalModel | None:
     if not have:
         return None
     default = registry().get(name, {}).get("default_quant")
-    return sorted(have, key=lambda m: (m.quant != default, m.damage is not None))[0]
+    return sorted(have, key=lambda m: (m.stale is not None, m.quant != default, m.damage is not None))[0]
 
 
 def resolve(model: str | os.PathLike) -> tuple[Path, Path | None]:
@@ -130,6 +141,10 @@ def resolve(model: str | os.PathLike) -> tuple[Path, Path | None]:
         want = f"{name}:{quant}" if quant else name
         raise UnknownModelError(f"{want} is not downloaded yet: run `moondream-cpp pull {name}"
                                 f"{' --quant ' + quant if quant else ''}` (the only command that uses the network)")
+    if found.stale:
+        raise UnknownModelError(f"the stored {found.ref} is not the model {name} names now ({found.stale}): run "
+                                f"`moondream-cpp pull {name}{' --quant ' + quant if quant else ''}` to fetch it "
+                                f"(`moondream-cpp rm {found.ref}` deletes the old one)")
     if found.damage:
         raise ModelFileError(f"the stored {found.ref} in {found.directory} is damaged ({found.damage}): "
                              f"{found.repair}")
