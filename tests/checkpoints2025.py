@@ -11,6 +11,7 @@ still coincide as upstream's code assumes; only the widths shrink.
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -140,8 +141,13 @@ def make_checkpoint_2025(out: Path, revision: str = "2025-04-14", seed: int = 0,
     }
     (out / "config.json").write_text(json.dumps(config, indent=1))
     # every 2025 repo still carries the 2024 GPT-2 tokenizer.json (06-21's is a leftover it does not use)
-    (out / spec2025.TOKENIZER_FILE).write_text(json.dumps(phi_tokenizer_json(), ensure_ascii=False))
+    (out / spec2025.TOKENIZER_FILE).write_text(_gpt2_tokenizer_text())
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def _gpt2_tokenizer_text() -> str:
+    return json.dumps(phi_tokenizer_json(), ensure_ascii=False)  # reading the vocabulary GGUF takes seconds
 
 
 def _save(w: dict, path: Path, dtype: str) -> None:
@@ -215,13 +221,9 @@ def starmie_tokenizer_json(vocab_size: int = 3000) -> str:
     return tok.to_str()
 
 
-_STARMIE_CACHE: dict[str, str] = {}
-
-
+@functools.lru_cache(maxsize=1)
 def _starmie_text() -> str:
-    if "json" not in _STARMIE_CACHE:
-        _STARMIE_CACHE["json"] = starmie_tokenizer_json()
-    return _STARMIE_CACHE["json"]
+    return starmie_tokenizer_json()
 
 
 def starmie_vocab_size() -> int:
