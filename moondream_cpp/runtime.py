@@ -230,10 +230,14 @@ class Moondream:
         self.last_prefix_restored = plan.restored
         return len(items) - plan.keep
 
-    def logits(self, image, question: str, history: Sequence[tuple[str, str]] = ()) -> np.ndarray:
-        """Next-token logits (float32, padding rows included) after the prompt: for evaluation and tests."""
+    def logits(self, image, question: str | None, history: Sequence[tuple[str, str]] = (), *,
+               caption: str | None = None) -> np.ndarray:
+        """Next-token logits (float32, padding rows included) after the prompt for `question` (or a caption of
+        length `caption`): for evaluation and tests."""
         enc = self.encode_image(image)
-        self.evaluate(self.prompt_items(enc, question, history), {enc.key: enc})
+        items = (self.prompting.caption_items(enc.key, enc.embeddings.shape[0], caption) if caption is not None
+                 else self.prompt_items(enc, question, history))
+        self.evaluate(items, {enc.key: enc})
         return self.context.logits().copy()
 
     def query(self, image, question: str, *, stream: bool = False, history: Sequence[tuple[str, str]] = (),

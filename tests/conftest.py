@@ -107,6 +107,70 @@ def reference(checkpoint):
 
 
 @pytest.fixture(scope="session")
+def checkpoint2025(workdir):
+    """checkpoint2025(revision, dtype) -> a scaled 2025 checkpoint directory (tests/checkpoints2025.py), made once."""
+    from checkpoints2025 import make_checkpoint_2025
+
+    made = {}
+
+    def get(revision: str = "2025-04-14", dtype: str = "f16") -> Path:
+        key = (revision, dtype)
+        if key not in made:
+            made[key] = make_checkpoint_2025(workdir / f"ck25-{revision}-{dtype}", revision=revision, dtype=dtype)
+        return made[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def pair2025(checkpoint2025, workdir):
+    """pair2025(revision, text_type, mmproj_type) -> (text.gguf, mmproj.gguf) of a scaled 2025 model, made once.
+    06-21 checkpoints are bf16 (as upstream's), the others f16."""
+    from moondream_cpp.convert import convert
+
+    done = {}
+
+    def get(revision: str = "2025-04-14", text_type: str = "f32", mmproj_type: str = "f32"):
+        key = (revision, text_type, mmproj_type)
+        if key not in done:
+            ck = checkpoint2025(revision, "bf16" if revision == "2025-06-21" else "f16")
+            out = convert(ck, workdir / f"gguf25-{revision}-{text_type}-{mmproj_type}", text_type, mmproj_type,
+                          revision=revision, name="tiny25")
+            done[key] = (out.text, out.mmproj)
+        return done[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def reference2025(checkpoint2025):
+    from moondream_cpp.reference.md2025 import Reference2025
+
+    refs = {}
+
+    def get(revision: str = "2025-04-14"):
+        if revision not in refs:
+            dtype = "bf16" if revision == "2025-06-21" else "f16"
+            refs[revision] = Reference2025.load(checkpoint2025(revision, dtype), revision=revision)
+        return refs[revision]
+
+    return get
+
+
+def scene(width: int, height: int, seed: int = 3) -> Image.Image:
+    """A structured picture of any size (gradients, blocks, noise): crops of it differ from each other."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    a = np.stack([x * 255 / width, y * 255 / height, (x * 3 + y * 5) % 256], -1).astype(np.float64)
+    for _ in range(12):
+        cx, cy = rng.integers(0, width), rng.integers(0, height)
+        r = max(4, min(width, height) // 8)
+        a[max(0, cy - r): cy + r, max(0, cx - r): cx + r] = rng.integers(0, 256, 3)
+    a += rng.normal(0, 12, a.shape)
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="session")
 def photo() -> Image.Image:
     """A non-square image with structure (gradients + shapes), so preprocessing and patch order matter."""
     rng = np.random.default_rng(7)
