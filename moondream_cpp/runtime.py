@@ -291,6 +291,7 @@ class Moondream:
                 c.answer.timings = {
                     "image_encode_ms": 0.0 if cached else round((t1 - t0) * 1000, 2),
                     "image_cached": cached,
+                    **(self.multicrop.timings_of(enc.key) if self.multicrop and not cached else {}),
                     "prefix_restored": self.last_prefix_restored,
                     "prompt_tokens": len(items),
                     "prompt_evaluated": n_eval,

@@ -27,7 +27,7 @@ class MultiCropVision:
                                  "convert the checkpoint again with this version of moondream-cpp")
         self.grid = mm_info.image_size // int(mm_info.file.get("clip.vision.patch_size"))
         self.projector = Projector(mm_info.file.path)
-        self.last_timings: EmbedTimings | None = None
+        self.last_timings: tuple | None = None  # (key, EmbedTimings, tiling) of the last image encoded
 
     def crops_of(self, image, max_crops: int | None = None) -> tuple[Crops, str]:
         """The crops of a path, bytes, PIL image or array, and their hash (the image cache key: equal crops make
@@ -47,5 +47,14 @@ class MultiCropVision:
         with self.vision.session() as encode_crop:
             emb = image_embeddings(crops, encode_crop, self.projector, self.feature_length, self.margin, self.grid,
                                    timings)
-        self.last_timings = timings
+        self.last_timings = (key, timings, crops.tiling)
         return EncodedImage(np.ascontiguousarray(emb, dtype=np.float32), key, timings.total_ms)
+
+    def timings_of(self, key: str) -> dict:
+        """Where the last encode of image `key` spent its time (empty when it came from the cache)."""
+        if self.last_timings is None or self.last_timings[0] != key:
+            return {}
+        _, t, tiling = self.last_timings
+        return {"image_tiling": list(tiling), "vision_passes": len(t.encode_ms),
+                "vision_ms": round(sum(t.encode_ms), 2), "pool_ms": round(t.reconstruct_pool_ms, 2),
+                "projector_ms": round(t.projector_ms, 2)}
