@@ -184,3 +184,20 @@ def test_checkpoint_layout_and_starmie_revision(tmp_path):
     bf16 = Reference2025.load(ck, "2025-06-21", dtype=torch.bfloat16)
     a, b = ref.logits(sample_image(500, 400), [1, 2, 3]), bf16.logits(sample_image(500, 400), [1, 2, 3])
     assert b.dtype == torch.float32 and torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.99
+
+
+def test_region_head_encodings_and_decoders(ref, features_1024x768):
+    w = ref.w
+    # at 0 every Fourier feature is cos 0 = 1 (first half), sin 0 = 0: the encoder's first-half columns summed
+    enc0 = w["model.region.coord_encoder.weight"][:, :16].sum(1) + w["model.region.coord_encoder.bias"]
+    assert torch.allclose(ref.encode_coordinate(0.0)[0], enc0, atol=1e-5)
+    # a quarter turn of the first frequency for width: cos 0 of that column, sin 1
+    f = w["model.region.size_features"]
+    x = float(0.25 / f[0, 0])
+    feats = torch.cat([torch.cos(2 * math.pi * x * f[0]), torch.sin(2 * math.pi * x * f[0])])
+    want = w["model.region.size_encoder.weight"] @ feats + w["model.region.size_encoder.bias"]
+    assert torch.allclose(ref.encode_size(x, 0.0)[0], want, atol=1e-4)
+    cache, h = ref.start(ref.project(features_1024x768, (3, 4)), QUESTION)
+    assert ref.decode_coordinate(h).shape == (1024,) and ref.decode_size(h).shape == (2, 1024)
+    h2 = ref.step(cache, ref.encode_coordinate(float(ref.decode_coordinate(h).argmax()) / 1024))
+    assert h2.shape == (80,) and not torch.allclose(h, h2)

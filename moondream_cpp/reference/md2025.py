@@ -8,6 +8,7 @@ bf16/fp16 runs upstream makes.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -112,11 +113,12 @@ class Reference2025:
     def encode_crops(self, crops: np.ndarray) -> torch.Tensor:
         """uint8 crops [n, S, S, 3] -> post_ln features [n, grid*grid, enc_dim]."""
         vd, p, g = self.vision, self.vision.enc_patch_size, self.geometry.grid
-        x = (torch.from_numpy(np.ascontiguousarray(crops)).float() / 255.0 - 0.5) / 0.5  # [n, S, S, 3]
+        # normalised in the compute dtype, as upstream does after its cast to fp16/bf16
+        x = (torch.from_numpy(np.ascontiguousarray(crops)).to(self.dtype) / 255.0 - 0.5) / 0.5  # [n, S, S, 3]
         n = x.shape[0]
         # patches row-major, each vector ordered (channel, dy, dx)
         x = x.permute(0, 3, 1, 2).reshape(n, 3, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(n, g * g, 3 * p * p)
-        x = self._linear(x.to(self.dtype), "model.vision.patch_emb") + self.w["model.vision.pos_emb"]
+        x = self._linear(x, "model.vision.patch_emb") + self.w["model.vision.pos_emb"]
         heads, hd = vd.enc_n_heads, vd.enc_dim // vd.enc_n_heads
         for i in range(vd.enc_n_layers):
             b = f"model.vision.blocks.{i}."
@@ -207,14 +209,24 @@ class Reference2025:
         return self.logits_and_hidden(image, prompt_ids, causal_only)[0]
 
     @torch.no_grad()
-    def generate(self, image, prompt_ids, max_tokens: int, eos: int | None = None, masked=()) -> list[int]:
-        """Greedy: argmax over all logits with `masked` ids at -inf; stops at eos (the revision's by default), which
-        is not returned."""
-        eos = self.rev.eos if eos is None else eos
+    def start(self, image, prompt_ids) -> tuple[list, torch.Tensor]:
+        """(KV cache, last residual before post_ln) after the prefix and the prompt: the state `step` goes on from."""
         cache: list = []
         h = self.decode(self.prefix(image), cache, self.prefix_rows)[-1]
         if len(prompt_ids):
             h = self.decode(self.embed(prompt_ids), cache, self.prefix_rows)[-1]
+        return cache, h
+
+    def step(self, cache: list, rows: torch.Tensor) -> torch.Tensor:
+        """Feed embedding rows [T, dim] (a token's wte row, a region encoding) causally; the last residual."""
+        return self.decode(rows, cache, self.prefix_rows)[-1]
+
+    @torch.no_grad()
+    def generate(self, image, prompt_ids, max_tokens: int, eos: int | None = None, masked=()) -> list[int]:
+        """Greedy: argmax over all logits with `masked` ids at -inf; stops at eos (the revision's by default), which
+        is not returned."""
+        eos = self.rev.eos if eos is None else eos
+        cache, h = self.start(image, prompt_ids)
         out: list[int] = []
         for _ in range(max_tokens):
             logits = self.head(h)
@@ -223,5 +235,29 @@ class Reference2025:
             if tok == eos:
                 break
             out.append(tok)
-            h = self.decode(self.embed([tok]), cache, self.prefix_rows)[-1]
+            h = self.step(cache, self.embed([tok]))
         return out
+
+    # ------------------------------------------------------------------------------------------------ region head
+    def _fourier(self, values, name) -> torch.Tensor:
+        f = 2 * math.pi * torch.as_tensor(values, dtype=self.dtype) @ self.w[name]
+        return torch.cat([f.cos(), f.sin()], dim=-1)  # cos first
+
+    @torch.no_grad()
+    def encode_coordinate(self, value: float) -> torch.Tensor:
+        """A coordinate in [0, 1] -> one embedding row [1, dim]."""
+        return self._linear(self._fourier([[value]], "model.region.coord_features"), "model.region.coord_encoder")
+
+    @torch.no_grad()
+    def encode_size(self, width: float, height: float) -> torch.Tensor:
+        return self._linear(self._fourier([[width, height]], "model.region.size_features"), "model.region.size_encoder")
+
+    @torch.no_grad()
+    def decode_coordinate(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Residual before post_ln -> coordinate bin logits [1024] fp32."""
+        return self._mlp(hidden.to(self.dtype), "model.region.coord_decoder").float()
+
+    @torch.no_grad()
+    def decode_size(self, hidden: torch.Tensor) -> torch.Tensor:
+        """-> [2, bins] fp32: row 0 width, row 1 height."""
+        return self._mlp(hidden.to(self.dtype), "model.region.size_decoder").float().reshape(2, -1)
