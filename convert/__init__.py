@@ -5,7 +5,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 from gguf import GGUFValueType as T
 from gguf import LlamaFileType
 
@@ -13,19 +12,17 @@ from moondream_cpp import gguf_check, spec
 from moondream_cpp.errors import CheckpointError
 from moondream_cpp.outputs import writable_dir
 
+from . import files2025
 from .checkpoint import Checkpoint, load_checkpoint
+from .checkpoint2025 import checkpoint_is_2025, load_checkpoint_2025
 from .checkpoint_dims import valid_name
 from .gguf_out import OutTensor, atomic_path, scratch_path, write_gguf
-from .pad_gguf import with_padded_mlp
+from .passthrough import restore_f32
 from .quantize import MMPROJ_TYPES, TEXT_TYPES, quantize
 from .tokenizer import read_vocab, vocab_keys
+from .tower import float_type, tower_tensors
 
 _FILE_TYPE = {"f32": LlamaFileType.ALL_F32, "f16": LlamaFileType.MOSTLY_F16}  # what our writer writes itself
-
-
-def _float_type(kind: str, ndim: int):
-    """1-D tensors stay f32 (norms, biases); 2-D+ follow the file type."""
-    return np.float32 if kind == "f32" or ndim < 2 else np.float16
 
 
 def text_tensors(ck: Checkpoint, kind: str) -> list[OutTensor]:
@@ -33,7 +30,7 @@ def text_tensors(ck: Checkpoint, kind: str) -> list[OutTensor]:
     out = []
     for hf, gg in names.items():
         shape = ck.tensors.shape(hf)
-        out.append(OutTensor(gg, shape, _float_type(kind, len(shape)), lambda hf=hf: ck.tensors.get(hf),
+        out.append(OutTensor(gg, shape, float_type(kind, len(shape)), lambda hf=hf: ck.tensors.get(hf),
                              lambda a, b, hf=hf: ck.tensors.get_rows(hf, a, b)))
     return out
 
@@ -67,33 +64,7 @@ def text_keys(ck: Checkpoint, kind: str) -> list[tuple]:
 
 
 def mmproj_tensors(ck: Checkpoint, kind: str) -> list[OutTensor]:
-    v = ck.vision
-    out = []
-    for hf, gg in spec.VISION_TENSORS.items():
-        shape = ck.tensors.shape(hf)
-        load = lambda hf=hf: ck.tensors.get(hf)  # noqa: E731
-        dtype = _float_type(kind, len(shape))
-        if gg == "v.patch_embd.weight":  # [D, 3*p*p] -> conv kernel [D, 3, p, p]
-            # the kernel's type is also the type the pixels are unfolded into: f32 keeps pixels exact
-            shape = (v.n_embd, 3, v.patch_size, v.patch_size)
-            load = lambda hf=hf, s=shape: ck.tensors.get(hf).reshape(s)  # noqa: E731
-        out.append(OutTensor(gg, shape, dtype, load))
-    # the last block is written twice: mtmd runs block_count-1 blocks for "mlp" projectors (docs/architecture.md P2)
-    blocks = list(range(v.n_layer)) + [v.n_layer - 1]
-    for gi, src in enumerate(blocks):
-        for hf_t, gg_t in spec.VISION_BLOCK_TENSORS.items():
-            hf = hf_t.format(i=src)
-            shape = ck.tensors.shape(hf)
-            if isinstance(gg_t, tuple):  # fused qkv rows [q; k; v] -> three tensors
-                part = (shape[0] // 3,) + tuple(shape[1:])
-                for j, g in enumerate(gg_t):
-                    out.append(OutTensor(g.format(i=gi), part, _float_type(kind, len(part)),
-                                         lambda hf=hf, j=j, n=part[0]: ck.tensors.get(hf)[j * n:(j + 1) * n]))
-            else:
-                t = OutTensor(gg_t.format(i=gi), shape, _float_type(kind, len(shape)),
-                              lambda hf=hf: ck.tensors.get(hf), lambda a, b, hf=hf: ck.tensors.get_rows(hf, a, b))
-                out.append(with_padded_mlp(t, v.n_ff))
-    return out
+    return tower_tensors(ck.tensors, ck.vision, spec.VISION_TENSORS, spec.VISION_BLOCK_TENSORS, kind)
 
 
 def mmproj_keys(ck: Checkpoint, kind: str) -> list[tuple]:
@@ -146,7 +117,8 @@ Progress = Callable[[str, int, "int | None"], None]  # (what, done, total or Non
 
 
 def _write_one(final: Path, kind_name: str, arch: str, keys, tensors, qtype: str, on_tensor,
-               on_progress: Progress | None) -> Path:
+               on_progress: Progress | None, keep_f32: Callable[[], dict] | None = None) -> Path:
+    """keep_f32: the tensors (name -> f32 array) that must stay f32 whatever llama.cpp's quantizer makes of them."""
     done = [0]
 
     def tick(name):
@@ -164,7 +136,12 @@ def _write_one(final: Path, kind_name: str, arch: str, keys, tensors, qtype: str
                 write_gguf(inter, arch, keys, tensors, tick)
                 if on_progress:
                     on_progress(f"quantizing {final.name} ({qtype})", 0, None)
-                quantize(inter, tmp, qtype)
+                if keep_f32 is None:
+                    quantize(inter, tmp, qtype)
+                else:
+                    with scratch_path(final) as quantized:
+                        quantize(inter, quantized, qtype)
+                        restore_f32(quantized, tmp, keep_f32())
         if on_progress:
             on_progress(f"verifying {final.name}", 0, None)
         _verify(tmp, kind_name, tensors)
@@ -172,9 +149,11 @@ def _write_one(final: Path, kind_name: str, arch: str, keys, tensors, qtype: str
 
 
 def convert(checkpoint_dir: str | Path, out_dir: str | Path, text_type: str = "f16", mmproj_type: str = "f16",
-            revision: str | None = None, name: str | None = None,
+            revision: str | None = None, name: str | None = None, tokenizer: str | Path | None = None,
             on_tensor: Callable[[str], None] | None = None, on_progress: Progress | None = None) -> Converted:
-    """Convert an HF moondream checkpoint directory to `<name>-text-<type>.gguf` + `<name>-mmproj-<type>.gguf`."""
+    """Convert an HF moondream checkpoint directory to `<name>-text-<type>.gguf` + `<name>-mmproj-<type>.gguf`.
+    A 2025 checkpoint needs `revision` (one of spec2025.REVISIONS_2025); `tokenizer`: the tokenizer.json to use
+    instead of the one the revision reads by default (06-21: <checkpoint>/spec2025.STARMIE_IN_CHECKPOINT)."""
     if text_type not in TEXT_TYPES:
         raise CheckpointError(f"unknown text type {text_type!r}; choose one of {', '.join(TEXT_TYPES)}")
     if mmproj_type not in MMPROJ_TYPES:
@@ -182,14 +161,27 @@ def convert(checkpoint_dir: str | Path, out_dir: str | Path, text_type: str = "f
     if name is not None and not valid_name(name):
         raise CheckpointError(f"--name {name[:60]!r} is not a plain file name stem (letters, digits, '.', '_', '-', "
                               "'+')")
-    ck = load_checkpoint(checkpoint_dir, revision)
+    is_2025 = checkpoint_is_2025(checkpoint_dir)
+    if is_2025:
+        ck = load_checkpoint_2025(checkpoint_dir, revision, tokenizer)
+    elif tokenizer is not None:
+        raise CheckpointError("--tokenizer is for 2025 checkpoints; a 2024 checkpoint's own tokenizer.json is used")
+    else:
+        ck = load_checkpoint(checkpoint_dir, revision)
     out_dir = writable_dir(out_dir, "-o/--out-dir")
     name = name or ck.name
     # bf16 is made from f32 (never via f16, which would round twice)
     base_t = "f32" if text_type in ("f32", "bf16") else "f16"
     base_m = "f32" if mmproj_type in ("f32", "bf16") else "f16"
-    text = _write_one(out_dir / f"{name}-text-{text_type}.gguf", "text", spec.ARCH_TEXT, text_keys(ck, base_t),
-                      text_tensors(ck, base_t), text_type, on_tensor, on_progress)
-    mmproj = _write_one(out_dir / f"{name}-mmproj-{mmproj_type}.gguf", "mmproj", spec.ARCH_MMPROJ,
-                        mmproj_keys(ck, base_m), mmproj_tensors(ck, base_m), mmproj_type, on_tensor, on_progress)
+    if is_2025:
+        parts = (files2025.text_keys(ck, _FILE_TYPE[base_t]), files2025.text_tensors(ck, base_t),
+                 files2025.mmproj_keys(ck, _FILE_TYPE[base_m]), files2025.mmproj_tensors(ck, base_m))
+        keep_f32 = lambda: files2025.passthrough_arrays(ck)  # noqa: E731
+    else:
+        parts = (text_keys(ck, base_t), text_tensors(ck, base_t), mmproj_keys(ck, base_m), mmproj_tensors(ck, base_m))
+        keep_f32 = None
+    text = _write_one(out_dir / f"{name}-text-{text_type}.gguf", "text", spec.ARCH_TEXT, parts[0], parts[1],
+                      text_type, on_tensor, on_progress)
+    mmproj = _write_one(out_dir / f"{name}-mmproj-{mmproj_type}.gguf", "mmproj", spec.ARCH_MMPROJ, parts[2],
+                        parts[3], mmproj_type, on_tensor, on_progress, keep_f32)
     return Converted(text, mmproj)

@@ -21,8 +21,9 @@ class Vocab:
     bos_id: int
 
 
-def read_vocab(checkpoint_dir: Path, n_rows: int) -> Vocab:
-    path = checkpoint_dir / "tokenizer.json"
+def read_vocab(checkpoint_dir: Path, n_rows: int, file: Path | None = None) -> Vocab:
+    """The checkpoint's tokenizer.json (or `file`) as a GGUF vocabulary of n_rows entries."""
+    path = file or checkpoint_dir / "tokenizer.json"
     if not path.exists():
         raise CheckpointError(f"no tokenizer.json in {checkpoint_dir}: copy the checkpoint's tokenizer files too")
     try:
@@ -77,11 +78,12 @@ def _check_tokens(path: Path, by_id: dict) -> None:
         seen[text] = i
 
 
-def vocab_keys(v: Vocab) -> list[tuple]:
-    """(key, value, type, subtype) rows for the text GGUF."""
+def vocab_keys(v: Vocab, pre: str = "phi-2") -> list[tuple]:
+    """(key, value, type, subtype) rows for the text GGUF. pre: phi-2, the GPT-2 regex, not 'default'
+    (docs/architecture.md P4); 'default' where llama.cpp only loads the vocabulary and never tokenizes with it."""
     return [
         ("tokenizer.ggml.model", "gpt2", T.STRING, None),
-        ("tokenizer.ggml.pre", "phi-2", T.STRING, None),  # the GPT-2 regex, not 'default' (docs/architecture.md P4)
+        ("tokenizer.ggml.pre", pre, T.STRING, None),
         ("tokenizer.ggml.tokens", v.tokens, T.ARRAY, T.STRING),
         ("tokenizer.ggml.token_type", v.types, T.ARRAY, T.INT32),
         ("tokenizer.ggml.merges", v.merges, T.ARRAY, T.STRING),

@@ -10,10 +10,10 @@ import numpy as np
 from gguf import GGUFValueType as T
 from gguf import TokenType
 
-from . import gguf_rules, spec
+from . import gguf_rules, spec, spec2025
 from .errors import ModelFileError
 from .gguf_header import MAGIC, HeaderError, TensorEntry, read_header
-from .gguf_tensors import check_tensors, mmproj_table, text_table
+from .gguf_tensors import check_tensors, mmproj_table, mmproj_table_2025, text_table
 
 # element types of the array keys that llama.cpp reads with a fixed type
 _ARRAY_ITEM = {
@@ -25,6 +25,9 @@ _ARRAY_ITEM = {
     "clip.vision.feature_layer": T.INT32,
 }
 _KIND_OF_ARCH = {spec.ARCH_TEXT: "text", spec.ARCH_MMPROJ: "mmproj"}
+# every key we know, with the type it must have: llama.cpp's, our 2024 moondream.* keys, the 2025 family's
+_TEXT_KEYS = spec.TEXT_KEYS | spec2025.TEXT_KEYS_2025
+_MMPROJ_KEYS = spec.MMPROJ_KEYS | spec2025.MMPROJ_KEYS_2025
 MIN_QUESTION_POSITIONS = 16  # a model's context must hold its image and at least this much question and answer
 
 
@@ -48,11 +51,20 @@ class TextInfo:
     n_layer: int
     n_vocab: int
     n_ctx: int
-    revision: spec.Revision
+    revision: spec.Revision  # 2025 files: their name with the 2024 fields they state (no markers, stop at EOS)
     has_our_metadata: bool
     n_real_tokens: int
     add_bos: bool
     quant: str = field(default="")
+    family: str = "2024"  # "2025": multi-crop vision, prefix attention, templates as ids (docs/architecture.md §9)
+    revision_2025: spec2025.Revision2025 | None = None  # the 2025 revision's templates, ids and sampling
+    tokenizer_kind: str = "gpt2"  # "gpt2": llama.cpp tokenizes; "starmie": the tokenizers library on tokenizer_json
+    tokenizer_json: str | None = None
+    prefix_rows: int = 0  # rows evaluated with bidirectional attention (BOS + image); 0: causal throughout (2024)
+
+    @property
+    def revision_name(self) -> str:
+        return self.revision.name
 
 
 @dataclass
@@ -62,6 +74,16 @@ class MmprojInfo:
     n_patches: int
     n_embd_out: int
     n_blocks_run: int
+    family: str = "2024"
+    revision_name: str | None = None  # 2025 files name their revision; 2024 files do not
+    feature_length: int = 0  # the leading columns of mtmd's rows that carry the image (2024: all of them)
+    max_crops: int = 1
+    overlap_margin: int = 0  # patches cut from each inner side of a local crop
+    passthrough: bool = False  # mtmd hands out vision features; md.proj.* projects them (numpy)
+
+    @property
+    def crop_size(self) -> int:
+        return self.image_size
 
 
 def read_gguf(path: str | os.PathLike, expected_kind: str) -> GGUFFile:
@@ -94,7 +116,7 @@ def read_gguf(path: str | os.PathLike, expected_kind: str) -> GGUFFile:
         other = "--mmproj" if kind == "mmproj" else "--text"
         raise ModelFileError(f"{path} is a {kind} file (arch {arch}) but was given as the {expected_kind} model; "
                              f"pass it with {other}")
-    table = spec.TEXT_KEYS if kind == "text" else spec.MMPROJ_KEYS
+    table = _TEXT_KEYS if kind == "text" else _MMPROJ_KEYS
     for key, want in table.items():
         if key not in types:
             continue
@@ -108,7 +130,7 @@ def read_gguf(path: str | os.PathLike, expected_kind: str) -> GGUFFile:
     missing = [k for k in required if k not in keys]
     if missing:
         raise ModelFileError(f"{path}: required metadata missing: {', '.join(missing)}; re-convert the model")
-    unknown = gguf_rules.unknown_keys(keys, arch, table)
+    unknown = gguf_rules.unknown_keys(keys, arch, spec.TEXT_KEYS if kind == "text" else spec.MMPROJ_KEYS)
     if unknown:
         raise ModelFileError(f"{path}: metadata key(s) {', '.join(unknown[:3])} are not part of a moondream model: "
                              "llama.cpp would act on them (some values abort it); re-convert the model")
@@ -160,12 +182,27 @@ def check_text(path) -> TextInfo:
     if real.size == 0:
         raise ModelFileError(f"{f.path}: every tokenizer token is marked unused; re-convert it")
     n_real = int(real.max()) + 1
+    n_ctx = int(k["phi2.context_length"])
+    _refuse(f, gguf_rules.family_problem(k))
+    common = dict(has_our_metadata=spec.MD_REVISION in k, n_real_tokens=n_real,
+                  add_bos=bool(k.get("tokenizer.ggml.add_bos_token", False)), quant=f.tensors["blk.0.ffn_up.weight"][1])
+    if k.get(spec2025.MD_FAMILY) == "2025":
+        _refuse(f, gguf_rules.text_2025_problem(k, n_vocab, n_ctx))
+        rev = spec2025.REVISIONS_2025[k[spec.MD_REVISION]]
+        return TextInfo(f, n_embd, n_layer, n_vocab, n_ctx, _as_2024_revision(rev, k), **common, family="2025",
+                        revision_2025=rev, tokenizer_kind=rev.tokenizer,
+                        tokenizer_json=k.get(spec2025.MD_TOKENIZER_JSON), prefix_rows=int(k[spec2025.MD_PREFIX_ROWS]))
     rev_name = k.get(spec.MD_REVISION) or spec.DEFAULT_REVISION
     if rev_name not in spec.REVISIONS:
         raise ModelFileError(f"{f.path}: unknown moondream revision {rev_name!r} in its metadata")
-    return TextInfo(f, n_embd, n_layer, n_vocab, int(k["phi2.context_length"]), spec.REVISIONS[rev_name],
-                    spec.MD_REVISION in k, n_real, bool(k.get("tokenizer.ggml.add_bos_token", False)),
-                    quant=f.tensors["blk.0.ffn_up.weight"][1])
+    return TextInfo(f, n_embd, n_layer, n_vocab, n_ctx, spec.REVISIONS[rev_name], **common)
+
+
+def _as_2024_revision(rev: spec2025.Revision2025, keys: Mapping) -> spec.Revision:
+    """The 2024 view of a 2025 revision, for code that reads spec.Revision: no image markers or answer prefix
+    (2025 templates are token ids), answers end at EOS, the tower's tanh GELU and eps."""
+    return spec.Revision(rev.name, False, "", "eos", "tanh", float(keys.get(spec.MD_VISION_EPS, 1e-5)),
+                         int(keys.get(spec.MD_MAX_NEW_TOKENS, rev.max_tokens)))
 
 
 def check_mmproj(path) -> MmprojInfo:
@@ -180,14 +217,25 @@ def check_mmproj(path) -> MmprojInfo:
         image_size=image, patch_size=patch, eps=k["clip.vision.attention.layer_norm_epsilon"]))
     n_patches = (image // patch) ** 2
     out = _rows(f, "mm.2.weight")
-    check_tensors(f.path, f.entries, mmproj_table(n_embd=width, n_ff=n_ff, n_layer=n_blocks, patch=patch,
-                                                  n_patches=n_patches, hidden=_rows(f, "mm.0.weight"),
-                                                  out_width=out))
+    _refuse(f, gguf_rules.family_problem(k))
+    is_2025 = k.get(spec2025.MD_FAMILY) == "2025"
+    if is_2025:
+        _refuse(f, gguf_rules.mmproj_2025_problem(k, width, image // patch))
+        table = mmproj_table_2025(f.path, f.entries, n_embd=width, n_ff=n_ff, n_layer=n_blocks, patch=patch,
+                                  n_patches=n_patches, text_width=out)
+    else:
+        table = mmproj_table(n_embd=width, n_ff=n_ff, n_layer=n_blocks, patch=patch, n_patches=n_patches,
+                             hidden=_rows(f, "mm.0.weight"), out_width=out)
+    check_tensors(f.path, f.entries, table)
     layers = k.get("clip.vision.feature_layer")
     layers = [] if layers is None else [int(x) for x in layers]
     # without feature_layer, mtmd runs block_count-1 blocks (LLaVA habit); the duplicate-block layout relies on it
     n_run = max(layers) if layers else n_blocks - 1
-    return MmprojInfo(f, image, n_patches, out, n_run)
+    if not is_2025:
+        return MmprojInfo(f, image, n_patches, out, n_run, feature_length=out)
+    return MmprojInfo(f, image, n_patches, out, n_run, family="2025", revision_name=k[spec.MD_REVISION],
+                      feature_length=width, max_crops=int(k[spec2025.MD_MAX_CROPS]),
+                      overlap_margin=int(k[spec2025.MD_OVERLAP_MARGIN]), passthrough=True)
 
 
 def check_pair(text_path, mmproj_path) -> tuple[TextInfo, MmprojInfo]:
@@ -196,6 +244,14 @@ def check_pair(text_path, mmproj_path) -> tuple[TextInfo, MmprojInfo]:
         raise ModelFileError(f"these files do not belong together: {mm.file.path.name} projects images to width "
                              f"{mm.n_embd_out} but {text.file.path.name} has width {text.n_embd}; use the mmproj "
                              "converted from the same checkpoint")
+    if text.family != mm.family or text.revision.name != (mm.revision_name or text.revision.name):
+        raise ModelFileError(f"these files do not belong together: {text.file.path.name} is moondream "
+                             f"{text.family} ({text.revision.name}) but {mm.file.path.name} is "
+                             f"{mm.family}{' (' + mm.revision_name + ')' if mm.revision_name else ''}; use the "
+                             "mmproj converted from the same checkpoint")
+    if text.family == "2025" and text.prefix_rows != 1 + mm.n_patches:
+        raise ModelFileError(f"{text.file.path.name} evaluates a {text.prefix_rows}-row prefix, but BOS and "
+                             f"{mm.file.path.name}'s {mm.n_patches} image rows make {1 + mm.n_patches}; re-convert")
     if text.n_ctx < mm.n_patches + MIN_QUESTION_POSITIONS:
         raise ModelFileError(f"{text.file.path.name}'s context of {text.n_ctx} positions cannot hold the "
                              f"{mm.n_patches} image positions of {mm.file.path.name} and a question")

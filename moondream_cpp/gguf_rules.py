@@ -8,10 +8,11 @@ Each function answers with what is wrong, in a sentence, or None; callers name t
 """
 from __future__ import annotations
 
+import json
 import math
 from typing import Mapping
 
-from . import spec
+from . import spec, spec2025
 
 MAX_LAYERS = 512  # LLAMA_MAX_LAYERS (src/llama-hparams.h); mtmd runs any count but moondream has 24..28
 MAX_WIDTH = 1 << 16  # far above moondream's (2048 text, 1152 vision), far below an int32 overflow in shapes
@@ -132,4 +133,84 @@ def mmproj_keys_problem(keys: Mapping, n_layer: int) -> str | None:
     layers = keys.get("clip.vision.feature_layer")
     if layers is not None and any(not 0 < int(v) <= n_layer for v in layers):
         return f"clip.vision.feature_layer {list(layers)[:6]} names blocks outside 1..{n_layer}"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The 2025 family (docs/architecture.md §9): keys the runtime reads to tokenize, prompt and tile like upstream.
+FAMILIES = ("2024", "2025")
+MAX_CROPS = 64  # upstream uses 12; more would make one image cost minutes, whatever a file says
+MAX_TOKENIZER_JSON = 64 << 20  # starmie's tokenizer.json is a few MB
+
+
+def family_problem(keys: Mapping) -> str | None:
+    family = keys.get(spec2025.MD_FAMILY, FAMILIES[0])
+    if family not in FAMILIES:
+        return f"{spec2025.MD_FAMILY} is {str(family)[:20]!r}, not one of {', '.join(FAMILIES)}"
+    return None
+
+
+def _revision_2025(keys: Mapping) -> tuple[str | None, "spec2025.Revision2025 | None"]:
+    name = keys.get(spec.MD_REVISION)
+    if name not in spec2025.REVISIONS_2025:
+        return (f"{spec.MD_REVISION} is {str(name)[:40]!r}, not a 2025 revision this moondream-cpp knows "
+                f"({', '.join(spec2025.REVISIONS_2025)}): convert the checkpoint again, or update moondream-cpp"), None
+    return None, spec2025.REVISIONS_2025[name]
+
+
+def tokenizer_json_problem(text) -> str | None:
+    """The stored starmie tokenizer.json: a JSON object with a "model" object, as the tokenizers library needs."""
+    if not isinstance(text, str) or not text:
+        return f"{spec2025.MD_TOKENIZER_JSON} is missing or empty"
+    if len(text) > MAX_TOKENIZER_JSON:
+        return f"{spec2025.MD_TOKENIZER_JSON} is larger than {MAX_TOKENIZER_JSON >> 20} MB"
+    try:
+        tj = json.loads(text)
+    except ValueError as e:
+        return f"{spec2025.MD_TOKENIZER_JSON} is not valid JSON ({str(e)[:80]})"
+    if not isinstance(tj, dict) or not isinstance(tj.get("model"), dict):
+        return f"{spec2025.MD_TOKENIZER_JSON} is not a tokenizer.json (no \"model\" object)"
+    return None
+
+
+def text_2025_problem(keys: Mapping, n_vocab: int, n_ctx: int) -> str | None:
+    """A 2025 text file's own keys: its revision, tokenizer and prefix."""
+    problem, rev = _revision_2025(keys)
+    if problem:
+        return problem
+    kind = keys.get(spec2025.MD_TOKENIZER_KIND)
+    if kind != rev.tokenizer:
+        return f"{spec2025.MD_TOKENIZER_KIND} is {str(kind)[:20]!r}, but revision {rev.name} uses {rev.tokenizer!r}"
+    if kind == "starmie":
+        problem = tokenizer_json_problem(keys.get(spec2025.MD_TOKENIZER_JSON))
+        if problem:
+            return problem
+    for key in ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"):
+        if keys.get(key) != rev.bos:
+            return f"{key} is {keys.get(key)!r}, but revision {rev.name} uses {rev.bos}"
+    ids = [i for c in rev.captions.values() for i in c] + [i for t in (rev.query, rev.detect, rev.point)
+                                                            for i in (*t.before, *t.after)]
+    if max(ids) >= n_vocab:
+        return f"its {n_vocab}-token vocabulary cannot hold revision {rev.name}'s prompt token {max(ids)}"
+    rows = keys.get(spec2025.MD_PREFIX_ROWS)
+    return _count(spec2025.MD_PREFIX_ROWS, rows, 2, max(2, n_ctx - 1))
+
+
+def mmproj_2025_problem(keys: Mapping, width: int, grid: int) -> str | None:
+    """A 2025 mmproj's own keys: revision, tiling and the pass-through promise."""
+    problem, _ = _revision_2025(keys)
+    if problem:
+        return problem
+    if keys.get(spec2025.MD_PASSTHROUGH) is not True:
+        return (f"{spec2025.MD_PASSTHROUGH} is not true: moondream-cpp reads a 2025 mmproj only with the pass-through "
+                "projector it converts")
+    if keys.get(spec2025.MD_FEATURE_LENGTH) != width:
+        return f"{spec2025.MD_FEATURE_LENGTH} is {keys.get(spec2025.MD_FEATURE_LENGTH)!r}, not the vision width {width}"
+    problem = _count(spec2025.MD_MAX_CROPS, keys.get(spec2025.MD_MAX_CROPS), 1, MAX_CROPS)
+    if problem:
+        return problem
+    margin = keys.get(spec2025.MD_OVERLAP_MARGIN)
+    if isinstance(margin, bool) or not isinstance(margin, int) or not 0 <= 2 * margin < grid:
+        return (f"{spec2025.MD_OVERLAP_MARGIN} is {margin!r}: a crop of {grid} patches takes a margin of "
+                f"0..{(grid - 1) // 2}")
     return None

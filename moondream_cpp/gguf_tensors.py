@@ -96,3 +96,44 @@ def check_tensors(path, entries: Mapping[str, TensorEntry], table: Table) -> Non
             allowed = ", ".join(sorted(t.name for t in types)) if len(types) < 4 else "a float or quantized matrix type"
             raise ModelFileError(f"{path}: tensor {name} is stored as {entry.type.name}; llama.cpp computes it only "
                                  f"as {allowed}")
+
+
+def _dim(path, entries: Mapping[str, TensorEntry], name: str, axis: int) -> int:
+    """A PyTorch-order dimension of a tensor that sizes others (axis 0: rows, -1: columns)."""
+    if name not in entries:
+        raise ModelFileError(f"{path}: missing tensor(s) {name}; the file is incomplete: re-convert it")
+    ne = list(entries[name].ne) or [0]
+    return int(ne[-1] if axis == 0 else ne[0])
+
+
+def mmproj_table_2025(path, entries: Mapping[str, TensorEntry], *, n_embd: int, n_ff: int, n_layer: int, patch: int,
+                      n_patches: int, text_width: int) -> Table:
+    """A 2025 mmproj (docs/architecture.md §9): the tower, the pass-through mm.0/mm.2 (f32 only: any other type
+    rounds the features), the 2304-wide projector md.proj.* and the region head md.region.*; widths the file does
+    not fix elsewhere (projector and region inner widths, feature sizes) come from its own tensors, then every
+    tensor is held to them."""
+    out = mmproj_table(n_embd=n_embd, n_ff=n_ff, n_layer=n_layer, patch=patch, n_patches=n_patches, hidden=n_embd,
+                       out_width=text_width)
+    out["mm.0.weight"] = ((n_embd, n_embd), F32)
+    out["mm.2.weight"] = ((text_width, n_embd), F32)
+    inner = _dim(path, entries, "md.proj.fc1.weight", 0)
+    _linear(out, "md.proj.fc1", inner, 2 * n_embd)
+    _linear(out, "md.proj.fc2", text_width, inner)
+    g = "md.region."
+    coord_feat = _dim(path, entries, g + "coord_encoder.weight", -1)
+    size_feat = _dim(path, entries, g + "size_encoder.weight", -1)
+    r_inner = _dim(path, entries, g + "coord_decoder.fc1.weight", 0)
+    coord_out = _dim(path, entries, g + "coord_decoder.fc2.weight", 0)
+    size_out = _dim(path, entries, g + "size_decoder.fc2.weight", 0)
+    if coord_feat % 2 or size_feat % 2 or size_out % 2 or 0 in (inner, coord_feat, size_feat, r_inner, coord_out):
+        raise ModelFileError(f"{path}: region widths {coord_feat}, {size_feat}, {size_out} must be even and "
+                             "non-zero; re-convert it")
+    out[g + "coord_features"] = ((1, coord_feat // 2), FLOAT)  # Fourier frequencies: cos and sin of each
+    out[g + "size_features"] = ((2, size_feat // 2), FLOAT)
+    _linear(out, g + "coord_encoder", text_width, coord_feat)
+    _linear(out, g + "size_encoder", text_width, size_feat)
+    _linear(out, g + "coord_decoder.fc1", r_inner, text_width)
+    _linear(out, g + "coord_decoder.fc2", coord_out, r_inner)
+    _linear(out, g + "size_decoder.fc1", r_inner, text_width)
+    _linear(out, g + "size_decoder.fc2", size_out, r_inner)
+    return out
