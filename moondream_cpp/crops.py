@@ -70,6 +70,29 @@ def resize_lanczos(image: Image.Image, height: int, width: int) -> np.ndarray:
     return np.asarray(image.resize((width, height), Image.Resampling.LANCZOS), dtype=np.uint8)
 
 
+VIPS_PAD = 3  # edge pixels copied around the image before the bicubic pass: its kernel reaches 2 pixels out
+
+
+def resize_vips_like(image: Image.Image, height: int, width: int) -> np.ndarray:
+    """What pyvips `resize(sx, vscale=sy)` (upstream's first choice) makes, done in PIL: a shrinking axis is box-
+    shrunk then Lanczos3-reduced (rows first), like PIL's reducing_gap=2; if either axis grows, libvips then runs a
+    bicubic affine that samples input x at X/s - 0.5 on BOTH axes (half a pixel off PIL's centres, and a half-pixel
+    shift of an axis not scaled), copying edge pixels outward. experiments/resize-pil-vs-vips measures the match."""
+    w, h = image.size
+    if height < h:
+        image = image.resize((w, height), Image.Resampling.LANCZOS, reducing_gap=2.0)
+    if width < w:
+        image = image.resize((width, image.height), Image.Resampling.LANCZOS, reducing_gap=2.0)
+    if height > h or width > w:
+        w0, h0 = image.size
+        p = VIPS_PAD
+        padded = Image.fromarray(np.pad(np.asarray(image), ((p, p), (p, p), (0, 0)), mode="edge"))
+        # PIL samples output X at (X + .5) * w0 / width + box_x0 - .5: box_x0 = p - .5 * w0 / width gives X / s - .5
+        x0, y0 = p - 0.5 * w0 / width, p - 0.5 * h0 / height
+        image = padded.resize((width, height), Image.Resampling.BICUBIC, box=(x0, y0, x0 + w0, y0 + h0))
+    return np.asarray(image, dtype=np.uint8)
+
+
 Resizer = Callable[[Image.Image, int, int], np.ndarray]
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from moondream_cpp.crops import overlap_crops, select_tiling
+from moondream_cpp.crops import overlap_crops, resize_vips_like, select_tiling
 from moondream_cpp.errors import MoondreamError
 
 # (height, width) -> tiling; the margins (2 x 56 px) come off first, windows are 266 px. Worked by hand:
@@ -133,3 +133,38 @@ def test_aspect_is_not_kept():
 def test_only_rgb_goes_in(bad):
     with pytest.raises(ValueError):
         overlap_crops(bad)
+
+
+def test_vips_like_samples_where_libvips_does():
+    # bicubic reproduces a linear ramp exactly, so the ramp's values show where each output pixel was sampled:
+    # libvips' upsizing affine reads input x at X/s - .5 (PIL's own centres would be (X + .5)/s - .5), and shifts
+    # an axis it does not scale by half a pixel too
+    ramp = np.broadcast_to((10 + 2 * np.arange(100))[None, :, None], (60, 100, 3)).astype(np.uint8)
+    got = resize_vips_like(Image.fromarray(np.ascontiguousarray(ramp)), 60, 250)[30, :, 0].astype(float)
+    x = np.arange(250)
+    inner = slice(8, 240)
+    assert np.abs(got[inner] - (10 + 2 * (x / 2.5 - 0.5))[inner]).max() <= 0.5
+    rows = np.ascontiguousarray(np.transpose(ramp, (1, 0, 2))[:60])  # 60 x 60, value grows down the rows
+    got = resize_vips_like(Image.fromarray(rows), 60, 150)[:, 75, 0].astype(float)
+    y = np.arange(60)
+    assert np.abs(got[3:-3] - (10 + 2 * (y - 0.5))[3:-3]).max() <= 0.5
+
+
+def test_vips_like_keeps_a_size_it_already_has():
+    img = coordinate_image(378, 378)
+    assert np.array_equal(resize_vips_like(Image.fromarray(img), 378, 378), img)
+
+
+def smooth_image(h, w):
+    y, x = np.mgrid[:h, :w] / 17.0
+    return np.stack([128 + 100 * np.sin(x + k) * np.cos(0.7 * y - k) for k in range(3)], -1).astype(np.uint8)
+
+
+@pytest.mark.parametrize("size,to", [((512, 512), (378, 378)), ((300, 451), (378, 378)), ((400, 600), (644, 1176)),
+                                     ((872, 1000), (644, 1176)), ((96, 128), (378, 378))])
+def test_vips_like_matches_pyvips(size, to):
+    pyvips = pytest.importorskip("pyvips")  # not a dependency: experiments/resize-pil-vs-vips installs it
+    img = smooth_image(*size)
+    want = pyvips.Image.new_from_array(img).resize(to[1] / size[1], vscale=to[0] / size[0]).numpy()
+    diff = np.abs(resize_vips_like(Image.fromarray(img), *to).astype(int) - want)
+    assert diff.max() <= 3 and diff.mean() < 0.3
