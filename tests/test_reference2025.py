@@ -177,11 +177,11 @@ def test_checkpoint_layout_and_starmie_revision(tmp_path):
     expected |= {k.format(i=i) for k in spec2025.TEXT_BLOCK_TENSORS for i in range(2)}
     expected |= {k.format(i=i) for k in spec2025.VISION_BLOCK_TENSORS for i in range(2)}
     assert names == expected
-    ref = Reference2025.load(ck, "2025-06-21")
+    ref = Reference2025.load(ck, revision="2025-06-21")
     assert ref.rev.bos == 0
     out = ref.generate(sample_image(500, 400), [*spec2025.STARMIE_CAPTIONS["short"]], 6, masked=ref.rev.masked)
     assert len(out) == 6 and all(10 <= t < starmie_vocab_size() for t in out)  # ordinary stand-in tokens
-    bf16 = Reference2025.load(ck, "2025-06-21", dtype=torch.bfloat16)
+    bf16 = Reference2025.load(ck, torch.bfloat16, revision="2025-06-21")
     a, b = ref.logits(sample_image(500, 400), [1, 2, 3]), bf16.logits(sample_image(500, 400), [1, 2, 3])
     assert b.dtype == torch.float32 and torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.99
 

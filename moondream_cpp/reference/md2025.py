@@ -81,8 +81,8 @@ class Reference2025:
         self.cos, self.sin = ang.cos().float(), ang.sin().float()
 
     @classmethod
-    def load(cls, checkpoint_dir, revision: str = "2025-04-14", dtype: torch.dtype = torch.float32,
-             max_crops: int | None = None) -> Reference2025:
+    def load(cls, checkpoint_dir, dtype: torch.dtype = torch.float32, max_crops: int | None = None, *,
+             revision: str = "2025-04-14") -> Reference2025:
         """Dims from config.json's "config" (upstream defaults for missing keys); the revision gives BOS/EOS, since
         nothing in a checkpoint says it. max_crops None: the config's (12 upstream)."""
         path = Path(checkpoint_dir)
