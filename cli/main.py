@@ -9,6 +9,7 @@ import typer
 
 from moondream_cpp.convert.quantize import MMPROJ_TYPES, TEXT_TYPES
 from moondream_cpp.errors import MoondreamError
+from moondream_cpp.spec2025 import REVISIONS_2025
 
 from . import bench, chat, models, oneshot, serve  # noqa: F401  (they register their commands on app)
 from .app import GPU_LAYERS, JSON, LOW_RAM, MMPROJ, MODEL, TEXT, THREADS, app, conversion_progress, load_model, stderr
@@ -22,14 +23,19 @@ def convert(
     text_type: str = typer.Option("f16", help="Text model type: " + ", ".join(TEXT_TYPES) + "."),
     mmproj_type: str = typer.Option("f16", help="Vision projector type: " + ", ".join(MMPROJ_TYPES) + "."),
     revision: Optional[str] = typer.Option(None, help="Source revision when config.json does not say "
-                                           "(moondream1, 2024-03-04 ... 2024-05-08)."),
+                                           "(moondream1, 2024-03-04 ... 2024-05-08); required for 2025 checkpoints: "
+                                           + ", ".join(REVISIONS_2025) + "."),
     name: Optional[str] = typer.Option(None, help="File name stem (default: the checkpoint directory name)."),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="2025 checkpoints: the tokenizer.json to use "
+                                             "(default: the checkpoint's own; for 2025-06-21, moondream/starmie-v1's "
+                                             "at CHECKPOINT/starmie-v1/tokenizer.json, where pull puts it)."),
 ):
     """Convert an HF moondream checkpoint into a text GGUF + mmproj GGUF pair."""
     from moondream_cpp.convert import convert as do_convert
 
     with conversion_progress() as on_progress:
-        out = do_convert(checkpoint_dir, out_dir, text_type, mmproj_type, revision, name, on_progress=on_progress)
+        out = do_convert(checkpoint_dir, out_dir, text_type, mmproj_type, revision, name, tokenizer,
+                         on_progress=on_progress)
     typer.echo(str(out.text))
     typer.echo(str(out.mmproj))
 
