@@ -63,8 +63,8 @@ def select_tiling(height: int, width: int, max_crops: int = spec2025.MAX_CROPS) 
 
 
 def resize_lanczos(image: Image.Image, height: int, width: int) -> np.ndarray:
-    """The one resizer of the 2025 path: PIL Lanczos (upstream's fallback when pyvips is missing), aspect not kept.
-    uint8 [height, width, 3]."""
+    """The 2025 path's default resizer: PIL Lanczos (upstream's fallback when pyvips is missing), aspect not kept.
+    uint8 [height, width, 3]. resize_vips_like is the alternative, closer to what upstream ran."""
     if image.size == (width, height):
         return np.asarray(image, dtype=np.uint8)
     return np.asarray(image.resize((width, height), Image.Resampling.LANCZOS), dtype=np.uint8)
