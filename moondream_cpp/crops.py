@@ -63,8 +63,8 @@ def select_tiling(height: int, width: int, max_crops: int = spec2025.MAX_CROPS) 
 
 
 def resize_lanczos(image: Image.Image, height: int, width: int) -> np.ndarray:
-    """The 2025 path's default resizer: PIL Lanczos (upstream's fallback when pyvips is missing), aspect not kept.
-    uint8 [height, width, 3]. resize_vips_like is the alternative, closer to what upstream ran."""
+    """PIL Lanczos (upstream's fallback when pyvips is missing), aspect not kept. uint8 [height, width, 3]. Not the
+    default: on enlarged images it is off from what upstream ran (experiments/resize-pil-vs-vips)."""
     if image.size == (width, height):
         return np.asarray(image, dtype=np.uint8)
     return np.asarray(image.resize((width, height), Image.Resampling.LANCZOS), dtype=np.uint8)
@@ -96,11 +96,13 @@ def resize_vips_like(image: Image.Image, height: int, width: int) -> np.ndarray:
 Resizer = Callable[[Image.Image, int, int], np.ndarray]
 
 
-def overlap_crops(rgb, max_crops: int = spec2025.MAX_CROPS, resize: Resizer = resize_lanczos) -> Crops:
+def overlap_crops(rgb, max_crops: int = spec2025.MAX_CROPS, resize: Resizer | None = None) -> Crops:
     """The global crop and the local crops of an RGB image (uint8 [H, W, 3] array or an RGB PIL image).
 
     The local crops are 378² windows at (i*266, j*266) of the whole image stretched to (th*266+112, tw*266+112).
     With tiling (1, 1) that stretch is the global crop itself, so `local` is a view of it (no second resize)."""
+    # upstream's resizer is libvips (required up to 2025-04-14): resize_vips_like is what it makes, in PIL
+    resize = resize or resize_vips_like
     image = _as_rgb_image(rgb)
     size = spec2025.CROP_SIZE
     th, tw = select_tiling(image.height, image.width, max_crops)

@@ -144,6 +144,7 @@ def pair2025(checkpoint2025, workdir):
 
 @pytest.fixture(scope="session")
 def reference2025(checkpoint2025):
+    from moondream_cpp.crops import resize_vips_like
     from moondream_cpp.reference.md2025 import Reference2025
 
     refs = {}
@@ -151,7 +152,10 @@ def reference2025(checkpoint2025):
     def get(revision: str = "2025-04-14"):
         if revision not in refs:
             dtype = "bf16" if revision == "2025-06-21" else "f16"
-            refs[revision] = Reference2025.load(checkpoint2025(revision, dtype), revision=revision)
+            # the same resizer as the runtime (libvips' arithmetic in PIL; experiments/resize-pil-vs-vips): the
+            # crop geometry and everything after it stay the reference's own
+            refs[revision] = Reference2025.load(checkpoint2025(revision, dtype), revision=revision,
+                                                resize=resize_vips_like)
         return refs[revision]
 
     return get

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from moondream_cpp.crops import overlap_crops, resize_vips_like, select_tiling
+from moondream_cpp.crops import overlap_crops, resize_lanczos, resize_vips_like, select_tiling
 from moondream_cpp.errors import MoondreamError
 
 # (height, width) -> tiling; the margins (2 x 56 px) come off first, windows are 266 px. Worked by hand:
@@ -99,21 +99,21 @@ def test_a_short_resize_leaves_zeros():
 def test_global_crop_and_locals_are_lanczos_stretches_of_the_original():
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (600, 800, 3), dtype=np.uint8)
-    crops = overlap_crops(img)
+    crops = overlap_crops(img, resize=resize_lanczos)
     pil = Image.fromarray(img)
     want_global = np.asarray(pil.resize((378, 378), Image.LANCZOS))
     assert np.array_equal(crops.global_crop, want_global)
     stretched = np.asarray(pil.resize((4 * 266 + 112, 2 * 266 + 112), Image.LANCZOS))  # (width, height)
     assert np.array_equal(crops.local[6], stretched[266:644, 532:910])  # crop (1, 2)
     # a PIL image in gives the same crops as its pixels
-    again = overlap_crops(pil)
+    again = overlap_crops(pil, resize=resize_lanczos)
     assert np.array_equal(again.global_crop, crops.global_crop) and np.array_equal(again.local, crops.local)
 
 
 @pytest.mark.parametrize("h,w", [(50, 90), (378, 378), (378, 1500)])
 def test_one_tile_is_the_global_view(h, w):
     img = coordinate_image(h, w)
-    crops = overlap_crops(img)
+    crops = overlap_crops(img, resize=resize_lanczos)
     assert crops.tiling == (1, 1) and crops.local.shape == (1, 378, 378, 3)
     want = np.asarray(Image.fromarray(img).resize((378, 378), Image.LANCZOS))
     assert np.array_equal(crops.global_crop, want) and np.array_equal(crops.local[0], want)
@@ -168,3 +168,10 @@ def test_vips_like_matches_pyvips(size, to):
     want = pyvips.Image.new_from_array(img).resize(to[1] / size[1], vscale=to[0] / size[0]).numpy()
     diff = np.abs(resize_vips_like(Image.fromarray(img), *to).astype(int) - want)
     assert diff.max() <= 3 and diff.mean() < 0.3
+
+
+def test_the_default_resizer_is_libvips_arithmetic():
+    """Upstream resized with libvips (required up to 2025-04-14); the default is its arithmetic done in PIL."""
+    img = coordinate_image(200, 300)  # enlarged to 378², where PIL Lanczos and libvips differ
+    assert np.array_equal(overlap_crops(img).global_crop, resize_vips_like(Image.fromarray(img), 378, 378))
+    assert not np.array_equal(overlap_crops(img).global_crop, resize_lanczos(Image.fromarray(img), 378, 378))

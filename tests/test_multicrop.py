@@ -11,7 +11,7 @@ from gguf import GGUFWriter
 from gguf.quants import quantize
 from PIL import Image
 
-from moondream_cpp.crops import overlap_crops
+from moondream_cpp.crops import overlap_crops, resize_lanczos
 from moondream_cpp.errors import ModelFileError, MoondreamError
 from moondream_cpp.multicrop import EmbedTimings, Projector, adaptive_avg_pool, image_embeddings, reconstruct
 
@@ -159,7 +159,7 @@ def fake_tower(calls):
 def test_image_embeddings_against_the_stretched_image(tmp_path):
     write_projector(tmp_path / "p.gguf", weights := random_weights(6, 16, 8))
     img = np.random.default_rng(2).integers(0, 256, (600, 800, 3), dtype=np.uint8)
-    crops = overlap_crops(img)
+    crops = overlap_crops(img, resize=resize_lanczos)
     calls, timings = [], EmbedTimings()
     got = image_embeddings(crops, fake_tower(calls), Projector(tmp_path / "p.gguf"), feature_length=3, margin=4,
                            grid=27, timings=timings)
@@ -179,7 +179,8 @@ def test_one_tile_is_encoded_once(tmp_path):
     write_projector(tmp_path / "p.gguf", weights := random_weights(6, 16, 8))
     img = np.random.default_rng(3).integers(0, 256, (300, 500, 3), dtype=np.uint8)
     calls = []
-    got = image_embeddings(overlap_crops(img), fake_tower(calls), Projector(tmp_path / "p.gguf"), 3, 4, 27)
+    got = image_embeddings(overlap_crops(img, resize=resize_lanczos), fake_tower(calls), Projector(tmp_path / "p.gguf"),
+                           3, 4, 27)
     assert len(calls) == 1
     whole = patch_means(np.asarray(Image.fromarray(img).resize((378, 378), Image.LANCZOS))).reshape(729, 3)
     x = np.concatenate([whole, whole], axis=1).astype(np.float32)  # [g || g]

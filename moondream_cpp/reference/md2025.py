@@ -67,11 +67,11 @@ def attention_mask(n_past: int, n_new: int, prefix: int) -> torch.Tensor:
 
 class Reference2025:
     def __init__(self, weights: dict, text: TextDims, vision: VisionDims, revision: str, dtype: torch.dtype,
-                 max_crops: int | None = None):
+                 max_crops: int | None = None, resize=None):
         self.w, self.text, self.vision, self.dtype = weights, text, vision, dtype
         self.rev = spec2025.REVISIONS_2025[revision]
         self.geometry = CropGeometry(vision.crop_size, vision.enc_patch_size, vision.overlap_margin,
-                                     max_crops or vision.max_crops)
+                                     max_crops or vision.max_crops, resize)
         self.n_image_rows = self.geometry.grid ** 2
         self.prefix_rows = 1 + self.n_image_rows  # BOS + the image rows
         hd = text.dim // text.n_heads
@@ -82,14 +82,14 @@ class Reference2025:
 
     @classmethod
     def load(cls, checkpoint_dir, dtype: torch.dtype = torch.float32, max_crops: int | None = None, *,
-             revision: str = "2025-04-14") -> Reference2025:
+             revision: str = "2025-04-14", resize=None) -> Reference2025:
         """Dims from config.json's "config" (upstream defaults for missing keys); the revision gives BOS/EOS, since
-        nothing in a checkpoint says it. max_crops None: the config's (12 upstream)."""
+        nothing in a checkpoint says it. max_crops None: the config's (12 upstream). resize: see CropGeometry."""
         path = Path(checkpoint_dir)
         cfg = json.loads((path / "config.json").read_text()).get("config") or {}
         weights = {k: v.to(dtype) for k, v in load_file(str(path / "model.safetensors")).items()}
         return cls(weights, _section(TextDims, cfg.get("text")), _section(VisionDims, cfg.get("vision")), revision,
-                   dtype, max_crops)
+                   dtype, max_crops, resize)
 
     # ------------------------------------------------------------------------------------------------ helpers
     def _linear(self, x, name):
