@@ -31,6 +31,10 @@ GPU_LAYERS = typer.Option(None, "--gpu-layers", min=0, help="Text-model layers o
 N_CTX = typer.Option(None, "--n-ctx", min=64, help="Context size in tokens (default 2048; 1024 with --low-ram).")
 MAX_TOKENS = typer.Option(None, "--max-tokens", min=1, help="Answer length limit (default: the revision's).")
 JSON = typer.Option(False, "--json", help="Print JSON instead of plain text.")
+MAX_CROPS = typer.Option(None, "--max-crops", min=1, max=12, help="2025 models: read an image in at most N local "
+                         "crops plus the global view (default and most: upstream's 12). Each crop is one "
+                         "vision-tower pass, ~0.3-5 s each at full size on a laptop CPU, so fewer is faster but reads "
+                         "the image in less detail than the reference model. 2024 models read one view and ignore it.")
 LOW_RAM = typer.Option(False, "--low-ram", help="Little memory: q8_0 KV cache, n_ctx 1024, no saved image "
                        "prefixes, the vision tower loaded only while encoding even in batches (docs/performance.md).")
 
@@ -74,12 +78,12 @@ def load_model(model: Optional[str], text: Optional[Path], mmproj: Optional[Path
     if why:
         note(f"note: --gpu-layers has no effect: {why}; running on the CPU")
     if text and mmproj:
-        return Moondream.load(text, mmproj, **kw)
+        return _loaded(Moondream.load(text, mmproj, **kw), kw)
     if text or mmproj:
         raise MoondreamError("pass both --text and --mmproj (or --model NAME_OR_DIR)")
     if model:
         first, second = resolve(model)
-        return Moondream.load(first, second, **kw)
+        return _loaded(Moondream.load(first, second, **kw), kw)
     from moondream_cpp.gguf_models import DEMO_NOTICE, demo_pair
 
     text, mmproj = demo_pair()
@@ -87,7 +91,19 @@ def load_model(model: Optional[str], text: Optional[Path], mmproj: Optional[Path
         raise MoondreamError("no model given and the bundled demo model is missing from this install: pass --model "
                              "NAME_OR_DIR or --text T.gguf --mmproj M.gguf")
     note(DEMO_NOTICE)
-    return Moondream.load(text, mmproj, **kw)
+    return _loaded(Moondream.load(text, mmproj, **kw), kw)
+
+
+def _loaded(md, kw: dict):
+    if kw.get("max_crops") is not None and md.family != "2025":
+        note(f"note: --max-crops has no effect: {md.name} is a {md.family} moondream, which reads one 378x378 view")
+    return md
+
+
+def about(md) -> str:
+    """The loaded model in a few words: its name, revision and family (2025: the most crops it reads per image)."""
+    crops = f", up to {md.multicrop.max_crops} crops per image" if md.family == "2025" else ""
+    return f"{md.name} (revision {md.revision.name}, {md.family} family{crops})"
 
 
 def timings_line(t: dict) -> str:

@@ -11,7 +11,7 @@ import typer
 
 from moondream_cpp.errors import MoondreamError
 
-from .app import GPU_LAYERS, LOW_RAM, MMPROJ, MODEL, N_CTX, TEXT, THREADS, app, load_model, note
+from .app import GPU_LAYERS, LOW_RAM, MAX_CROPS, MMPROJ, MODEL, N_CTX, TEXT, THREADS, about, app, load_model, note
 
 HOST = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default; any other needs --api-key).")
 API_KEY = typer.Option(None, "--api-key", envvar="MOONDREAM_CPP_API_KEY", help="Require 'Authorization: Bearer KEY' "
@@ -43,12 +43,13 @@ def serve(
     threads: Optional[int] = THREADS,
     gpu_layers: Optional[int] = GPU_LAYERS,
     n_ctx: Optional[int] = N_CTX,
+    max_crops: Optional[int] = MAX_CROPS,
     low_ram: bool = LOW_RAM,
 ):
     """Serve the model over HTTP: /v1/chat/completions (OpenAI), /v1/caption and /v1/query (moondream client),
-    /v1/models, /v1/status, /health, and the web demo at /."""
+    /v1/models, /v1/status, /health, and the web demo at /. --max-crops is also the most a request may ask for."""
     _serve(model, text, mmproj, host, port, api_key, allowed_host, allowed_origin, allow_remote_images, media_root,
-           max_body_mb, max_queue, threads, gpu_layers, n_ctx, low_ram, what="the API")
+           max_body_mb, max_queue, threads, gpu_layers, n_ctx, max_crops, low_ram, what="the API")
 
 
 @app.command()
@@ -64,12 +65,13 @@ def web(
     threads: Optional[int] = THREADS,
     gpu_layers: Optional[int] = GPU_LAYERS,
     n_ctx: Optional[int] = N_CTX,
+    max_crops: Optional[int] = MAX_CROPS,
     low_ram: bool = LOW_RAM,
 ):
     """The web demo: upload or paste an image, ask questions, streamed answers, captions, timings. Fully offline:
     one page served by the same server as the API."""
     _serve(model, text, mmproj, host, port, api_key, allowed_host, allowed_origin, False, None, 32, 16, threads,
-           gpu_layers, n_ctx, low_ram, what="the web demo")
+           gpu_layers, n_ctx, max_crops, low_ram, what="the web demo")
 
 
 def _return_freed_memory() -> None:
@@ -84,7 +86,7 @@ def _return_freed_memory() -> None:
 
 
 def _serve(model, text, mmproj, host, port, api_key, allowed_host, allowed_origin, allow_remote_images, media_root,
-           max_body_mb, max_queue, threads, gpu_layers, n_ctx, low_ram, what):
+           max_body_mb, max_queue, threads, gpu_layers, n_ctx, max_crops, low_ram, what):
     try:
         import uvicorn
 
@@ -99,7 +101,8 @@ def _serve(model, text, mmproj, host, port, api_key, allowed_host, allowed_origi
                                  "MOONDREAM_CPP_API_KEY) to serve there, or bind 127.0.0.1", param_hint="'--host'")
     if media_root is not None and not media_root.is_dir():
         raise MoondreamError(f"--media-root {media_root} is not a directory")
-    md = load_model(model, text, mmproj, n_threads=threads, n_gpu_layers=gpu_layers, n_ctx=n_ctx, low_ram=low_ram)
+    md = load_model(model, text, mmproj, n_threads=threads, n_gpu_layers=gpu_layers, n_ctx=n_ctx, low_ram=low_ram,
+                    max_crops=max_crops)
     policy = ImagePolicy(allow_remote=allow_remote_images, media_root=media_root,
                          max_image_bytes=int(max_body_mb * 2**20))
     cfg = ServerConfig(api_key=api_key, max_body_bytes=int(max_body_mb * 2**20), max_queue=max_queue,
@@ -107,7 +110,7 @@ def _serve(model, text, mmproj, host, port, api_key, allowed_host, allowed_origi
                        allowed_origins=tuple(allowed_origin or ()))
     _return_freed_memory()
     base = f"http://{host}:{port}"
-    note(f"serving {md.name}: {what} at {base}/ (web demo) and {base}/v1 (OpenAI and moondream clients)"
+    note(f"serving {about(md)}: {what} at {base}/ (web demo) and {base}/v1 (OpenAI and moondream clients)"
          f"{', API key required' if api_key else ''}")
     # connections at once (each may be sending a body of up to --max-body-mb): the queue, those decoding, and some
     # room for /health and the page; uvicorn answers more with 503

@@ -17,7 +17,6 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import spec
 from ..errors import MoondreamError
 from .engine import Engine, Job, Ticket
 from .errors import ApiError
@@ -67,9 +66,11 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
     engine = Engine(model, cfg.max_queue)
     # no text longer than the context times the longest token can fit: refused before the worker tokenizes it
     longest_token = max((len(model.token_bytes(t)) for t in range(model.n_vocab)), default=16)
-    intake = Intake(engine, cfg.images, image_size=model.image_size, max_body_bytes=cfg.max_body_bytes,
+    intake = Intake(engine, cfg.images, max_body_bytes=cfg.max_body_bytes,
                     max_text_bytes=model.n_ctx * max(longest_token, 1))
     name = cfg.model_name or model.name
+    # the most local crops a request may ask a 2025 model for (the load's --max-crops); 2024 models read one view
+    crop_limit = model.multicrop.max_crops if model.multicrop is not None else None
     started = time.time()
 
     @asynccontextmanager
@@ -144,21 +145,23 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
 
     @app.get("/v1/status")
     async def status():  # behind the API key like the rest of /v1
-        return {**engine.status(), "model": name, "uptime_s": round(time.time() - started, 1)}
+        return {**engine.status(), "model": name, "family": model.family, "revision": model.revision.name,
+                "caption_lengths": list(model.caption_lengths), "max_crops": crop_limit,
+                "uptime_s": round(time.time() - started, 1)}
 
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{
             "id": name, "object": "model", "created": int(started), "owned_by": "moondream-cpp",
             "input_modalities": ["text", "image"], "output_modalities": ["text"],
-            "context_length": model.n_ctx, "revision": model.revision.name}]}
+            "context_length": model.n_ctx, "revision": model.revision.name, "family": model.family}]}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         req = await intake.parse(ChatRequest, request)
         refuse_unsupported(req)
         ref, history, question = to_query(req.messages)
-        options = generation_options(req, model.n_ctx)
+        options = generation_options(req, model.n_ctx, crop_limit)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         job = queued(*await intake.job(ref, question, history, options))
         cid = new_id()
@@ -181,10 +184,11 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
 
         return JobStream(job, stream_guarded(gen(), lambda e: sse(e.body()) + "data: [DONE]\n\n"))
 
-    async def station(request: Request, req, question: str, key: str):
-        """Moondream Station's /v1/caption and /v1/query: `key` names the answer ("caption" or "answer")."""
-        options = generation_options(req.settings, model.n_ctx)
-        job = queued(*await intake.job(req.image_url, question, [], options))
+    async def station(request: Request, req, question: str, key: str, caption: str | None = None):
+        """Moondream Station's /v1/caption and /v1/query: `key` names the answer ("caption" or "answer"); a caption
+        goes through the model's own caption prompts (a question for the 2024 models, templates for 2025's)."""
+        options = generation_options(req.settings, model.n_ctx, crop_limit)
+        job = queued(*await intake.job(req.image_url, question, [], options, caption))
         if not req.stream:
             a = await answered(job, request)
             if a is None:
@@ -208,11 +212,11 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
     @app.post("/v1/caption")
     async def caption(request: Request):
         req = await intake.parse(CaptionRequest, request)
-        try:
-            question = spec.caption_question(req.length)
+        try:  # before any image work: a length this model has not is a 400 naming the ones it has
+            model.caption_items_check(req.length, "length")
         except MoondreamError as e:
             raise ApiError(400, str(e), param="length") from None
-        return await station(request, req, question, "caption")
+        return await station(request, req, "", "caption", caption=req.length)
 
     @app.post("/v1/query")
     async def query(request: Request):

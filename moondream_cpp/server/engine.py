@@ -15,16 +15,18 @@ from ..errors import ModelFileError, MoondreamError, PromptTooLongError
 from ..options import GenerationOptions
 from ..runtime import Moondream
 from .errors import ApiError
+from .pixels import encoded
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Job:
-    image: object  # the preprocessed uint8 pixels (image_size x image_size x 3)
+    image: object  # what pixels.prepare made of the upload (2024: 378x378x3 uint8 pixels; 2025: the crops)
     question: str
     history: list = field(default_factory=list)
     options: GenerationOptions = field(default_factory=GenerationOptions)
+    caption: str | None = None  # a caption of this length (the model's own templates) instead of the question
 
     def __post_init__(self):
         self.cancelled = threading.Event()
@@ -170,11 +172,17 @@ class Engine:
                 self.served += 1
 
     def _run(self, job: Job):
-        s = self.model.query(job.image, job.question, stream=True, history=job.history, options=job.options,
-                             should_stop=lambda: job.cancelled.is_set() or self._stopping.is_set())
+        image, image_timings = encoded(self.model, job.image)
+        stop = lambda: job.cancelled.is_set() or self._stopping.is_set()  # noqa: E731
+        if job.caption is not None:
+            s = self.model.caption(image, job.caption, stream=True, options=job.options, should_stop=stop)
+        else:
+            s = self.model.query(image, job.question, stream=True, history=job.history, options=job.options,
+                                 should_stop=stop)
         for piece in s:
             job._emit("piece", piece)
         a = s.answer
+        a.timings.update(image_timings)
         self.last = {"finish_reason": a.finish_reason, "generated_tokens": len(a.tokens)}
         if a.finish_reason == "cancelled":
             self.cancelled += 1

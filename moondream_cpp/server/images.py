@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import unquote, urlsplit
 
-import numpy as np
 from PIL import Image
 
 from ..errors import ImageError
-from ..image import FORMATS, load_image, preprocess
+from ..image import FORMATS, load_image
 from .errors import ApiError
 
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w-]+=[^;,]*)*)(?P<b64>;base64)?,", re.S)
@@ -149,10 +148,11 @@ def pixel_count(raw: bytes) -> int:
         return 1 << 62
 
 
-def decode(raw: bytes, size: int) -> np.ndarray:
-    """The model's input: the image decoded (allow-listed formats and sizes, image.load_image) and stretched to
-    size x size uint8 RGB; the full-size decoded image is dropped before this returns."""
+def decode(raw: bytes, prepare: Callable[[Image.Image], object]):
+    """The model's input: the image decoded (allow-listed formats and sizes, image.load_image) and made into what the
+    model reads by `prepare` (pixels.prepare: stretched pixels or crops); the full-size decoded image is dropped
+    before this returns."""
     try:
-        return preprocess(load_image(raw), size)
+        return prepare(load_image(raw))
     except ImageError as e:
         raise ApiError(400, str(e), param="image_url") from None

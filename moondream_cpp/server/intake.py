@@ -1,15 +1,18 @@
 """From a request to a queued job, in the order that keeps a hostile or unlucky client cheap: the body is read with
 its limit enforced while it arrives (chunks joined once), a large body is parsed off the event loop, every value is
 checked (400s) before anything is queued, a full queue is a 503 before the image is fetched or decoded, at most a
-few images decode at once, and what waits in the queue is the model's small preprocessed pixels."""
+few images decode at once, and what waits in the queue is the model's small preprocessed pixels (pixels.py: one
+378x378 view for the 2024 models, at most 13 crops of 378x378 for the 2025 ones)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 
 from starlette.requests import ClientDisconnect, Request
 
 from . import images
 from .engine import Engine, Job, Ticket
+from .pixels import prepare
 from .errors import ApiError
 from .images import ImagePolicy
 from .remote import RemoteFetcher
@@ -24,10 +27,8 @@ PARSE_OFF_LOOP_BYTES = 256 * 1024  # bodies above this are parsed in a thread
 
 
 class Intake:
-    def __init__(self, engine: Engine, policy: ImagePolicy, *, image_size: int, max_body_bytes: int,
-                 max_text_bytes: int):
+    def __init__(self, engine: Engine, policy: ImagePolicy, *, max_body_bytes: int, max_text_bytes: int):
         self.engine, self.policy = engine, policy
-        self.image_size = image_size
         self.max_body_bytes, self.max_text_bytes = max_body_bytes, max_text_bytes
         self.decoding = asyncio.Semaphore(DECODE_SLOTS)
         self.decoding_small = asyncio.Semaphore(SMALL_DECODE_SLOTS)
@@ -75,9 +76,9 @@ class Intake:
                            f"context can hold ({self.max_text_bytes} bytes at most); shorten them",
                            param="messages", code="context_length_exceeded")
 
-    async def pixels(self, ref: str) -> tuple[Ticket, object]:
-        """A place in the queue and the image's preprocessed pixels; 503 (queue full) before any fetching or
-        decoding."""
+    async def pixels(self, ref: str, max_crops: int | None = None) -> tuple[Ticket, object]:
+        """A place in the queue and what the model reads of the image (pixels.prepare; max_crops: 2025 models' local
+        crops at most); 503 (queue full) before any fetching or decoding."""
         kind = images.kind_of(ref)
         if kind == "remote" and not self.policy.allow_remote:
             raise ApiError(400, "remote image URLs are disabled on this server (start it with "
@@ -93,12 +94,14 @@ class Intake:
         try:
             small = await asyncio.to_thread(images.pixel_count, raw) <= SMALL_IMAGE_PIXELS
             async with self.decoding_small if small else self.decoding:
-                return ticket, await asyncio.to_thread(images.decode, raw, self.image_size)
+                made = functools.partial(prepare, self.engine.model, max_crops=max_crops)
+                return ticket, await asyncio.to_thread(images.decode, raw, made)
         except BaseException:
             ticket.release()
             raise
 
-    async def job(self, ref: str, question: str, history, options) -> tuple[Job, Ticket]:
+    async def job(self, ref: str, question: str, history, options, caption: str | None = None) -> tuple[Job, Ticket]:
+        """A job answering `question` (or captioning at length `caption`), and its place in the queue."""
         self.check_text(question, history)
-        ticket, pixels = await self.pixels(ref)
-        return Job(pixels, question, history, options), ticket
+        ticket, pixels = await self.pixels(ref, options.max_crops)
+        return Job(pixels, question, history, options, caption), ticket

@@ -1,5 +1,6 @@
 """OpenAI chat messages -> one moondream query: the image first, earlier turns as moondream's Question/Answer
-history, the last user message as the question. Plus the response shapes (plain and SSE chunks)."""
+history, the last user message as the question (2025 models answer each question alone, as upstream asks them: the
+runtime leaves the history out of their prompt). Plus the response shapes (plain and SSE chunks)."""
 from __future__ import annotations
 
 import time
@@ -39,15 +40,21 @@ def refuse_unsupported(req: ChatRequest) -> None:
         raise ApiError(400, "logprobs are not available from moondream-cpp; leave logprobs out", param="logprobs")
 
 
-def generation_options(s: Sampling | None, n_ctx: int) -> GenerationOptions:
-    """The validated request's settings as the runtime's options (None: the defaults)."""
+def generation_options(s: Sampling | None, n_ctx: int, max_crops: int | None = None) -> GenerationOptions:
+    """The validated request's settings as the runtime's options (None: the defaults). max_crops: the server's limit
+    on a request's max_crops (a 2025 model's --max-crops); None: the model reads one view and ignores the setting."""
     if s is None:
         return GenerationOptions()
     max_tokens = s.max_completion_tokens if s.max_completion_tokens is not None else s.max_tokens
     if max_tokens is not None and max_tokens > n_ctx:
         raise ApiError(400, f"max_tokens must be at most {n_ctx}, the model's context size", param="max_tokens")
+    if s.max_crops is not None and max_crops is not None and s.max_crops > max_crops:
+        raise ApiError(400, f"max_crops {s.max_crops} is over this server's limit of {max_crops} crops per image "
+                       "(its --max-crops); ask for at most that many, or restart the server with a higher "
+                       "--max-crops", param="max_crops")
     given = {"max_tokens": max_tokens, "temperature": s.temperature, "top_p": s.top_p, "seed": s.seed,
-             "stop": (s.stop,) if isinstance(s.stop, str) else tuple(s.stop or ())}
+             "stop": (s.stop,) if isinstance(s.stop, str) else tuple(s.stop or ()),
+             "max_crops": s.max_crops if max_crops is not None else None}
     try:
         return GenerationOptions.of(**{k: v for k, v in given.items() if v is not None})
     except MoondreamError as e:  # a value the API's range allows but the runtime does not
@@ -93,7 +100,9 @@ def timings(t: dict) -> dict:
             "predicted_ms": t.get("generation_ms", 0.0), "predicted_per_second": t.get("generation_per_second", 0.0),
             "cache_n": t.get("prompt_tokens", 0) - t.get("prompt_evaluated", 0),
             "image_encode_ms": t.get("image_encode_ms", 0.0), "image_cached": t.get("image_cached", False),
-            "prefix_restored": t.get("prefix_restored", False)}
+            "prefix_restored": t.get("prefix_restored", False),
+            # 2025 models, when the image was encoded for this answer: how it was read
+            **{k: t[k] for k in ("image_tiling", "vision_passes", "vision_ms") if k in t}}
 
 
 def usage(t: dict) -> dict:

@@ -10,6 +10,7 @@ from typing import Annotated, Literal, Optional, Union
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..spec2025 import MAX_CROPS
 from .errors import ApiError
 
 _NAME_LIMIT = 40  # characters of a client's value echoed back in a message
@@ -51,6 +52,9 @@ class Sampling(_Strict):
     top_p: Optional[Annotated[float, Field(ge=0, le=1)]] = None
     seed: Optional[Annotated[int, Field(ge=0, le=2**63 - 1)]] = None
     stop: Union[str, Annotated[list[str], Field(max_length=4)], None] = None
+    # ours (2025 models): read the image in at most this many local crops, up to the server's --max-crops (checked in
+    # openai_api.generation_options); 2024 models read one view and ignore it
+    max_crops: Optional[Annotated[int, Field(ge=1, le=MAX_CROPS)]] = None
 
 
 class ResponseFormat(_Strict):
@@ -85,7 +89,8 @@ class StationRequest(_Strict):
 
 
 class CaptionRequest(StationRequest):
-    length: str = "normal"  # checked by spec.caption_question, the one place that knows the lengths
+    # checked against the loaded model's own lengths (Moondream.caption_items_check)
+    length: Annotated[str, Field(max_length=32)] = "normal"
 
 
 class QueryRequest(StationRequest):
