@@ -4,7 +4,8 @@ Safe to rerun after a failure: downloads resume from their .part files in models
 built in models/.partial/<name>/build-<quant>, checked (gguf_check: what llama.cpp would abort on) and moved into the
 store with one synced rename (durable.py). Pulls of one model take turns (an flock on models/<name>/.pull.lock): they
 share the download area. Every download is held to the registry's sha256 or, where it has none, to what the first
-pull of the model received (lockfile.py).
+pull of the model received (lockfile.py). A checkpoint's extra_files (files of other hub repos, such as the 2025-06-21
+tokenizer from moondream/starmie-v1) are fetched with it, into the checkpoint directory where the converter looks.
 """
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ from test_pull import TEXT, listed, registry as demo_registry, run
 MODEL_REPO, STARMIE_REPO = "vikhyatk/moondream2", "moondream/starmie-v1"
 CK_FILES = ["config.json", "model.safetensors"]  # what the bundled 06-21 entries download from the model repo
 IN_CHECKPOINT = "starmie-v1/tokenizer.json"  # where the converter looks for the starmie tokenizer
+IMAGE = Path(__file__).resolve().parents[1] / "examples" / "shapes.png"
 
 
 @pytest.fixture(scope="session")
@@ -144,7 +145,8 @@ def test_pull_refuses_an_extra_file_that_would_land_outside_the_checkpoint(ck062
     assert sorted(p.name for p in tmp_path.iterdir()) == ["home"] and not (home / "models").exists()
 
 
-def test_pull_moondream2_gets_the_checkpoint_and_the_starmie_tokenizer_and_converts_them(ck0621, workdir, home):
+def test_pull_moondream2_gets_the_checkpoint_and_the_starmie_tokenizer_and_converts_them(ck0621, workdir, home,
+                                                                                         tmp_path):
     from gguf import GGUFReader
 
     from moondream_cpp.gguf_check import check_pair
@@ -176,6 +178,17 @@ def test_pull_moondream2_gets_the_checkpoint_and_the_starmie_tokenizer_and_conve
         assert lock[f"{STARMIE_REPO}@main"]["commit"] == hub.commit(STARMIE_REPO, "main")
         assert lock[f"{MODEL_REPO}@2025-06-21"]["commit"] == hub.commit(MODEL_REPO, "2025-06-21") == manifest["commit"]
         assert sorted(p.name for p in (home / "models").iterdir()) == ["moondream2"]  # the work area is gone
+        # it answers by name as the same two downloads converted by hand do (caption --length long: 03-27 on)
+        by_hand = tmp_path / "by-hand"
+        r = run("convert", ck0621, "-o", by_hand, "--revision", "2025-06-21", "--tokenizer", starmie, "--text-type",
+                "q8_0", "--mmproj-type", "q8_0", "--name", "h", home=home, hub_url=hub.url)
+        assert r.returncode == 0, r.stderr
+        caption = ["caption", IMAGE, "--length", "long", "--max-tokens", "8"]
+        named = run(*caption, "-m", "moondream2", home=home, hub_url=hub.url)
+        direct = run(*caption, "--text", by_hand / "h-text-q8_0.gguf", "--mmproj", by_hand / "h-mmproj-q8_0.gguf",
+                     home=home, hub_url=hub.url)
+        assert named.returncode == direct.returncode == 0, named.stderr + direct.stderr
+        assert named.stdout == direct.stdout and named.stdout.strip()
         assert run("pull", "moondream2", home=home, hub_url=hub.url).returncode == 0
         assert len(gets(hub)) == len(fetched)  # stored intact: nothing fetched again
 
@@ -211,8 +224,7 @@ def test_a_stored_moondream2_of_the_2024_pair_is_stale_not_used(hub, home):
     (home / "registry.json").write_text(json.dumps({"moondream2": reg["demo-gguf"]}))  # what moondream2 meant then
     assert run("pull", "moondream2", home=home, hub_url=hub.url).returncode == 0
     (home / "registry.json").write_text(json.dumps(reg))  # the bundled registry's moondream2 again
-    image = Path(__file__).resolve().parents[1] / "examples" / "shapes.png"
-    r = run("query", image, "What color is the circle?", "-m", "moondream2", home=home, hub_url=hub.url)
+    r = run("query", IMAGE, "What color is the circle?", "-m", "moondream2", home=home, hub_url=hub.url)
     assert r.returncode == 8 and "Traceback" not in r.stderr, r.stderr
     assert ("the stored moondream2:f16 is not the model moondream2 names now (it was pulled from test/demo-gguf@v1, "
             f"and moondream2 now names {MODEL_REPO}@2025-06-21)") in r.stderr
