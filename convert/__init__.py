@@ -1,4 +1,5 @@
-"""HF moondream checkpoint -> GGUF pair: the phi2 text model and the clip "mlp" mmproj (docs/architecture.md §6)."""
+"""HF moondream checkpoint -> GGUF pair: the phi2 text model and the clip "mlp" mmproj (docs/architecture.md §6; the
+2025 family: §9)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

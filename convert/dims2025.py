@@ -45,13 +45,31 @@ class Dims2025:
         return 1 + self.vision.n_patches
 
 
-def _section(config: dict, key: str) -> dict:
+SECTIONS = ("text", "vision", "region", "tokenizer")
+
+
+def _inner(config: dict) -> dict:
     inner = config.get("config")
-    if inner is None:
-        return {}
-    if not isinstance(inner, dict) or not isinstance(inner.get(key, {}), dict):
-        raise CheckpointError(f"config.json: \"config\" must be an object whose \"{key}\" is an object")
-    return inner.get(key, {})
+    inner = {} if inner is None else inner
+    if not isinstance(inner, dict) or any(not isinstance(inner[k], dict) for k in inner):
+        raise CheckpointError("config.json: \"config\" must be an object of objects (upstream's MoondreamConfig)")
+    unknown = sorted(set(inner) - set(SECTIONS))
+    if unknown:
+        raise CheckpointError(f"config.json: config.{unknown[0]} is not part of a moondream2 2025 model (later "
+                              "formats, e.g. moondream 3's mixture of experts, are not supported)")
+    if inner.get("tokenizer"):  # the token ids of every revision are spec2025's; a config that moves them is another
+        raise CheckpointError("config.json: config.tokenizer sets token ids; moondream-cpp knows each revision's own "
+                              "and converts only checkpoints that keep them")
+    if inner.get("text", {}).get("group_size") is not None:
+        raise CheckpointError("config.json: config.text.group_size is set: this is a quantized (int4) moondream "
+                              "checkpoint; convert the 16-bit one")
+    return inner
+
+
+def _section(config: dict, key: str) -> dict:
+    section = dict(_inner(config).get(key, {}))
+    section.pop("group_size", None)  # upstream's quantization switch, None for the 16-bit models
+    return section
 
 
 def _ints(cfg: dict, defaults: dict, where: str) -> dict:

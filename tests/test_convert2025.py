@@ -259,6 +259,38 @@ def test_missing_or_unknown_tensors_are_refused(checkpoint2025, tmp_path, edit, 
         convert(ck, tmp_path / "o", "f32", "f32", revision=GPT2)
 
 
+@pytest.mark.parametrize("edit,message", [
+    (lambda c: c["config"]["text"].update(rope_theta=5), r"config.text has key\(s\) \['rope_theta'\]"),
+    (lambda c: c["config"].update(moe={"num_experts": 64}), "config.moe is not part of a moondream2 2025 model"),
+    (lambda c: c["config"].update(tokenizer={"eos_id": 2}), "config.tokenizer sets token ids"),
+    (lambda c: c["config"]["text"].update(group_size=128), "group_size is set: this is a quantized"),
+    (lambda c: c["config"]["vision"].update(overlap_margin=14), "an overlap margin of 14 patches in a 27-patch crop"),
+    (lambda c: c["config"]["text"].update(prefix_attn=729), r"a prefix of 729 rows, but BOS \+ the 27x27"),
+    (lambda c: c["config"]["text"].update(n_heads="4"), "n_heads is '4', not a whole number"),
+])
+def test_config_json_refusals(checkpoint2025, tmp_path, edit, message):
+    ck = tmp_path / "ck"
+    shutil.copytree(checkpoint2025(GPT2, "f16"), ck)
+    cfg = json.loads((ck / "config.json").read_text())
+    edit(cfg)
+    (ck / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=message):
+        convert(ck, tmp_path / "o", "f32", "f32", revision=GPT2)
+    assert not (tmp_path / "o").exists()
+
+
+def test_config_json_may_spell_out_upstreams_defaults(checkpoint2025, tmp_path):
+    """Upstream's own names with its 16-bit values (group_size None) and an empty tokenizer section convert."""
+    ck = tmp_path / "ck"
+    shutil.copytree(checkpoint2025(GPT2, "f16"), ck)
+    cfg = json.loads((ck / "config.json").read_text())
+    cfg["config"]["text"]["group_size"] = None
+    cfg["config"]["tokenizer"] = {}
+    (ck / "config.json").write_text(json.dumps(cfg))
+    out = convert(ck, tmp_path / "o", "f16", "f16", revision=GPT2)
+    assert gguf_check.check_pair(out.text, out.mmproj)[0].revision_name == GPT2
+
+
 def test_cli_without_revision_names_the_choices(checkpoint2025, tmp_path):
     r = subprocess.run([CLI, "convert", str(checkpoint2025(GPT2, "f16")), "-o", str(tmp_path / "o")],
                        capture_output=True, text=True, timeout=120)
@@ -308,6 +340,8 @@ def test_pair_of_two_families_or_revisions_is_refused(pair2025, converted):
         gguf_check.check_pair(text25, mm_other)
     with pytest.raises(ModelFileError, match="do not belong together"):
         gguf_check.check_pair(text24, mm25)
+    with Moondream.load(text25, mm25, n_threads=1) as md:  # llama.cpp loads the starmie vocabulary copy
+        assert md.tokenize("a red car") and md.text_info.tokenizer_kind == "starmie"
     info, mm = gguf_check.check_pair(text25, mm25)
     assert (info.family, info.revision_name, info.tokenizer_kind, info.prefix_rows) == ("2025", STARMIE, "starmie", 730)
     assert (mm.family, mm.revision_name, mm.feature_length, mm.max_crops, mm.overlap_margin, mm.passthrough,
