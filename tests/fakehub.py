@@ -1,8 +1,8 @@
 """A Hugging Face hub stand-in on loopback: the resolve/ routes huggingface_hub downloads from, with Range support,
 the hub's ETags (an LFS file's sha256 in X-Linked-Etag; a small file's git blob sha1 in ETag), the commit a revision
 resolves to, and faults to order (corrupt bytes, other bytes under the true hashes, a cut connection, a trickle).
-Any number of repos, each at any revisions: a tag or branch ("2025-06-21", "main", "refs/pr/1", sent %-quoted) or
-the commit a tag names now (`commit` says which, as the hub's X-Repo-Commit does)."""
+Any number of repos, each at any revisions (a tag or branch: "2025-06-21", "main", "refs/pr/1", which huggingface_hub
+sends %-quoted); add_dir serves a checkpoint directory."""
 from __future__ import annotations
 
 import hashlib
@@ -56,7 +56,7 @@ class FakeHub:
                 parts = self.path.split("?")[0].strip("/").split("/")
                 # /{owner}/{repo}/resolve/{revision}/{filename}
                 if len(parts) >= 5 and parts[2] == "resolve":
-                    repo, revision = "/".join(parts[:2]), hub.resolve("/".join(parts[:2]), unquote(parts[3]))
+                    repo, revision = "/".join(parts[:2]), unquote(parts[3])
                     self.commit = hub.commit(repo, revision)
                     return hub.files.get((repo, revision, unquote("/".join(parts[4:]))))
                 return None
@@ -134,11 +134,6 @@ class FakeHub:
         """Serve files of a local directory (all of them, or `names`) under repo@revision."""
         for name in names or sorted(p.name for p in Path(directory).iterdir() if p.is_file()):
             self.add(repo, revision, name, (Path(directory) / name).read_bytes())
-
-    def resolve(self, repo: str, revision: str) -> str:
-        """A commit id asked for -> the tag or branch that names it now (else the revision as it is)."""
-        tags = {v for (r, v, _n) in self.files if r == repo}
-        return next((v for v in tags if self.commit(repo, v) == revision), revision)
 
     def commit(self, repo: str, revision: str) -> str:
         """The commit a revision names: a changed file under the revision (a moved tag) makes a new one."""
