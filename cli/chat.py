@@ -10,12 +10,13 @@ import typer
 
 from moondream_cpp.errors import MoondreamError
 
-from .app import (GPU_LAYERS, JSON, LOW_RAM, MAX_TOKENS, MMPROJ, MODEL, N_CTX, TEXT, THREADS, app, load_model, note,
-                  print_json, timings_line)
+from .app import (GPU_LAYERS, JSON, LOW_RAM, MAX_CROPS, MAX_TOKENS, MMPROJ, MODEL, N_CTX, TEXT, THREADS, about, app,
+                  load_model, note, print_json, timings_line)
 
 HELP = """Commands:
   /image PATH      talk about another image (recent images stay encoded); starts a new conversation
-  /caption [short] describe the current image
+  /caption [LENGTH] describe the current image: short, normal (the default) or long (2025 models from
+                   2025-03-27); a 2025 caption is not part of the conversation
   /clear           forget the conversation so far (the image stays)
   /save FILE       write the transcript as JSON
   /help            this list
@@ -30,10 +31,13 @@ def chat(
     text: Optional[Path] = TEXT,
     mmproj: Optional[Path] = MMPROJ,
     max_tokens: Optional[int] = MAX_TOKENS,
-    temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy, as the original."),
+    temperature: Optional[float] = typer.Option(None, min=0.0, help="0 = greedy. Default: the revision's own, as "
+                                                "upstream samples: greedy up to 2025-03-27 (every 2024 model "
+                                                "included), 0.5 with top-p 0.3 from 2025-04-14."),
     threads: Optional[int] = THREADS,
     gpu_layers: Optional[int] = GPU_LAYERS,
     n_ctx: Optional[int] = N_CTX,
+    max_crops: Optional[int] = MAX_CROPS,
     low_ram: bool = LOW_RAM,
     revision: Optional[str] = typer.Option(None, help="Override the prompt format of the file's revision."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print timings after each answer (stderr)."),
@@ -41,23 +45,23 @@ def chat(
 ):
     """Ask questions about an image: once with -p, else interactively (type /help), or one per stdin line."""
     try:
-        _chat(image, prompt, model, text, mmproj, max_tokens, temperature, threads, gpu_layers, n_ctx, low_ram,
-              revision, verbose, as_json)
+        _chat(image, prompt, model, text, mmproj, max_tokens, temperature, threads, gpu_layers, n_ctx, max_crops,
+              low_ram, revision, verbose, as_json)
     except KeyboardInterrupt:  # while loading, answering -p or reading a script; click would say "Aborted!"
         sys.stdout.write("\n")
         note("interrupted")
         raise typer.Exit(130)
 
 
-def _chat(image, prompt, model, text, mmproj, max_tokens, temperature, threads, gpu_layers, n_ctx, low_ram, revision,
-          verbose, as_json):
+def _chat(image, prompt, model, text, mmproj, max_tokens, temperature, threads, gpu_layers, n_ctx, max_crops, low_ram,
+          revision, verbose, as_json):
     from moondream_cpp.chat import ChatSession
     from moondream_cpp.image import load_image
     from moondream_cpp.options import GenerationOptions
 
     picture = load_image(image)  # a bad image is reported before the model takes time to load
     md = load_model(model, text, mmproj, n_threads=threads, n_gpu_layers=gpu_layers, n_ctx=n_ctx, low_ram=low_ram,
-                    revision=revision)
+                    revision=revision, max_crops=max_crops)
     session = ChatSession(md, options=GenerationOptions(max_tokens=max_tokens, temperature=temperature))
     session.set_image(picture, name=str(image))
     out = Output(verbose, as_json)
@@ -114,7 +118,9 @@ def command(session, out: Output, line: str) -> bool:
         how = "from the cache" if session._image_timings["image_cached"] else f"encoded in {enc.encode_ms:.0f} ms"
         note(f"image: {path} ({how}); new conversation")
     elif name == "/caption":
-        out.answer(session, "", caption=arg or "normal")
+        length = arg or "normal"
+        session.model.caption_items_check(length, "/caption's length")  # the lengths this model has, if not that
+        out.answer(session, "", caption=length)
     elif name == "/clear":
         session.clear()
         note("conversation cleared")
@@ -150,7 +156,7 @@ class Repl:
 
     def run(self):
         save = self._readline()
-        note(f"Chatting about {self.session.image_name} with {self.session.model.name}. /help for commands, "
+        note(f"Chatting about {self.session.image_name} with {about(self.session.model)}. /help for commands, "
              "Ctrl-D or /exit to leave.")
         try:
             while True:

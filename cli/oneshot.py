@@ -9,8 +9,8 @@ import typer
 
 from moondream_cpp.errors import ImageError, MoondreamError
 
-from .app import (GPU_LAYERS, JSON, LOW_RAM, MAX_TOKENS, MMPROJ, MODEL, N_CTX, TEXT, THREADS, app, load_model, note,
-                  print_json, stderr)
+from .app import (GPU_LAYERS, JSON, LOW_RAM, MAX_CROPS, MAX_TOKENS, MMPROJ, MODEL, N_CTX, TEXT, THREADS, app,
+                  load_model, note, print_json, stderr)
 
 
 @app.command()
@@ -24,6 +24,7 @@ def query(
     threads: Optional[int] = THREADS,
     gpu_layers: Optional[int] = GPU_LAYERS,
     n_ctx: Optional[int] = N_CTX,
+    max_crops: Optional[int] = MAX_CROPS,
     low_ram: bool = LOW_RAM,
     as_json: bool = JSON,
 ):
@@ -32,7 +33,8 @@ def query(
     from moondream_cpp.options import GenerationOptions
 
     picture = load_image(image)
-    md = load_model(model, text, mmproj, n_threads=threads, n_gpu_layers=gpu_layers, n_ctx=n_ctx, low_ram=low_ram)
+    md = load_model(model, text, mmproj, n_threads=threads, n_gpu_layers=gpu_layers, n_ctx=n_ctx, low_ram=low_ram,
+                    max_crops=max_crops)
     a = md.query(picture, question, options=GenerationOptions(max_tokens=max_tokens))
     if as_json:
         print_json({"image": str(image), "question": question, "answer": a.text, "finish_reason": a.finish_reason,
@@ -47,7 +49,8 @@ def caption(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Append JSON-lines records here (crash-safe; "
                                        "resumes where it stopped)."),
     question: Optional[str] = typer.Option(None, "--question", "-q", help="Ask this instead of captioning."),
-    length: str = typer.Option("normal", "--length", help="short, normal, or long (2025-03-27 and later)."),
+    length: str = typer.Option("normal", "--length", help="short, normal, or long (the 2025 models from "
+                               "2025-03-27 on; a model without it is refused before any image is read)."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip images already in --out (default), or "
                                 "start the file afresh."),
     retry_errors: bool = typer.Option(False, "--retry-errors", help="On resume, try unreadable images again."),
@@ -58,6 +61,7 @@ def caption(
     threads: Optional[int] = THREADS,
     gpu_layers: Optional[int] = GPU_LAYERS,
     n_ctx: Optional[int] = N_CTX,
+    max_crops: Optional[int] = MAX_CROPS,
     low_ram: bool = LOW_RAM,
     as_json: bool = JSON,
 ):
@@ -75,7 +79,8 @@ def caption(
         raise ImageError(f"no images found in {' '.join(images)}")
     if out:
         check_output(out)
-    md = load_model(model, text, mmproj, n_threads=threads, n_gpu_layers=gpu_layers, n_ctx=n_ctx, low_ram=low_ram)
+    md = load_model(model, text, mmproj, n_threads=threads, n_gpu_layers=gpu_layers, n_ctx=n_ctx, low_ram=low_ram,
+                    max_crops=max_crops)
     if not question:
         md.caption_items_check(length, "--length")
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
