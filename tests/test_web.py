@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from test_server import free_port, server  # noqa: F401  (the same real server subprocess)
+from test_server import data_uri, free_port, post, server  # noqa: F401  (the same real server subprocess)
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -15,6 +15,15 @@ ARTIFACTS = Path(os.environ.get("MOONDREAM_CPP_ARTIFACTS", ROOT / "tests" / "art
 
 needs_chromium = pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"),
                                     reason="no chromium here (CI installs it: apt-get install chromium)")
+
+
+def md_caption(url, example: str, length: str, max_tokens: int | None = None) -> str:
+    body = {"image_url": data_uri(ROOT / "examples" / example), "length": length}
+    if max_tokens:
+        body["settings"] = {"max_tokens": max_tokens}
+    status, a, _ = post(url, "/v1/caption", body)
+    assert status == 200, a
+    return a["caption"]
 
 
 def test_the_example_images_exist_once_and_ship_with_the_package():
@@ -47,6 +56,10 @@ def test_upload_ask_stream_follow_up(tmp_path):
                 or r.url.startswith("blob:") else outside.append(r.url))
         page.goto(url + "/")
         expect(page.locator("#model")).to_contain_text("moondream-demo")
+        expect(page.locator("#model")).to_contain_text("2024 family")
+        # the caption lengths the demo (a 2024 moondream2) has: no long one
+        expect(page.locator("#length option")).to_have_text(["short", "normal"])
+        expect(page.locator("#length")).to_have_value("normal")
         page.set_input_files("#file", str(ROOT / "examples" / "shapes.png"))
         expect(page.locator("#preview")).to_be_visible()
         page.fill("#q", "What color is the circle?")
@@ -62,6 +75,12 @@ def test_upload_ask_stream_follow_up(tmp_path):
         page.click("#caption")
         expect(page.locator(".bot.done")).to_have_count(3, timeout=60_000)
         assert page.locator(".bot").last.inner_text().endswith(".")
+        page.select_option("#length", "short")
+        page.click("#caption")
+        expect(page.locator(".bot.done")).to_have_count(4, timeout=60_000)
+        expect(page.locator(".user").last).to_have_text("caption (short)")
+        short = md_caption(url, "shapes.png", "short")  # what /v1/caption says for the same image
+        expect(page.locator(".bot").last).to_have_text(short)
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "web-demo.png"), full_page=True)
         page.locator("#examples img").nth(2).click()  # an example image starts a new conversation
@@ -97,4 +116,31 @@ def test_with_an_api_key_the_page_asks_for_it_and_answers(tmp_path):
         page.click("#send")
         expect(page.locator(".bot.done")).to_have_count(1, timeout=60_000)
         expect(page.locator(".bot").last).to_have_text("red")
+        browser.close()
+
+
+@needs_chromium
+def test_a_2025_model_offers_its_caption_lengths_long_included(pair2025, tmp_path):
+    """With a 2025 model (scaled, random weights) the page reads the lengths from /v1/status, long included, and
+    its long caption is /v1/caption's."""
+    from playwright.sync_api import expect, sync_playwright
+
+    text, mmproj = pair2025("2025-03-27")
+    # a context of 760 ends the random model's caption some 20 tokens after its 730-row image prefix
+    with server("--text", text, "--mmproj", mmproj, "--max-crops", 2, "--n-ctx", 760, home=tmp_path) as (url, _), \
+            sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        page.goto(url + "/")
+        expect(page.locator("#model")).to_contain_text("2025-03-27 · 2025 family · up to 2 crops")
+        expect(page.locator("#length option")).to_have_text(["short", "normal", "long"])
+        expect(page.locator("#length")).to_have_value("normal")
+        page.locator("#examples img").first.click()
+        expect(page.locator("#preview")).to_be_visible()
+        page.select_option("#length", "long")
+        page.click("#caption")
+        expect(page.locator(".bot.done")).to_have_count(1, timeout=120_000)
+        expect(page.locator(".user").last).to_have_text("caption (long)")
+        assert page.locator(".bot").last.text_content() == md_caption(url, "shapes.png", "long")
+        expect(page.locator(".timing").last).to_contain_text("1×1 crops")  # 300x200: one tile
         browser.close()
