@@ -6,6 +6,8 @@ from typing import Callable
 
 import numpy as np
 
+from .errors import ModelFileError
+
 Sampler = Callable[[np.ndarray], int]
 
 
@@ -17,6 +19,9 @@ def make_sampler(temperature: float, top_p: float, seed: int | None, n_real_toke
 
     def real(logits: np.ndarray) -> np.ndarray:
         z = logits[:n_real_tokens]
+        if np.isnan(z).any():  # damaged weights: no token can be chosen, and numpy's choice would raise on it
+            raise ModelFileError("the model computed invalid scores (NaN) for the next token: its weights are "
+                                 "damaged; download or convert the model again")
         if masked:
             z = z.copy()
             z[masked] = -np.inf

@@ -11,7 +11,7 @@ from moondream_cpp import Moondream, spec2025
 
 REVISIONS = ["2025-04-14", "2025-06-21"]
 IMAGES = {"small": (300, 200), "1024x768": (1024, 768), "tall": (400, 1300)}  # W x H
-TILINGS = {"small": (1, 1), "1024x768": (3, 4), "tall": (6, 2)}  # worked by hand from the rule (docs §9.3)
+TILINGS = {"small": (1, 1), "1024x768": (3, 4), "tall": (6, 2)}  # worked by hand from upstream's tiling rule
 FEATURE_TOL, EMBED_TOL, LOGIT_TOL = 1e-3, 1e-3, 1e-3
 
 
@@ -67,18 +67,19 @@ def test_logits_and_greedy_answers_match_the_reference(models, reference2025, re
     rev = spec2025.REVISIONS_2025[revision]
     for image in IMAGES:
         img = scene(*IMAGES[image])
+        rows = ref.image_embeddings(img)  # the reference's own image rows, computed once per image
         asks = [dict(question="What is in the picture?")] + [dict(caption=c) for c in rev.captions]
         for ask in asks:
             ids = prompt_ids(md, **ask)
             got = md.logits(img, ask.get("question"), caption=ask.get("caption"))
-            want = ref.logits(img, ids).numpy()
+            want = ref.logits(rows, ids).numpy()
             n = want.shape[0]
             err = rel_logits(got[:n], want)
             print(f"{revision} {image} {ask}: logits rel err {err:.2e}")
             assert err < LOGIT_TOL, (image, ask, err)
             a = (md.caption(img, ask["caption"], temperature=0, max_tokens=8) if "caption" in ask
                  else md.query(img, ask["question"], temperature=0, max_tokens=8))
-            assert a.tokens == ref.generate(img, ids, 8, masked=rev.masked)[: len(a.tokens)], (image, ask)
+            assert a.tokens == ref.generate(rows, ids, 8, masked=rev.masked)[: len(a.tokens)], (image, ask)
             assert len(a.tokens) == 8 or a.finish_reason == "stop"
 
 
@@ -86,8 +87,11 @@ def test_prefix_attention_matters(models, reference2025):
     """A causal-only prefix moves the logits far beyond the tolerance, and llama.cpp matches the prefix mask."""
     md, ref = models("2025-04-14"), reference2025("2025-04-14")
     img = scene(*IMAGES["small"])
+    rows = ref.image_embeddings(img)
     ids = prompt_ids(md, question="What is in the picture?")
-    prefix, causal = ref.logits(img, ids).numpy(), ref.logits(img, ids, causal_only=True).numpy()
+    prefix, causal = ref.logits(rows, ids).numpy(), ref.logits(rows, ids, causal_only=True).numpy()
     got = md.logits(img, "What is in the picture?")[: prefix.shape[0]]
-    assert rel_logits(causal, prefix) > 50 * LOGIT_TOL
-    assert rel_logits(got, prefix) < LOGIT_TOL
+    moved, err = rel_logits(causal, prefix), rel_logits(got, prefix)
+    print(f"causal-only moves the logits {moved:.2e}; llama.cpp is {err:.2e} from the prefix-attention reference")
+    assert moved > 10 * LOGIT_TOL and moved > 30 * err
+    assert err < LOGIT_TOL

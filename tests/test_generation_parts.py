@@ -98,3 +98,14 @@ def test_sampler_greedy_ignores_padding_rows_and_seeded_sampling_repeats():
     one, two = make_sampler(5.0, 1.0, 11, 3), make_sampler(5.0, 1.0, 11, 3)
     draws = [one(logits) for _ in range(50)]
     assert draws == [two(logits) for _ in range(50)] and set(draws) == {0, 1, 2}  # hot: every real row, no padding
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.5])
+def test_nan_scores_are_a_damaged_model_not_a_traceback(temperature):
+    from moondream_cpp.errors import ModelFileError
+    from moondream_cpp.sampling import make_sampler
+
+    logits = np.zeros(10, np.float32)
+    logits[3] = np.nan
+    with pytest.raises(ModelFileError, match="damaged"):
+        make_sampler(temperature, 0.3, 0, 10)(logits)
