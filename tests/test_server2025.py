@@ -173,3 +173,19 @@ def test_a_length_the_model_lacks_is_a_400_naming_the_ones_it_has(pair2025, tmp_
         status, a, _ = post(url, "/v1/caption", {"image_url": png_uri(small), "length": "short",
                                                  "settings": {"max_tokens": 2}})
         assert status == 200 and a["metrics"]["output_tokens"] == 2
+
+
+def test_the_06_21_model_with_its_own_tokenizer_captions_long(pair2025, tmp_path, small):
+    """The newest revision (what `pull moondream2` gives): the starmie tokenizer, answers decoded through it."""
+    from moondream_cpp import Moondream
+
+    text, mmproj = pair2025("2025-06-21")
+    settings = {"max_tokens": TOKENS, "temperature": 0}
+    with server("--text", text, "--mmproj", mmproj, "--max-crops", 2, home=tmp_path) as (url, _), \
+            Moondream.load(text, mmproj, max_crops=2) as md:
+        st = json.loads(urllib.request.urlopen(url + "/v1/status").read())
+        assert (st["revision"], st["caption_lengths"]) == ("2025-06-21", ["short", "normal", "long"])
+        status, a, _ = post(url, "/v1/caption", {"image_url": png_uri(small), "length": "long", "settings": settings})
+        assert status == 200 and a["caption"] == md.caption(small, "long", max_tokens=TOKENS, temperature=0).text
+        status, a, _ = post(url, "/v1/query", {"image_url": png_uri(small), "question": "What?", "settings": settings})
+        assert status == 200 and a["answer"] == md.query(small, "What?", max_tokens=TOKENS, temperature=0).text
