@@ -15,24 +15,38 @@ def bench(
                                         help="Where the random full-size models are built (about 12 GB; reused by "
                                         "later runs). Default: bench/work in the model store's folder "
                                         "($MOONDREAM_CPP_HOME, else ~/.cache/moondream-cpp)."),
-    repeats: int = typer.Option(3, "--repeats", min=1, help="Fresh processes per variant (the median is reported)."),
+    repeats: Optional[int] = typer.Option(None, "--repeats", min=1, help="Fresh processes per variant (the median is "
+                                          "reported). Default: 3; 2 with --family 2025."),
+    family: str = typer.Option("2024", "--family", help="2024: moondream1/2024-shaped models, every GGUF type, "
+                               "native tools, the roofline (about an hour). 2025: moondream2 2025-04-14 (multi-crop, "
+                               "prefix attention) against PyTorch fp32/bf16: cold answer and follow-up on a 1024x768 "
+                               "picture, image encode by crop count, peak RSS (about 35 minutes on 2 cores; about 8 "
+                               "GB of models); writes bench2025.json."),
     threads: Optional[int] = THREADS,
     no_torch: bool = typer.Option(False, "--no-torch", help="Skip the PyTorch reference runs."),
     results: Optional[Path] = typer.Option(None, "--results", file_okay=False,
-                                           help="Where bench.json and bench.png go. Default: bench/results in that "
-                                           "same folder."),
+                                           help="Where bench.json and bench.png (bench2025.json) go. Default: "
+                                           "bench/results in that same folder."),
     docs: Optional[Path] = typer.Option(None, "--docs", dir_okay=False,
                                         help="Also write the results table into this markdown file, between "
-                                        "<!-- bench:start --> and <!-- bench:end --> (appended where those are "
-                                        "missing). Default: no markdown."),
+                                        "<!-- bench:start --> and <!-- bench:end --> (bench2025:start/end for "
+                                        "--family 2025; appended where those are missing). Default: no markdown."),
 ):
     """Speed and memory of full-size moondream on this machine: every GGUF variant, PyTorch fp32/bf16 and native
-    llama-bench, side by side, with the memory roofline. Takes most of an hour; prints where the results went."""
+    llama-bench, side by side, with the memory roofline. Takes most of an hour; prints where the results went.
+    --family 2025: the 2025 moondream2 against PyTorch fp32/bf16 instead."""
     import json
 
     from moondream_cpp import bench as b
-    from moondream_cpp.bench.report import write
+    from moondream_cpp.errors import MoondreamError
     from moondream_cpp.outputs import writable_dir
+
+    if family not in ("2024", "2025"):
+        raise MoondreamError(f"--family {family[:20]!r}: choose 2024 or 2025")
+    if family == "2025":
+        return _bench_2025(work, repeats or 2, threads, no_torch, results, docs)
+    repeats = repeats or 3
+    from moondream_cpp.bench.report import write
 
     # both folders checked before an hour of work, the work folder first (it is the one that holds 12 GB)
     work = writable_dir(work or b.default_work_dir(), "--work")
@@ -48,3 +62,24 @@ def bench(
     # no bench.png where matplotlib is missing
     written = [str(f) for f in (results / "bench.json", results / "bench.png") if f.exists()]
     note("results: " + ", ".join(written) + (f"; table in {docs}" if docs else ""))
+
+
+def _bench_2025(work, repeats, threads, no_torch, results, docs):
+    import json
+
+    from moondream_cpp import bench as b
+    from moondream_cpp.bench import run2025
+    from moondream_cpp.bench.report2025 import write
+    from moondream_cpp.outputs import writable_dir
+
+    work = writable_dir(work or b.default_dir() / "work2025", "--work")
+    results = writable_dir(results or b.default_results_dir(), "--results")
+    if docs is not None:
+        writable_dir(docs.parent, "--docs", for_file=True)
+    note(f"models in {work} (about 8 GB, reused by later runs)")
+    res = run2025.run(work, repeats=repeats, threads=threads, with_torch=not no_torch, log=note)
+    cmd = "moondream-cpp bench --family 2025" + (f" --repeats {repeats}" if repeats != 2 else "") + (
+        f" --threads {threads}" if threads else "") + (" --no-torch" if no_torch else "")
+    res = write(res, results, docs, cmd)
+    typer.echo(json.dumps({"answers": res["answers"], "targets": res["targets"]}, indent=1))
+    note(f"results: {results / 'bench2025.json'}" + (f"; table in {docs}" if docs else ""))

@@ -193,3 +193,130 @@ def test_bench_writes_a_markdown_table_only_when_asked(tmp_path, monkeypatch):
     assert "old table" not in text and text.startswith("# Speed") and text.endswith("\n\nafter\n")
     assert "| q4_k_m | " in text.split("<!-- bench:start -->")[1].split("<!-- bench:end -->")[0]
     assert (tmp_path / "res" / "bench.json").is_file() and str(doc) in out
+
+
+# ------------------------------------------------------------------------------------------- the 2025 model's bench
+
+def test_full_size_2025_layout_is_upstreams():
+    from moondream_cpp.bench import fullsize2025
+
+    shapes = fullsize2025.tensor_shapes()
+    # upstream's MoondreamConfig defaults, counted by hand: text 24 blocks of (LN + qkv + proj + fc1 + fc2) around the
+    # embedding, post_ln and head; vision patch/pos embeddings, 27 blocks, post_ln and the 2304 -> 8192 -> 2048
+    # projector; the region head's Fourier features, encoders and decoders
+    text = 51200 * 2048 * 2 + 51200 + 2 * 2048 + 24 * (
+        2 * 2048 + 6144 * 2048 + 6144 + 2048 * 2048 + 2048 + 8192 * 2048 + 8192 + 2048 * 8192 + 2048)
+    vision = 1152 * 588 + 1152 + 729 * 1152 + 2 * 1152 + 27 * (
+        4 * 1152 + 3456 * 1152 + 3456 + 1152 * 1152 + 1152 + 4304 * 1152 + 4304 + 1152 * 4304 + 1152) + (
+        8192 * 2304 + 8192 + 2048 * 8192 + 2048)
+    region = 128 + 2 * 256 + (2048 * 256 + 2048) + (2048 * 512 + 2048) + 2 * (8192 * 2048 + 8192) + (
+        1024 * 8192 + 1024) + (2048 * 8192 + 2048)
+    assert fullsize2025.n_params() == text + vision + region == 1_927_237_104
+    assert len(shapes) == 592 and shapes["model.vision.blocks.26.mlp.fc1.weight"] == (4304, 1152)
+    assert shapes["model.vision.proj_mlp.fc1.weight"] == (8192, 2304) and shapes["model.text.wte"] == (51200, 2048)
+
+
+def test_bench_2025_on_a_scaled_checkpoint(tmp_path):
+    """The whole 2025 bench on a scaled checkpoint: our default pair and PyTorch fp32, a one-tile answer picture and a
+    2x2 sweep point, one fresh process each. Crop counts follow the tiling rule, both engines put the same prompt
+    through the model, and a follow-up evaluates only its own question."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from checkpoints2025 import DIMS_2025
+
+    from moondream_cpp.bench import run2025
+    from moondream_cpp.bench.models2025 import VARIANTS
+    from moondream_cpp.bench.report2025 import START, markdown, write
+
+    res = run2025.run(tmp_path / "work", repeats=1, sections={k: dict(v) for k, v in DIMS_2025.items()},
+                      variants=VARIANTS[:1], torch_dtypes=("fp32",), answer_image=(378, 378),
+                      sweep=[(378, 378, 12), (756, 756, 4)], tokens=4, threads=2)
+    ours, torch = res["answers"]["q4_k_m + q8_0 mmproj"], res["answers"]["pytorch fp32"]
+    for r in (ours, torch):
+        assert r["runs"] == 1 and r["tiling"] == [1, 1] and r["generated"] == 4, r
+        for k in ("load_s", "encode_ms", "vision_ms_per_crop", "prefill_s", "decode_tok_s", "cold_s",
+                  "another_first_token_s", "another_s", "peak_rss_mb"):
+            assert r[k] > 0, (k, r)
+        assert r["cold_s"] >= r["cold_ttft_s"] >= r["encode_ms"] / 1000 and r["spread"]["cold_s"] == [r["cold_s"]] * 2
+    # one tile: upstream (the reference) encodes the global and the local crop, the same pixels; we encode them once
+    assert (ours["vision_passes"], torch["vision_passes"]) == (1, 2)
+    # BOS + 729 image rows + "\n\nQuestion:" (4 ids) + the question + "\n\nAnswer:" (4 ids), tokenized by llama.cpp on
+    # our side and by the tokenizers library on the reference's
+    assert ours["prefill_tokens"] == torch["prefill_tokens"] > 730 + 8
+    assert ours["another_evaluated"] < 20  # the image prefix is reused: only the new question is evaluated
+    sweep = {r["image"]: r for r in res["encode_sweep"]["q4_k_m + q8_0 mmproj"]}
+    assert sweep["756x756"]["tiling"] == [2, 2] and sweep["756x756"]["vision_passes"] == 5
+    assert res["encode_sweep"]["pytorch fp32"][1]["vision_passes"] == 5
+    assert sweep["378x378"]["encode_ms"] == ours["encode_ms"]  # the answers' own encode
+    conv = res["models"]["convert"]
+    assert set(conv) == {"q4_k_m+q8_0"} and conv["q4_k_m+q8_0"]["peak_rss_mb"] > 10
+    doc = tmp_path / "perf.md"
+    doc.write_text("# Speed\n")
+    written = write(res, tmp_path / "res", doc, "moondream-cpp bench --family 2025")
+    assert json.loads((tmp_path / "res" / "bench2025.json").read_text())["answers"] == written["answers"]
+    assert doc.read_text().startswith("# Speed\n\n" + START) and "| pytorch fp32 |" in markdown(written, "x")
+
+
+def test_targets_2025():
+    from moondream_cpp.bench.report2025 import targets
+
+    def side(cold, per_crop, load=1.0):
+        return {"cold_s": cold, "load_s": load, "vision_passes": 13, "vision_ms_per_crop": per_crop,
+                "another_first_token_s": 0.5, "another_s": 2.0}
+
+    res = {"settings": {"answer_image": "1024x768"},
+           "answers": {"q4_k_m + q8_0 mmproj": side(60.0, 4000.0), "q8_0 + f16 mmproj": side(70.0, 5000.0),
+                       "pytorch fp32": side(90.0, 4500.0, 9.0), "pytorch bf16": side(65.0, 3500.0, 5.0)}}
+    rows = targets(res)
+    assert [t.split(" (")[0] for t, _, _ in rows] == ["cold first answer, 1024x768", "follow-up <= 5% of the cold "
+                                                      "answer"] + ["vision tower per 378x378 crop no slower than "
+                                                                   "PyTorch fp32's"] * 2
+    assert rows[0][1:] == ("q4_k_m + q8_0 mmproj 60.0 s vs pytorch bf16 65.0 s (1.0 s vs 5.0 s)", True)  # the faster
+    assert rows[1][2] is True  # 0.5 s of 60 s
+    assert "(q8_0 mmproj;" in rows[2][0] and rows[2][1:] == ("4.00 s vs 4.50 s (0.89x)", True)
+    assert "(f16 mmproj;" in rows[3][0] and rows[3][2] is False  # 5.0 s per crop
+    res["answers"]["q4_k_m + q8_0 mmproj"]["another_first_token_s"] = 3.1  # 5.2%
+    res["answers"]["pytorch bf16"]["cold_s"] = 59.0
+    assert [ok for _, _, ok in targets(res)][:2] == [False, False]
+
+
+def _a_2025_run() -> dict:
+    """What moondream_cpp.bench.run2025.run returns, cut down to one side of each kind."""
+    def side(cold, passes):
+        return {"load_s": 1.0, "encode_ms": 50000.0, "tiling": [3, 4], "vision_passes": passes,
+                "vision_ms_per_crop": 4000.0, "pool_ms": None, "projector_ms": 400.0, "prefill_tokens": 741,
+                "prefill_s": 5.0, "decode_tok_s": 30.0, "cold_s": cold, "another_first_token_s": 0.3,
+                "another_s": 1.4, "peak_rss_mb": 2000.0, "runs": 2, "spread": {"cold_s": [cold - 1, cold + 1]}}
+
+    return {"machine": {"cpu": "x", "threads": 2, "load_average_start": [2.0, 2.0, 2.0],
+                        "load_average_end": [2.1, 2.0, 2.0]},
+            "started_utc": "2026-12-06 14:15:00", "duration_s": 1800.0,
+            "settings": {"revision": "2025-04-14", "repeats": 2, "tokens": 32, "answer_image": "1024x768",
+                         "full_size": True},
+            "models": {}, "answers": {"q4_k_m + q8_0 mmproj": side(60.0, 13), "pytorch fp32": side(90.0, 13)},
+            "encode_sweep": {"q4_k_m + q8_0 mmproj": [{"image": "1024x768", "max_crops": 12, **side(60.0, 13)}],
+                             "pytorch fp32": [{"image": "1024x768", "max_crops": 12, **side(90.0, 13)}]}}
+
+
+def test_bench_family_2025_writes_its_own_results_and_table(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from moondream_cpp.bench import run2025
+    from moondream_cpp.cli.main import app
+
+    home = tmp_path / "store"
+    monkeypatch.setenv("MOONDREAM_CPP_HOME", str(home))
+    given = []
+    monkeypatch.setattr(run2025, "run", lambda work, **kw: given.append((work, kw)) or _a_2025_run())
+    doc = tmp_path / "perf.md"
+    doc.write_text("# Speed\n\n<!-- bench:start -->\n2024 table\n<!-- bench:end -->\n")
+    r = CliRunner().invoke(app, ["bench", "--family", "2025", "--docs", str(doc)])
+    assert r.exit_code == 0, r.output
+    assert given[0][0] == home / "bench" / "work2025" and given[0][1]["repeats"] == 2  # 2 by default for 2025
+    saved = json.loads((home / "bench" / "results" / "bench2025.json").read_text())
+    assert saved["command"] == "moondream-cpp bench --family 2025" and saved["targets"][0]["met"] is True
+    assert not (home / "bench" / "results" / "bench.json").exists()
+    text = doc.read_text()
+    assert "2024 table" in text  # the 2024 table stays; the 2025 one goes between its own markers
+    assert "| q4_k_m + q8_0 mmproj | 1.00 | 50.0 (13) | 4.00 |" in text.split("<!-- bench2025:start -->")[1]
+    bad = CliRunner().invoke(app, ["bench", "--family", "2026"])
+    assert bad.exit_code != 0 and "choose 2024 or 2025" in str(bad.exception or bad.output)
