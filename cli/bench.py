@@ -22,6 +22,9 @@ def bench(
                                "prefix attention) against PyTorch fp32/bf16: cold answer and follow-up on a 1024x768 "
                                "picture, image encode by crop count, peak RSS (about 35 minutes on 2 cores; about 8 "
                                "GB of models); writes bench2025.json."),
+    sweep_repeats: int = typer.Option(1, "--sweep-repeats", min=0, help="--family 2025: fresh processes per "
+                                      "picture of the encode sweep (0: no sweep; the 1024x768 point comes from the "
+                                      "answers)."),
     threads: Optional[int] = THREADS,
     no_torch: bool = typer.Option(False, "--no-torch", help="Skip the PyTorch reference runs."),
     results: Optional[Path] = typer.Option(None, "--results", file_okay=False,
@@ -44,7 +47,7 @@ def bench(
     if family not in ("2024", "2025"):
         raise MoondreamError(f"--family {family[:20]!r}: choose 2024 or 2025")
     if family == "2025":
-        return _bench_2025(work, repeats or 2, threads, no_torch, results, docs)
+        return _bench_2025(work, repeats or 2, sweep_repeats, threads, no_torch, results, docs)
     repeats = repeats or 3
     from moondream_cpp.bench.report import write
 
@@ -64,7 +67,7 @@ def bench(
     note("results: " + ", ".join(written) + (f"; table in {docs}" if docs else ""))
 
 
-def _bench_2025(work, repeats, threads, no_torch, results, docs):
+def _bench_2025(work, repeats, sweep_repeats, threads, no_torch, results, docs):
     import json
 
     from moondream_cpp import bench as b
@@ -77,8 +80,10 @@ def _bench_2025(work, repeats, threads, no_torch, results, docs):
     if docs is not None:
         writable_dir(docs.parent, "--docs", for_file=True)
     note(f"models in {work} (about 8 GB, reused by later runs)")
-    res = run2025.run(work, repeats=repeats, threads=threads, with_torch=not no_torch, log=note)
+    res = run2025.run(work, repeats=repeats, sweep_repeats=sweep_repeats, threads=threads, with_torch=not no_torch,
+                      log=note)
     cmd = "moondream-cpp bench --family 2025" + (f" --repeats {repeats}" if repeats != 2 else "") + (
+        f" --sweep-repeats {sweep_repeats}" if sweep_repeats != 1 else "") + (
         f" --threads {threads}" if threads else "") + (" --no-torch" if no_torch else "")
     res = write(res, results, docs, cmd)
     typer.echo(json.dumps({"answers": res["answers"], "targets": res["targets"]}, indent=1))

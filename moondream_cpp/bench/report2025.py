@@ -57,7 +57,8 @@ def _span(r: dict, key: str, scale: float = 1.0, digits: int = 1) -> str:
 def markdown(res: dict, command: str) -> str:
     m, s = res["machine"], res["settings"]
     la, le = m["load_average_start"], m["load_average_end"]
-    lines = [f"Measured by `{command}` on {m['cpu']}, {m['threads']} threads, starting {res['started_utc']} UTC "
+    at = f" at commit {m['commit']}" if m.get("commit") else ""
+    lines = [f"Measured by `{command}`{at} on {m['cpu']}, {m['threads']} threads, starting {res['started_utc']} UTC "
              f"({res['duration_s'] / 60:.0f} min; load average {la[0]}/{la[1]}/{la[2]} before, {le[0]}/{le[1]}/"
              f"{le[2]} after); random {'full-size ' if s['full_size'] else 'scaled '}moondream2 {s['revision']} "
              f"weights; median of {s['repeats']} fresh processes a side, taking turns (range in brackets); "

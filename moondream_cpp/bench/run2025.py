@@ -100,7 +100,7 @@ def run(work: Path, *, repeats: int = 2, sweep_repeats: int = 1, threads: int | 
             rows.append({"image": f"{w}x{h}", "max_crops": mc, **s})
         res_sweep[label] = rows
     return {"machine": {"cpu": cpu_name(), "threads": threads, "cores": os.cpu_count(),
-                        "python": platform.python_version(), "llama_cpp": llama_info(),
+                        "python": platform.python_version(), "llama_cpp": llama_info(), "commit": _commit(),
                         "load_average_start": load_start, "load_average_end": [round(x, 2) for x in os.getloadavg()]},
             "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)),
             "duration_s": round(time.time() - started, 1),
@@ -108,3 +108,15 @@ def run(work: Path, *, repeats: int = 2, sweep_repeats: int = 1, threads: int | 
                          "tokens": tokens, "answer_image": f"{answer_image[0]}x{answer_image[1]}",
                          "full_size": not sections, "greedy": True},
             "models": models, "answers": res_answers, "encode_sweep": res_sweep}
+
+
+def _commit() -> str | None:
+    """The checkout's commit (None outside one): what code was measured, as helpers keep changing the tree."""
+    import subprocess
+
+    try:
+        p = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                           cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return p.stdout.strip() or None if p.returncode == 0 else None
