@@ -41,7 +41,7 @@ class ChatSession:
 
     def set_image(self, image, name: str | None = None) -> EncodedImage:
         """Switch to another image (path, bytes, PIL image or array): a new picture starts a new conversation."""
-        self.image, cached = self.model.encode_image_cached(image)
+        self.image, cached = self.model.encode_image_cached(image, self.options.max_crops)
         self._image_timings = {"image_encode_ms": 0.0 if cached else round(self.image.encode_ms, 2),
                                "image_cached": cached}
         self.image_name = name or (str(image) if isinstance(image, (str, os.PathLike)) else "image")

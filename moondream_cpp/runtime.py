@@ -27,9 +27,9 @@ from .prompt_cache import PromptCache
 from .sampling import make_sampler
 from .settings import DEFAULT, KV_TYPES, LOW_RAM, Settings, default_threads
 from .token_embeddings import TokenEmbeddings
-from .vision import EncodedImage, Vision, pixels_of
+from .vision import EncodedImage, PreparedImage, Vision, pixels_of
 
-__all__ = ["Moondream", "EncodedImage", "Answer", "Stream", "Chunk", "GenerationOptions", "find_pair",
+__all__ = ["Moondream", "EncodedImage", "PreparedImage", "Answer", "Stream", "Chunk", "GenerationOptions", "find_pair",
            "default_threads"]
 BATCH_IMAGE_CACHE_BYTES = 4 * 2**20  # a batch's image cache: a few full-size images' embeddings
 
@@ -187,14 +187,21 @@ class Moondream:
         the image in at most this many local crops (at most the load's max_crops); 2024 models ignore it."""
         if isinstance(image, EncodedImage):
             return image, True
-        pixels, key = (self.multicrop.crops_of(image, max_crops) if self.multicrop
-                       else pixels_of(image, self.image_size))
+        prepared = image if isinstance(image, PreparedImage) else self.prepare_image(image, max_crops)
+        pixels, key = prepared.pixels, prepared.key
         enc = self.cache.image(key)
         if enc is not None:
             return enc, True
         enc = self.multicrop.encode(pixels, key) if self.multicrop else self.vision.encode(pixels, key)
         self.cache.add_image(enc)
         return enc, False
+
+    def prepare_image(self, image, max_crops: int | None = None) -> PreparedImage:
+        """Decode and cut `image` as this model reads it (no vision tower yet): what encode_image then encodes.
+        max_crops: see encode_image_cached."""
+        if self.multicrop:
+            return PreparedImage(*self.multicrop.crops_of(image, max_crops))
+        return PreparedImage(*pixels_of(image, self.image_size))
 
     def clear_image_cache(self) -> None:
         """Forget encoded images and saved image prefixes."""

@@ -28,6 +28,16 @@ class EncodedImage:
     encode_ms: float = 0.0
 
 
+@dataclass(frozen=True)
+class PreparedImage:
+    """An image decoded and cut as the model reads it (2024: one stretched view; 2025: its crops), with its hash:
+    small, and free of the decoded original. Moondream.prepare_image makes one; pass it wherever an image goes
+    (the server queues these)."""
+
+    pixels: object  # uint8 [size, size, 3] (2024) or crops.Crops (2025)
+    key: str
+
+
 def pixels_of(image, size: int) -> tuple[np.ndarray, str]:
     """Preprocessed uint8 pixels of a path, bytes, PIL image or array, and their hash (the image cache key)."""
     pixels = preprocess(load_image(image), size)

@@ -153,3 +153,15 @@ def test_interactive_chat_names_the_revision_and_family(m0327, images, tmp_path)
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
+
+
+def test_info_describes_a_2025_pair(pair2025):
+    from moondream_cpp.model_info import describe
+
+    text, _ = pair2025("2025-06-21")
+    d = describe(text.parent)
+    assert d["text"]["family"] == "2025" and d["text"]["revision"] == "2025-06-21"
+    assert d["text"]["tokenizer"] == "starmie" and d["text"]["caption_lengths"] == ["short", "normal", "long"]
+    assert d["text"]["stop_rule"] == "eos id 0, ids [3] never sampled"  # docs: 06-21 stops at 0, masks its answer id
+    assert d["text"]["sampling"] == "temperature 0.5, top_p 0.3" and d["text"]["max_tokens"] == 768
+    assert d["mmproj"]["family"] == "2025" and d["mmproj"]["max_crops"] == 12
