@@ -6,8 +6,13 @@ in fp32 and bf16, and llama.cpp's native tools where they are built (native_tool
 measures the machine's memory read bandwidth and each variant's decode roofline (memory.py, roofline.py). report.py
 writes the results.
 
+`moondream-cpp bench --family 2025` measures the 2025 moondream2 instead (run2025.py: models2025.py builds its files,
+measure2025.py measures, report2025.py writes bench2025.json): multi-crop encode by crop count, the cold answer and a
+follow-up on a 1024x768 picture against the PyTorch reference in fp32 and bf16, and peak RSS.
+
 By default everything goes under the user's cache (store.home(): $MOONDREAM_CPP_HOME, else
-~/.cache/moondream-cpp): the models into bench/work (about 12 GB, reused), the results into bench/results.
+~/.cache/moondream-cpp): the models into bench/work (about 12 GB, reused; 2025: bench/work2025, about 8 GB), the
+results into bench/results.
 """
 from __future__ import annotations
 
