@@ -16,5 +16,5 @@ def demo_pair() -> tuple[Path, Path]:
 
 DEMO_NOTICE = ("Using the bundled demo model: a tiny moondream trained on synthetic shapes, colours and letters (not "
                "the real moondream). For real moondream: `moondream-cpp pull moondream2` (or convert an HF "
-               "checkpoint, vikhyatk/moondream2 2024-05-08 or earlier, with `moondream-cpp convert CHECKPOINT_DIR "
-               "-o DIR`) and pass --model.")
+               "checkpoint with `moondream-cpp convert CHECKPOINT_DIR -o DIR`, adding --revision 2025-06-21 or the "
+               "like for a 2025 one) and pass --model.")
