@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from . import spec, spec2025
-from .errors import MoondreamError
+from .errors import ModelFileError, MoondreamError
 from .prompt import prompt_items
 
 
@@ -39,6 +39,7 @@ def _image_prefix(bos: int, key: str, n_rows: int) -> list:
 
 
 def for_2024(rev: spec.Revision, tokenize, token_bytes, bos: int, eos: int) -> Prompting:
+    # "<END>" revisions stopped on ANY token of the marker (docs/architecture.md §5, P8)
     stop_ids = {eos} if rev.stop_rule == "eos" else set(tokenize(spec.END_MARKER))
 
     def query(key, n_rows, question, history):
@@ -71,3 +72,23 @@ def for_2025(rev: spec2025.Revision2025, tokenize, token_bytes) -> Prompting:
 
     return Prompting(rev.name, "2025", tokenize, token_bytes, rev.bos, {rev.eos}, rev.masked, False, True,
                      rev.max_tokens, rev.temperature, rev.top_p, tuple(rev.captions), rev, query, caption, check)
+
+
+def of_file(text_info, revision: str | None, text_model) -> Prompting:
+    """The Prompting a loaded text GGUF asks for (`revision`: the caller's override of the file's own)."""
+    keys = text_info.file.keys
+    if keys.get(spec2025.MD_FAMILY) == "2025":
+        rev = spec2025.REVISIONS_2025.get(revision or keys.get(spec.MD_REVISION))
+        if rev is None:
+            raise ModelFileError(f"{text_info.file.path} is moondream revision {keys.get(spec.MD_REVISION)!r}, "
+                                 "which this version of moondream-cpp does not know; upgrade moondream-cpp")
+        if rev.tokenizer == "starmie":
+            from .starmie import StarmieTokenizer
+
+            tok = StarmieTokenizer(str(keys.get(spec2025.MD_TOKENIZER_JSON, "")))
+            return for_2025(rev, tok.tokenize, tok.token_bytes)
+        return for_2025(rev, text_model.tokenize, text_model.token_bytes)
+    rev = spec.REVISIONS[revision] if revision else spec.revision_of_file(text_info.revision, keys)
+    bos = int(text_info.file.get("tokenizer.ggml.bos_token_id", 50256))
+    eos = int(text_info.file.get("tokenizer.ggml.eos_token_id", bos))
+    return for_2024(rev, text_model.tokenize, text_model.token_bytes, bos, eos)

@@ -119,29 +119,10 @@ class Moondream:
             raise
         self.cache = PromptCache(self.context, int(cfg.image_cache_mb * 2**20), int(cfg.state_cache_mb * 2**20))
         self.n_real_tokens = text_info.n_real_tokens
-        self.prompting = self._prompting(text_info, revision)
+        self.prompting = prompting.of_file(text_info, revision, self.text_model)
         self.revision = self.prompting.revision
         self.bos, self.stop_ids = self.prompting.bos, self.prompting.stop_ids
         self.last_prefix_restored = False
-
-    def _prompting(self, text_info, revision: str | None) -> prompting.Prompting:
-        keys = text_info.file.keys
-        if keys.get(spec2025.MD_FAMILY) == "2025":
-            rev = spec2025.REVISIONS_2025.get(revision or keys.get(spec.MD_REVISION))
-            if rev is None:
-                raise ModelFileError(f"{text_info.file.path} is moondream revision {keys.get(spec.MD_REVISION)!r}, "
-                                     "which this version of moondream-cpp does not know; upgrade moondream-cpp")
-            if rev.tokenizer == "starmie":
-                from .starmie import StarmieTokenizer
-
-                tok = StarmieTokenizer(str(keys.get(spec2025.MD_TOKENIZER_JSON, "")))
-                return prompting.for_2025(rev, tok.tokenize, tok.token_bytes)
-            return prompting.for_2025(rev, self.text_model.tokenize, self.text_model.token_bytes)
-        rev = spec.REVISIONS[revision] if revision else spec.revision_of_file(text_info.revision, keys)
-        bos = int(text_info.file.get("tokenizer.ggml.bos_token_id", 50256))
-        eos = int(text_info.file.get("tokenizer.ggml.eos_token_id", bos))
-        # "<END>" revisions stopped on ANY token of the marker (docs/architecture.md §5, P8)
-        return prompting.for_2024(rev, self.text_model.tokenize, self.text_model.token_bytes, bos, eos)
 
     @property
     def family(self) -> str:
