@@ -19,6 +19,7 @@ class Prompting:
     tokenize: Callable[[str], list[int]]
     token_bytes: Callable[[int], bytes]
     bos: int
+    eos: int
     stop_ids: set
     masked: tuple  # token ids never sampled
     end_marker: bool  # the answer may end in a piece of "<END>" to cut
@@ -48,8 +49,8 @@ def for_2024(rev: spec.Revision, tokenize, token_bytes, bos: int, eos: int) -> P
     def caption(key, n_rows, length):
         return prompt_items(rev, key, n_rows, spec.caption_question(length, "caption length"), (), tokenize, bos)
 
-    return Prompting(rev.name, "2024", tokenize, token_bytes, bos, stop_ids, (), rev.stop_rule == "end_marker", False,
-                     rev.max_new_tokens, 0.0, 1.0, tuple(spec.CAPTION_QUESTIONS), rev, query, caption,
+    return Prompting(rev.name, "2024", tokenize, token_bytes, bos, eos, stop_ids, (), rev.stop_rule == "end_marker",
+                     False, rev.max_new_tokens, 0.0, 1.0, tuple(spec.CAPTION_QUESTIONS), rev, query, caption,
                      lambda length, what: spec.caption_question(length, what) and None)
 
 
@@ -70,7 +71,7 @@ def for_2025(rev: spec2025.Revision2025, tokenize, token_bytes) -> Prompting:
         check(length)
         return _image_prefix(rev.bos, key, n_rows) + list(rev.captions[length])
 
-    return Prompting(rev.name, "2025", tokenize, token_bytes, rev.bos, {rev.eos}, rev.masked, False, True,
+    return Prompting(rev.name, "2025", tokenize, token_bytes, rev.bos, rev.eos, {rev.eos}, rev.masked, False, True,
                      rev.max_tokens, rev.temperature, rev.top_p, tuple(rev.captions), rev, query, caption, check)
 
 

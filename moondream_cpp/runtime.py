@@ -121,7 +121,7 @@ class Moondream:
         self.n_real_tokens = text_info.n_real_tokens
         self.prompting = prompting.of_file(text_info, revision, self.text_model)
         self.revision = self.prompting.revision
-        self.bos, self.stop_ids = self.prompting.bos, self.prompting.stop_ids
+        self.bos, self.eos, self.stop_ids = self.prompting.bos, self.prompting.eos, self.prompting.stop_ids
         self.last_prefix_restored = False
 
     @property
