@@ -7,10 +7,12 @@ PyTorch, side by side in one run, every measurement in a fresh process (measure2
 - encode sweep: one image encode per picture of models2025.SWEEP (1, 5 and 9 passes; the 13-pass point is the
   answers' own encode), for our two mmproj types and PyTorch fp32/bf16.
 
-Medians, with each number's range over the repeats ("spread"), and the load average before every measurement.
+Medians, with each number's range over the repeats ("spread"), and the load average before every measurement;
+every run as measured under "runs" (and in the work folder's raw2025.json as it goes).
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -76,27 +78,33 @@ def run(work: Path, *, repeats: int = 2, sweep_repeats: int = 1, threads: int | 
         sides += [(f"pytorch {dt}", lambda im, mc, eo, dt=dt: torch(dt, im, mc, eo)) for dt in torch_dtypes]
     answer_path = image_path(work, *answer_image)
     answers: dict[str, list] = {label: [] for label, _ in sides}
+    encodes: dict[str, dict] = {label: {} for label, _ in sides}
+    raw = work / "raw2025.json"  # every run as it comes: an interrupted run still leaves what it measured
+
+    def keep(runs: list, result: dict) -> None:
+        runs.append(result)
+        raw.write_text(json.dumps({"answers": answers, "encodes": encodes}))
+
     for r in range(repeats):
         for label, measure in sides:
             log(f"cold answer, {answer_image[0]}x{answer_image[1]}: {label} (repeat {r + 1} of {repeats})")
-            answers[label].append(measure(answer_path, 12, False))
-    encodes: dict[str, dict] = {label: {} for label, _ in sides}
+            keep(answers[label], measure(answer_path, 12, False))
     for r in range(sweep_repeats):
         for w, h, mc in sweep:
             if (w, h) == answer_image and mc == 12:
                 continue  # the answers encoded this picture already, each in a fresh process
             for label, measure in sides:
                 log(f"encode {w}x{h} (max_crops {mc}): {label} (repeat {r + 1} of {sweep_repeats})")
-                encodes[label].setdefault(f"{w}x{h}", []).append(measure(image_path(work, w, h), mc, True))
+                keep(encodes[label].setdefault(f"{w}x{h}", []), measure(image_path(work, w, h), mc, True))
     res_answers = {label: summarize(runs) for label, runs in answers.items()}
     res_sweep = {}
     for label, _ in sides:
         rows = []
         for w, h, mc in sweep:
             runs = answers[label] if (w, h) == answer_image and mc == 12 else encodes[label].get(f"{w}x{h}", [])
-            keep = ("load_s", "encode_ms", "tiling", "vision_passes", "vision_ms", "vision_ms_per_crop", "pool_ms",
+            fields = ("load_s", "encode_ms", "tiling", "vision_passes", "vision_ms", "vision_ms_per_crop", "pool_ms",
                     "projector_ms", "load_average_1m", "peak_rss_mb")
-            s = summarize([{k: v for k, v in x.items() if k in keep or k == "error"} for x in runs])
+            s = summarize([{k: v for k, v in x.items() if k in fields or k == "error"} for x in runs])
             rows.append({"image": f"{w}x{h}", "max_crops": mc, **s})
         res_sweep[label] = rows
     return {"machine": {"cpu": cpu_name(), "threads": threads, "cores": os.cpu_count(),
@@ -107,7 +115,8 @@ def run(work: Path, *, repeats: int = 2, sweep_repeats: int = 1, threads: int | 
             "settings": {"revision": models["revision"], "repeats": repeats, "sweep_repeats": sweep_repeats,
                          "tokens": tokens, "answer_image": f"{answer_image[0]}x{answer_image[1]}",
                          "full_size": not sections, "greedy": True},
-            "models": models, "answers": res_answers, "encode_sweep": res_sweep}
+            "models": models, "answers": res_answers, "encode_sweep": res_sweep,
+            "runs": {"answers": answers, "encodes": encodes}}
 
 
 def _commit() -> str | None:
