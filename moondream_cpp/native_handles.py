@@ -108,7 +108,9 @@ class TextContext(_Handle):
     It is the real `KVStore` of moondream_cpp/prompt_cache.py."""
 
     def __init__(self, model: TextModel, *, n_ctx: int, n_batch: int, n_ubatch: int, n_threads: int,
-                 flash_attn: bool, kv_type: int):
+                 flash_attn: bool, kv_type: int, eval_callback=None):
+        """eval_callback: llama.cpp's cb_eval, called for every graph node of every decode (moondream_cpp/
+        hidden_state.py reads the last layer's output with it); fixed for the context's life."""
         L = self.L = llama()
         cp = L.llama_context_default_params()
         cp.n_ctx = n_ctx
@@ -119,10 +121,12 @@ class TextContext(_Handle):
         cp.flash_attn_type = 1 if flash_attn else 0
         cp.type_k = cp.type_v = int(kv_type)
         cp.no_perf = True
+        if eval_callback is not None:
+            cp.cb_eval = eval_callback
         ptr = L.llama_init_from_model(model.ptr, cp)
         if not ptr:
             raise MoondreamError(f"llama.cpp could not create a context of {n_ctx} tokens (out of memory?)")
-        self._own(ptr, L.llama_free, model)
+        self._own(ptr, L.llama_free, model, eval_callback)  # the callback must outlive the context
         self.model, self.n_ctx, self.n_batch, self.n_ubatch = model, n_ctx, cp.n_batch, cp.n_ubatch
         self.memory = L.llama_get_memory(ptr)
         self.token_batch = Batch(self.n_batch)
