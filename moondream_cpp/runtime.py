@@ -20,10 +20,12 @@ from . import gguf_check, prefill, prompting, residency, spec, spec2025
 from .errors import ModelFileError, MoondreamError
 from .generate import Answer, Chunk, Stream, chunks, token_steps
 from .gguf_header import HeaderError, read_header
+from .hidden_state import HiddenStateCapture
 from .native import deferred_interrupt
 from .native_handles import TextContext, TextModel
 from .options import GenerationOptions
 from .prompt_cache import PromptCache
+from .region import RegionHead
 from .sampling import make_sampler
 from .settings import DEFAULT, KV_TYPES, LOW_RAM, Settings, default_threads
 from .token_embeddings import TokenEmbeddings
@@ -105,12 +107,17 @@ class Moondream:
         self.n_embd, self.n_vocab = self.text_model.n_embd, self.text_model.n_vocab
         try:
             quant_kv = cfg.kv_type != "f16"  # llama.cpp needs flash attention for a quantized V cache
+            family_2025 = text_info.file.get(spec2025.MD_FAMILY) == "2025"
+            # detect/point read the last layer's output, which only an eval callback hands out (moondream_cpp/
+            # hidden_state.py): installed for 2025 models, where it costs one Python call per graph node and decode
+            self.hidden_state = HiddenStateCapture(text_info.n_layer, self.n_embd) if family_2025 else None
             self.context = TextContext(self.text_model, n_ctx=cfg.n_ctx, n_batch=cfg.n_batch, n_ubatch=cfg.n_ubatch,
                                        n_threads=cfg.n_threads, flash_attn=cfg.flash_attn or quant_kv,
-                                       kv_type=KV_TYPES[cfg.kv_type])
+                                       kv_type=KV_TYPES[cfg.kv_type],
+                                       eval_callback=self.hidden_state.callback if family_2025 else None)
             self.vision = Vision(mm_info, self.text_model, cfg, str(path), keep_resident=embd_range)
-            self.multicrop = None
-            if text_info.file.get(spec2025.MD_FAMILY) == "2025":
+            self.multicrop = self.region_head = None
+            if family_2025:
                 from .vision2025 import MultiCropVision
 
                 self.multicrop = MultiCropVision(self.vision, mm_info, cfg.max_crops)
@@ -121,6 +128,8 @@ class Moondream:
         self.n_real_tokens = text_info.n_real_tokens
         self.prompting = prompting.of_file(text_info, revision, self.text_model)
         self.revision = self.prompting.revision
+        if self.multicrop:  # read from the mmproj on the first detect/point
+            self.region_head = RegionHead(mm_info.file.path, self.revision.size_bins)
         self.bos, self.eos, self.stop_ids = self.prompting.bos, self.prompting.eos, self.prompting.stop_ids
         self.last_prefix_restored = False
 
@@ -290,3 +299,17 @@ class Moondream:
                     "generation_per_second": round(n_out / max(t3 - t2, 1e-9), 2),
                 }
             yield c
+
+    # ------------------------------------------------------------------ regions (2025 revisions)
+    def detect(self, image, obj: str, max_objects: int | None = None, *, max_crops: int | None = None) -> list[dict]:
+        """Boxes of `obj` in `image`: dicts x_min, y_min, x_max, y_max as fractions of the image's width and height
+        (unclamped, as the model gives them). max_objects: at most this many (1 .. 50, the default 50)."""
+        from .skills2025 import run
+
+        return run(self, image, obj, "detect", max_objects, max_crops).objects
+
+    def point(self, image, obj: str, max_objects: int | None = None, *, max_crops: int | None = None) -> list[dict]:
+        """Points at `obj` in `image`: dicts x, y as fractions of the image's width and height."""
+        from .skills2025 import run
+
+        return run(self, image, obj, "point", max_objects, max_crops).objects
