@@ -6,7 +6,7 @@ want the node ("ask" phase), then, for a node we want, once it is computed. phi2
 `l_out-<layer>`; in the last layer only the rows whose logits were asked for are kept, so after a decode whose last
 row wants logits, the capture holds that row. The callback is fixed when the context is made and runs for every
 node of every decode: unarmed it returns at once (no foreign call), so ordinary decoding pays one Python call per
-node (docs/architecture.md §9.8 has the measured cost).
+node (measured: experiments/region-callback-overhead).
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The 2025 region head (detect/point) in numpy fp32, with weights from the mmproj's md.region.* tensors
-(docs/architecture.md §9.8): Fourier encoders that turn a coordinate or a size into one embedding row, and decoders
+(issue 29): Fourier encoders that turn a coordinate or a size into one embedding row, and decoders
 that read the last layer's output before output_norm (moondream_cpp/hidden_state.py) and give a value's bin.
 
 Coordinates are 1024 bins, value = bin / 1024. Sizes are 1024 bins per axis, read as bin / 1024 in 2025-01-09 and on a

@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from . import gguf_check, prefill, prompting, residency, spec, spec2025
+from . import gguf_check, prefill, prompting, residency, skills2025, spec, spec2025
 from .errors import ModelFileError, MoondreamError
 from .generate import Answer, Chunk, Stream, chunks, token_steps
 from .gguf_header import HeaderError, read_header
@@ -304,12 +304,8 @@ class Moondream:
     def detect(self, image, obj: str, max_objects: int | None = None, *, max_crops: int | None = None) -> list[dict]:
         """Boxes of `obj` in `image`: dicts x_min, y_min, x_max, y_max as fractions of the image's width and height
         (unclamped, as the model gives them). max_objects: at most this many (1 .. 50, the default 50)."""
-        from .skills2025 import run
-
-        return run(self, image, obj, "detect", max_objects, max_crops).objects
+        return skills2025.run(self, image, obj, "detect", max_objects, max_crops).objects
 
     def point(self, image, obj: str, max_objects: int | None = None, *, max_crops: int | None = None) -> list[dict]:
         """Points at `obj` in `image`: dicts x, y as fractions of the image's width and height."""
-        from .skills2025 import run
-
-        return run(self, image, obj, "point", max_objects, max_crops).objects
+        return skills2025.run(self, image, obj, "point", max_objects, max_crops).objects

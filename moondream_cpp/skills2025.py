@@ -1,4 +1,4 @@
-"""detect and point on the 2025 revisions (docs/architecture.md §9.8), as upstream runs them:
+"""detect and point on the 2025 revisions, as upstream runs them:
 
 1. the image prefix and the revision's detect/point template around the object's name are evaluated (the same
    prompt cache and prefill as a question: the image's KV prefix is shared), and the next token is the argmax;

@@ -150,6 +150,18 @@ def test_detect_and_point_match_the_reference(models, reference2025, image_rows,
         assert len(got.objects) == MAX_OBJECTS and got.decodes == MAX_OBJECTS * (3 if skill == "detect" else 2)
 
 
+def test_starmie_revision(models, reference2025):
+    """2025-06-21: its own templates (\" \"+object, answer token 3 after), EOS 0, log2 sizes."""
+    revision = "2025-06-21"
+    md, ref = models(revision), reference2025(revision)
+    img = scene(*IMAGES["1crop"])
+    rows = ref.image_embeddings(img)
+    for skill in ("detect", "point"):
+        got = skills2025.run(md, img, OBJECT, skill, MAX_OBJECTS)
+        assert len(got.objects) == MAX_OBJECTS
+        assert_matches_reference(got, ref, rows, template_ids(md, skill, OBJECT), skill, MAX_OBJECTS, revision)
+
+
 def test_the_public_methods_and_the_prompt_cache(models):
     md = models("2025-04-14")
     img = scene(*IMAGES["1crop"])
