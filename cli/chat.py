@@ -17,6 +17,8 @@ HELP = """Commands:
   /image PATH      talk about another image (recent images stay encoded); starts a new conversation
   /caption [LENGTH] describe the current image: short, normal (the default) or long (2025 models from
                    2025-03-27); a 2025 caption is not part of the conversation
+  /detect OBJECT   boxes around every OBJECT (2025 models): x_min y_min x_max y_max, fractions of the image
+  /point OBJECT    a point on every OBJECT (2025 models): x y, fractions of the image
   /clear           forget the conversation so far (the image stays)
   /save FILE       write the transcript as JSON
   /help            this list
@@ -102,6 +104,26 @@ class Output:
         return a
 
 
+    def regions(self, session, skill: str, obj: str):
+        """/detect and /point: one line per object (JSON: one object with them all); not part of the conversation."""
+        from .regions import FIELDS, format_line
+
+        if not obj:
+            raise MoondreamError(f"/{skill} needs an object: /{skill} face")
+        found = getattr(session, skill)(obj)
+        if self.as_json:
+            print_json({"image": session.image_name, skill: obj,
+                        "objects" if skill == "detect" else "points": [{k: f[k] for k in FIELDS[skill]}
+                                                                       for f in found]})
+            return found
+        for f in found:
+            sys.stdout.write(format_line(f, skill) + "\n")
+        if not found or not self.one_line:
+            note(f"{len(found)} found")
+        sys.stdout.flush()
+        return found
+
+
 def command(session, out: Output, line: str) -> bool:
     """Run a /command. Returns False when the chat should end."""
     name, _, arg = line.strip().partition(" ")
@@ -121,6 +143,8 @@ def command(session, out: Output, line: str) -> bool:
         length = arg or "normal"
         session.model.caption_items_check(length, "/caption's length")  # the lengths this model has, if not that
         out.answer(session, "", caption=length)
+    elif name in ("/detect", "/point"):
+        out.regions(session, name[1:], arg)
     elif name == "/clear":
         session.clear()
         note("conversation cleared")

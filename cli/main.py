@@ -11,7 +11,7 @@ from moondream_cpp.convert.quantize import MMPROJ_TYPES, TEXT_TYPES
 from moondream_cpp.errors import MoondreamError
 from moondream_cpp.spec2025 import REVISIONS_2025
 
-from . import bench, chat, models, oneshot, serve  # noqa: F401  (they register their commands on app)
+from . import bench, chat, models, oneshot, regions, serve  # noqa: F401  (they register their commands on app)
 from .app import GPU_LAYERS, JSON, LOW_RAM, MMPROJ, MODEL, TEXT, THREADS, app, conversion_progress, load_model, stderr
 
 

@@ -88,6 +88,22 @@ class ChatSession:
         out = Stream(run())
         return out if stream else out.finish()
 
+    def detect(self, obj: str, max_objects: int | None = None) -> list[dict]:
+        """Boxes of `obj` in the current image (2025 models; see Moondream.detect). Not part of the conversation."""
+        return self._region("detect", obj, max_objects)
+
+    def point(self, obj: str, max_objects: int | None = None) -> list[dict]:
+        """Points at `obj` in the current image (2025 models; see Moondream.point). Not part of the conversation."""
+        return self._region("point", obj, max_objects)
+
+    def _region(self, skill: str, obj: str, max_objects: int | None) -> list[dict]:
+        if self.image is None:
+            raise MoondreamError("no image yet: set one with set_image (in the chat: /image PATH)")
+        found = getattr(self.model, skill)(self.image, obj, max_objects)
+        # the transcript keeps them as the answer's text: what a reader of the saved chat wants to see
+        self.turns.append(Turn(self.image_name, f"{skill} {obj}", json.dumps(found), "stop"))
+        return found
+
     def transcript(self) -> dict:
         return {"model": self.model.name, "revision": self.model.revision.name,
                 "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -1,7 +1,8 @@
-"""The HTTP face: OpenAI-compatible /v1/chat/completions and /v1/models, Moondream-Station-style /v1/caption and
-/v1/query, /v1/status, /health and the web demo. Every bad request is a 4xx JSON error in the OpenAI shape; nothing
-a client sends stops the server. Thin over Guard (who may talk to it), Intake (request -> queued job, bounded),
-Engine (the model and its queue) and the response shapes in openai_api; the worker runs for the app's lifespan."""
+"""The HTTP face: OpenAI-compatible /v1/chat/completions and /v1/models, Moondream-Station-style /v1/caption,
+/v1/query, /v1/detect and /v1/point, /v1/status, /health and the web demo. Every bad request is a 4xx JSON error in
+the OpenAI shape; nothing a client sends stops the server. Thin over Guard (who may talk to it), Intake (request ->
+queued job, bounded), Engine (the model and its queue) and the response shapes in openai_api; the worker runs for
+the app's lifespan."""
 from __future__ import annotations
 
 import asyncio
@@ -17,6 +18,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .. import skills2025
 from ..errors import MoondreamError
 from .engine import Engine, Job, Ticket
 from .errors import ApiError
@@ -24,7 +26,7 @@ from .guard import Guard
 from .images import ImagePolicy
 from .intake import Intake
 from .openai_api import chunk, completion, generation_options, new_id, refuse_unsupported, timings, to_query, usage
-from .schemas import CaptionRequest, ChatRequest, QueryRequest
+from .schemas import CaptionRequest, ChatRequest, QueryRequest, RegionRequest
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +149,7 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
     async def status():  # behind the API key like the rest of /v1
         return {**engine.status(), "model": name, "family": model.family, "revision": model.revision.name,
                 "caption_lengths": list(model.caption_lengths), "max_crops": crop_limit,
+                "skills": ["query", "caption", *(("detect", "point") if model.family == "2025" else ())],
                 "uptime_s": round(time.time() - started, 1)}
 
     @app.get("/v1/models")
@@ -224,5 +227,37 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
         if not req.question.strip():
             raise ApiError(400, "question is required", param="question")
         return await station(request, req, req.question, "answer")
+
+    async def region(request: Request, skill: str):
+        """Moondream Station's /v1/detect ({"objects": boxes}) and /v1/point ({"points": points}): fractions of the
+        image's width and height, as the model gives them. Checked before the image is read or queued."""
+        req = await intake.parse(RegionRequest, request)
+        if req.spatial_refs is not None:
+            raise ApiError(400, "spatial_refs are not supported yet; send the object alone", param="spatial_refs")
+        max_objects = req.settings.max_objects if req.settings else None
+        try:
+            skills2025.check_request(model, skill, req.object, max_objects)
+        except MoondreamError as e:
+            param = None if model.family != "2025" else "object" if not req.object.strip() else \
+                "settings.max_objects"
+            raise ApiError(400, str(e), param=param) from None
+        options = generation_options(req.settings, model.n_ctx, crop_limit)
+        job = queued(*await intake.job(req.image_url, req.object, [], options, skill=skill,
+                                       max_objects=max_objects))
+        found = await answered(job, request)
+        if found is None:
+            return Response(status_code=499)
+        t = found.timings
+        return {"objects" if skill == "detect" else "points": found.objects, "request_id": new_id(),
+                "metrics": {"input_tokens": t.get("prompt_tokens", 0), "prefill_time_ms": t.get("prompt_ms", 0.0),
+                            "decode_time_ms": t.get("objects_ms", 0.0)}}
+
+    @app.post("/v1/detect")
+    async def detect(request: Request):
+        return await region(request, "detect")
+
+    @app.post("/v1/point")
+    async def point(request: Request):
+        return await region(request, "point")
 
     return app

@@ -11,6 +11,7 @@ import queue
 import threading
 from dataclasses import dataclass, field
 
+from .. import skills2025
 from ..errors import ModelFileError, MoondreamError, PromptTooLongError
 from ..options import GenerationOptions
 from ..runtime import Moondream
@@ -27,6 +28,8 @@ class Job:
     history: list = field(default_factory=list)
     options: GenerationOptions = field(default_factory=GenerationOptions)
     caption: str | None = None  # a caption of this length (the model's own templates) instead of the question
+    skill: str | None = None  # "detect" or "point" of the object named in `question`, instead of an answer
+    max_objects: int | None = None  # with skill: at most this many (None: the revision's limit)
 
     def __post_init__(self):
         self.cancelled = threading.Event()
@@ -54,7 +57,7 @@ class Job:
             self.cancel()
 
     async def answer(self):
-        """The whole Answer, once the worker has written it (its pieces are in it)."""
+        """The whole Answer (a region skill's: skills2025.RegionResult), once the worker has written it."""
         try:
             while True:
                 kind, value = await self.events.get()
@@ -173,6 +176,12 @@ class Engine:
 
     def _run(self, job: Job):
         image, image_timings = encoded(self.model, job.image)
+        if job.skill is not None:  # a few dozen one-row decodes at most: not stopped midway
+            found = skills2025.run(self.model, image, job.question, job.skill, job.max_objects)
+            found.timings.update(image_timings)
+            self.last = {"skill": job.skill, "objects": len(found.objects)}
+            job._emit("done", found)
+            return
         stop = lambda: job.cancelled.is_set() or self._stopping.is_set()  # noqa: E731
         if job.caption is not None:
             s = self.model.caption(image, job.caption, stream=True, options=job.options, should_stop=stop)

@@ -100,8 +100,10 @@ class Intake:
             ticket.release()
             raise
 
-    async def job(self, ref: str, question: str, history, options, caption: str | None = None) -> tuple[Job, Ticket]:
-        """A job answering `question` (or captioning at length `caption`), and its place in the queue."""
+    async def job(self, ref: str, question: str, history, options, caption: str | None = None, *,
+                  skill: str | None = None, max_objects: int | None = None) -> tuple[Job, Ticket]:
+        """A job answering `question` (or captioning at length `caption`, or running `skill` on the object named in
+        `question`), and its place in the queue."""
         self.check_text(question, history)
         ticket, pixels = await self.pixels(ref, options.max_crops)
-        return Job(pixels, question, history, options, caption), ticket
+        return Job(pixels, question, history, options, caption, skill, max_objects), ticket

@@ -97,6 +97,23 @@ class QueryRequest(StationRequest):
     question: str
 
 
+class RegionSettings(Sampling):
+    """detect/point settings as the moondream client sends them (its SamplingSettings): max_objects counts; the
+    sampling fields change nothing (the skills decode greedily) and are accepted as the client may send them."""
+
+    # the revision's own limit (50) is checked with the model (skills2025.check_request), for one message
+    max_objects: Optional[int] = None
+
+
+class RegionRequest(_Strict):
+    """POST /v1/detect and /v1/point, as Moondream Station and the moondream client send them."""
+
+    image_url: str = Field(description="a base64 data: URI")
+    object: str = Field(description="what to find, e.g. \"face\"")
+    settings: Optional[RegionSettings] = None
+    spatial_refs: Optional[list] = None  # the client's point(..., spatial_refs=...): refused, not yet supported
+
+
 def parse(model: type[BaseModel], raw: bytes):
     """`raw` (a request body) as an instance of `model`, or an ApiError 400 that says what is wrong and where."""
     try:
