@@ -144,3 +144,54 @@ def test_a_2025_model_offers_its_caption_lengths_long_included(pair2025, tmp_pat
         assert page.locator(".bot").last.text_content() == md_caption(url, "shapes.png", "long")
         expect(page.locator(".timing").last).to_contain_text("1×1 crops")  # 300x200: one tile
         browser.close()
+
+
+def _clamped(f: float) -> float:
+    return min(max(f, 0.0), 1.0)
+
+
+@needs_chromium
+def test_a_2025_model_draws_boxes_and_points_on_the_picture(pair2025, tmp_path):
+    """With a 2025 model (scaled, random weights: it never stops before the 50-object limit) the page offers Detect
+    and Point; each draws /v1/detect's boxes or /v1/point's points for the same image where the fractions put them
+    on the shown picture (clamped to it)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    text, mmproj = pair2025("2025-04-14")
+    uri = data_uri(ROOT / "examples" / "shapes.png")
+    with server("--text", text, "--mmproj", mmproj, home=tmp_path) as (url, _), sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1200, "height": 800})
+        page.goto(url + "/")
+        expect(page.locator("#regions")).to_be_visible()
+        page.locator("#examples img").first.click()  # shapes.png
+        expect(page.locator("#preview")).to_be_visible()
+        page.fill("#obj", "circle")
+        page.click("#detect")
+        expect(page.locator(".bot.done")).to_have_count(1, timeout=120_000)
+        status, api, _ = post(url, "/v1/detect", {"image_url": uri, "object": "circle"})
+        assert status == 200 and len(api["objects"]) == 50
+        expect(page.locator(".bot").last).to_have_text("50 boxes drawn")
+        expect(page.locator("#marks .box")).to_have_count(50)
+        pic = page.locator("#preview").bounding_box()
+        drawn = page.eval_on_selector_all("#marks .box", "els => els.map(e => e.getBoundingClientRect().toJSON())")
+        for box, got in zip(api["objects"], drawn):
+            x0, x1 = _clamped(box["x_min"]) * pic["width"], _clamped(box["x_max"]) * pic["width"]
+            y0, y1 = _clamped(box["y_min"]) * pic["height"], _clamped(box["y_max"]) * pic["height"]
+            assert abs(got["x"] - pic["x"] - x0) <= 1 and abs(got["y"] - pic["y"] - y0) <= 1, (box, got)
+            # the outline is 2 px a side, so a thinner box is drawn 4 px wide
+            assert abs(got["width"] - max(x1 - x0, 4)) <= 1.5 and abs(got["height"] - max(y1 - y0, 4)) <= 1.5
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "web-demo-detect.png"), full_page=True)
+        page.click("#point")
+        expect(page.locator(".bot.done")).to_have_count(2, timeout=120_000)
+        expect(page.locator("#marks .box")).to_have_count(0)  # a new answer replaces the marks
+        expect(page.locator("#marks .dot")).to_have_count(50)
+        status, api, _ = post(url, "/v1/point", {"image_url": uri, "object": "circle"})
+        assert status == 200
+        drawn = page.eval_on_selector_all("#marks .dot", "els => els.map(e => e.getBoundingClientRect().toJSON())")
+        for p, got in zip(api["points"], drawn):
+            cx, cy = got["x"] + got["width"] / 2, got["y"] + got["height"] / 2
+            assert abs(cx - pic["x"] - _clamped(p["x"]) * pic["width"]) <= 1, (p, got)
+            assert abs(cy - pic["y"] - _clamped(p["y"]) * pic["height"]) <= 1, (p, got)
+        browser.close()
