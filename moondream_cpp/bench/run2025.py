@@ -57,8 +57,8 @@ def run(work: Path, *, repeats: int = 2, sweep_repeats: int = 1, threads: int | 
     started = time.time()
     work = writable_dir(work, "--work")
     threads = threads or default_threads()
-    load_start = [round(x, 2) for x in os.getloadavg()]
     models = build_models(work, log, sections, variants)
+    load_start = [round(x, 2) for x in os.getloadavg()]  # as the measurements start
     paths = models.pop("_paths")
     ck = work / "checkpoint"
 
@@ -79,11 +79,19 @@ def run(work: Path, *, repeats: int = 2, sweep_repeats: int = 1, threads: int | 
     answer_path = image_path(work, *answer_image)
     answers: dict[str, list] = {label: [] for label, _ in sides}
     encodes: dict[str, dict] = {label: {} for label, _ in sides}
-    raw = work / "raw2025.json"  # every run as it comes: an interrupted run still leaves what it measured
+    meta = {"machine": {"cpu": cpu_name(), "threads": threads, "cores": os.cpu_count(),
+                        "python": platform.python_version(), "llama_cpp": llama_info(), "commit": _commit(),
+                        "load_average_start": load_start},
+            "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)),
+            "settings": {"revision": models["revision"], "repeats": repeats, "sweep_repeats": sweep_repeats,
+                         "tokens": tokens, "answer_image": f"{answer_image[0]}x{answer_image[1]}",
+                         "full_size": not sections, "greedy": True},
+            "models": models}
+    raw = work / "raw2025.json"  # every run as it comes: assemble() makes the results of an interrupted run from it
 
     def keep(runs: list, result: dict) -> None:
         runs.append(result)
-        raw.write_text(json.dumps({"answers": answers, "encodes": encodes}))
+        raw.write_text(json.dumps({"meta": meta, "started": started, "answers": answers, "encodes": encodes}))
 
     for r in range(repeats):
         for label, measure in sides:
@@ -96,26 +104,26 @@ def run(work: Path, *, repeats: int = 2, sweep_repeats: int = 1, threads: int | 
             for label, measure in sides:
                 log(f"encode {w}x{h} (max_crops {mc}): {label} (repeat {r + 1} of {sweep_repeats})")
                 keep(encodes[label].setdefault(f"{w}x{h}", []), measure(image_path(work, w, h), mc, True))
-    res_answers = {label: summarize(runs) for label, runs in answers.items()}
+    return assemble(meta, answers, encodes, answer_image, sweep, started)
+
+
+def assemble(meta: dict, answers: dict, encodes: dict, answer_image=ANSWER_IMAGE, sweep=SWEEP,
+             started: float | None = None) -> dict:
+    """The results from every run (each side's answer runs, and its encode runs by picture): medians and ranges,
+    the sweep table's rows (the answer picture's from the answers), the load average now."""
     res_sweep = {}
-    for label, _ in sides:
+    fields = ("load_s", "encode_ms", "tiling", "vision_passes", "vision_ms", "vision_ms_per_crop", "pool_ms",
+              "projector_ms", "load_average_1m", "peak_rss_mb")
+    for label in answers:
         rows = []
         for w, h, mc in sweep:
-            runs = answers[label] if (w, h) == answer_image and mc == 12 else encodes[label].get(f"{w}x{h}", [])
-            fields = ("load_s", "encode_ms", "tiling", "vision_passes", "vision_ms", "vision_ms_per_crop", "pool_ms",
-                    "projector_ms", "load_average_1m", "peak_rss_mb")
+            runs = answers[label] if (w, h) == tuple(answer_image) and mc == 12 else encodes[label].get(f"{w}x{h}", [])
             s = summarize([{k: v for k, v in x.items() if k in fields or k == "error"} for x in runs])
             rows.append({"image": f"{w}x{h}", "max_crops": mc, **s})
         res_sweep[label] = rows
-    return {"machine": {"cpu": cpu_name(), "threads": threads, "cores": os.cpu_count(),
-                        "python": platform.python_version(), "llama_cpp": llama_info(), "commit": _commit(),
-                        "load_average_start": load_start, "load_average_end": [round(x, 2) for x in os.getloadavg()]},
-            "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)),
-            "duration_s": round(time.time() - started, 1),
-            "settings": {"revision": models["revision"], "repeats": repeats, "sweep_repeats": sweep_repeats,
-                         "tokens": tokens, "answer_image": f"{answer_image[0]}x{answer_image[1]}",
-                         "full_size": not sections, "greedy": True},
-            "models": models, "answers": res_answers, "encode_sweep": res_sweep,
+    machine = {**meta["machine"], "load_average_end": [round(x, 2) for x in os.getloadavg()]}
+    return {**meta, "machine": machine, "duration_s": round(time.time() - started, 1) if started else None,
+            "answers": {label: summarize(runs) for label, runs in answers.items()}, "encode_sweep": res_sweep,
             "runs": {"answers": answers, "encodes": encodes}}
 
 
