@@ -69,6 +69,17 @@ def llama_run(a) -> dict:
             "another_generated": s.answer.timings["generated_tokens"], "peak_rss_mb": peak_rss_mb()}
 
 
+def _native_build() -> str:
+    """When the loaded llama.cpp's CPU backend was built (its file's time, UTC): helpers rebuild it while benches run,
+    so each run says which build it measured."""
+    from pathlib import Path
+
+    import llama_cpp
+
+    libs = sorted((Path(llama_cpp.__file__).parent / "lib").glob("libggml-cpu.so*"))
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(libs[0].stat().st_mtime)) if libs else "?"
+
+
 def _vision(t: dict) -> dict:
     """The runtime's breakdown of an image encode (Answer.timings / MultiCropVision.timings_of)."""
     passes = t["vision_passes"]
@@ -189,6 +200,8 @@ def main(argv=None):
     load_avg = os.getloadavg()[0]
     out = llama_run(a) if a.engine == "llama" else torch_run(a)
     out["load_average_1m"] = load_avg
+    if a.engine == "llama":
+        out["native_build_utc"] = _native_build()
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}))
 
 
