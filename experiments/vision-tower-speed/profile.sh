@@ -9,6 +9,7 @@ mmproj=$1 lib=${2:-} n=${3:-2}
 data=$(mktemp /tmp/vision-perf.XXXXXX)
 env ${lib:+LLAMA_CPP_LIB_PATH=$lib MTMD_CPP_LIB=$lib} perf record -q -F 499 -o "$data" \
   "$root/.venv/bin/python" "$here/encode_loop.py" "$mmproj" "$n"
-perf report -i "$data" --no-children --sort symbol --percent-limit 0.3 2>/dev/null | grep -v '^#' | grep -v '^$' \
-  | cut -c1-150
+# the sample count (at 499 Hz: CPU-seconds x 499, all threads), then the symbols
+perf report -i "$data" --no-children --sort symbol --percent-limit 0.3 2>/dev/null | grep -v '^$' \
+  | grep -v '^# \(Overhead\|\.\|$\|To display\|Total Lost\|Event count\)' | grep -v '^#$' | cut -c1-150
 rm -f "$data"
