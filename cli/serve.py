@@ -46,8 +46,9 @@ def serve(
     max_crops: Optional[int] = MAX_CROPS,
     low_ram: bool = LOW_RAM,
 ):
-    """Serve the model over HTTP: /v1/chat/completions (OpenAI), /v1/caption and /v1/query (moondream client),
-    /v1/models, /v1/status, /health, and the web demo at /. --max-crops is also the most a request may ask for."""
+    """Serve the model over HTTP: /v1/chat/completions (OpenAI), /v1/caption, /v1/query, /v1/detect and /v1/point
+    (moondream client), /v1/models, /v1/status, /health, and the web demo at /. --max-crops is also the most a request
+    may ask for."""
     _serve(model, text, mmproj, host, port, api_key, allowed_host, allowed_origin, allow_remote_images, media_root,
            max_body_mb, max_queue, threads, gpu_layers, n_ctx, max_crops, low_ram, what="the API")
 
@@ -68,8 +69,8 @@ def web(
     max_crops: Optional[int] = MAX_CROPS,
     low_ram: bool = LOW_RAM,
 ):
-    """The web demo: upload or paste an image, ask questions, streamed answers, captions, timings. Fully offline:
-    one page served by the same server as the API."""
+    """The web demo: upload or paste an image, ask questions, streamed answers, captions, timings, and with a 2025
+    model boxes and points drawn on the picture. Fully offline: one page served by the same server as the API."""
     _serve(model, text, mmproj, host, port, api_key, allowed_host, allowed_origin, False, None, 32, 16, threads,
            gpu_layers, n_ctx, max_crops, low_ram, what="the web demo")
 

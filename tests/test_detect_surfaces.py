@@ -119,6 +119,17 @@ def test_bad_requests_are_400s(served, images, route, extra, param, says):
     assert body["error"]["param"] == param and says in body["error"]["message"], body
 
 
+@pytest.mark.parametrize("obj, says", [
+    ("circle " * 1500, "context"),  # fits the byte limit, not the 2048 positions: the worker's tokens tell
+    ("x" * 4_000_000, "the object's name is"),  # past any tokens' bytes: refused before the image is read
+])
+def test_an_object_too_long_for_the_context_is_a_400(served, images, obj, says):
+    status, body, _ = post(served, "/v1/detect", {"image_url": exact_upload(images / "small.png").image_url,
+                                                  "object": obj})
+    assert status == 400 and body["error"]["param"] == "object", body
+    assert body["error"]["code"] == "context_length_exceeded" and says in body["error"]["message"], body
+
+
 def test_a_bad_image_is_a_400(served):
     status, body, _ = post(served, "/v1/detect", {"image_url": "data:image/png;base64,AAAA", "object": "x"})
     assert status == 400 and body["error"]["param"] == "image_url", body
@@ -138,8 +149,13 @@ def test_a_2024_model_says_detect_needs_a_2025_one(converted, images, tmp_path):
         with pytest.raises(urllib.error.HTTPError) as e:
             moondream.vl(endpoint=url + "/v1").detect(Image.open(images / "small.png"), "face")
         assert e.value.code == 400
-    r = run("detect", images / "small.png", "face", "--text", text, "--mmproj", mmproj)
-    assert r.returncode == 1 and "needs a 2025 moondream2" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    for skill in ("detect", "point"):
+        r = run(skill, images / "small.png", "face", "--text", text, "--mmproj", mmproj)
+        assert r.returncode == 1 and "needs a 2025 moondream2" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = run("chat", images / "small.png", "--text", text, "--mmproj", mmproj, "--max-tokens", 2,
+            stdin="/detect face\nWhat is it?\n")  # the chat goes on after the message
+    assert r.returncode == 1 and "error: detect needs a 2025 moondream2" in r.stderr, r.stderr
+    assert len(r.stdout.splitlines()) == 1  # the question's answer
 
 
 # ------------------------------------------------------------------------------------------------- the CLI

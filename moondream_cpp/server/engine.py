@@ -161,7 +161,8 @@ class Engine:
             try:
                 self._run(job)
             except PromptTooLongError as e:
-                job._emit("error", ApiError(400, str(e), param="messages", code="context_length_exceeded"))
+                job._emit("error", ApiError(400, str(e), param="object" if job.skill else "messages",
+                                            code="context_length_exceeded"))
             except ModelFileError:  # the model's files, not the request: the log names them, the client hears 500
                 log.exception("the model's files failed while answering")
                 job._emit("error", ApiError(500, "the model could not be used; see the server log"))

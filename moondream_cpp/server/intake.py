@@ -67,14 +67,16 @@ class Intake:
             return await asyncio.to_thread(parse, model, raw)
         return parse(model, raw)
 
-    def check_text(self, question: str, history=()) -> None:
+    def check_text(self, question: str, history=(), what: str = "the question and chat history are",
+                   param: str = "messages") -> None:
         """400 for text that cannot fit the context whatever its tokens (the model's longest token times its
-        context length), before it reaches the single worker that would tokenize it."""
+        context length), before it reaches the single worker that would tokenize it. `what` and `param` name the
+        text in the message."""
         size = len(question.encode()) + sum(len(q.encode()) + len(a.encode()) for q, a in history)
         if size > self.max_text_bytes:
-            raise ApiError(400, f"the question and chat history are {size} bytes of text, more than the model's "
-                           f"context can hold ({self.max_text_bytes} bytes at most); shorten them",
-                           param="messages", code="context_length_exceeded")
+            raise ApiError(400, f"{what} {size} bytes of text, more than the model's context can hold "
+                           f"({self.max_text_bytes} bytes at most); shorten them", param=param,
+                           code="context_length_exceeded")
 
     async def pixels(self, ref: str, max_crops: int | None = None) -> tuple[Ticket, object]:
         """A place in the queue and what the model reads of the image (pixels.prepare; max_crops: 2025 models' local
@@ -104,6 +106,9 @@ class Intake:
                   skill: str | None = None, max_objects: int | None = None) -> tuple[Job, Ticket]:
         """A job answering `question` (or captioning at length `caption`, or running `skill` on the object named in
         `question`), and its place in the queue."""
-        self.check_text(question, history)
+        if skill is None:
+            self.check_text(question, history)
+        else:
+            self.check_text(question, history, "the object's name is", "object")
         ticket, pixels = await self.pixels(ref, options.max_crops)
         return Job(pixels, question, history, options, caption, skill, max_objects), ticket
