@@ -53,7 +53,7 @@ def run_skill(skill: str, image: Path, obj: str, max_objects, draw, as_json, mod
 
 @app.command()
 def detect(
-    image: Path = typer.Argument(..., help="The image."),
+    image: Path = typer.Argument(..., metavar="IMAGE", help="The image."),
     obj: str = typer.Argument(..., metavar="OBJECT", help="What to find, e.g. \"face\"."),
     max_objects: Optional[int] = MAX_OBJECTS,
     draw: Optional[Path] = DRAW,
@@ -75,7 +75,7 @@ def detect(
 
 @app.command()
 def point(
-    image: Path = typer.Argument(..., help="The image."),
+    image: Path = typer.Argument(..., metavar="IMAGE", help="The image."),
     obj: str = typer.Argument(..., metavar="OBJECT", help="What to point at, e.g. \"eye\"."),
     max_objects: Optional[int] = MAX_OBJECTS,
     draw: Optional[Path] = DRAW,
