@@ -43,6 +43,7 @@ def llama_run(a) -> dict:
     t0 = time.perf_counter()
     md = Moondream.load(a.text, a.mmproj, n_threads=a.threads, n_ctx=a.n_ctx)
     load_s = time.perf_counter() - t0
+    a.native_build = _native_build()  # the library as loaded (a rebuild later replaces the file, not this copy)
     if a.encode_only:
         t0 = time.perf_counter()
         enc = md.encode_image(img, max_crops=a.max_crops)
@@ -201,7 +202,7 @@ def main(argv=None):
     out = llama_run(a) if a.engine == "llama" else torch_run(a)
     out["load_average_1m"] = load_avg
     if a.engine == "llama":
-        out["native_build_utc"] = _native_build()
+        out["native_build_utc"] = a.native_build
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}))
 
 

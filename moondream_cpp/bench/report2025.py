@@ -88,8 +88,8 @@ def markdown(res: dict, command: str) -> str:
             cells, passes = [], {}
             for n in names:
                 r = sweep[n][i]
-                if "error" in r:
-                    cells.append(f"error: {r['error']}")
+                if "error" in r:  # "no runs": a side the sweep left out
+                    cells.append("-" if r["error"] == "no runs" else f"error: {r['error']}")
                     continue
                 passes["pytorch" if n.startswith("pytorch") else "ours"] = r["vision_passes"]
                 cells.append(f"{_span(r, 'encode_ms', 1e-3)} ({r['vision_ms_per_crop'] / 1000:.2f})")
