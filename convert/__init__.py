@@ -17,7 +17,7 @@ from . import files2025
 from .checkpoint import Checkpoint, load_checkpoint
 from .checkpoint2025 import checkpoint_is_2025, load_checkpoint_2025
 from .checkpoint_dims import valid_name
-from .gguf_out import OutTensor, atomic_path, scratch_path, write_gguf
+from .gguf_out import OutTensor, atomic_path, phi2_keys, scratch_path, write_gguf
 from .passthrough import restore_f32
 from .quantize import MMPROJ_TYPES, TEXT_TYPES, quantize
 from .tokenizer import read_vocab, vocab_keys
@@ -40,17 +40,7 @@ def text_keys(ck: Checkpoint, kind: str) -> list[tuple]:
     t, r = ck.text, ck.revision
     vocab = read_vocab(ck.path, t.n_vocab)
     return [
-        ("general.name", ck.name, T.STRING, None),
-        ("general.file_type", _FILE_TYPE[kind], T.UINT32, None),
-        ("phi2.context_length", t.n_ctx, T.UINT32, None),
-        ("phi2.embedding_length", t.n_embd, T.UINT32, None),
-        ("phi2.feed_forward_length", t.n_ff, T.UINT32, None),
-        ("phi2.block_count", t.n_layer, T.UINT32, None),
-        ("phi2.attention.head_count", t.n_head, T.UINT32, None),
-        ("phi2.attention.head_count_kv", t.n_head, T.UINT32, None),
-        ("phi2.attention.layer_norm_epsilon", t.eps, T.FLOAT32, None),
-        ("phi2.rope.dimension_count", t.rotary_dim, T.UINT32, None),
-        ("phi2.rope.freq_base", spec.ROPE_BASE, T.FLOAT32, None),
+        *phi2_keys(ck.name, _FILE_TYPE[kind], t),
         *vocab_keys(vocab),
         (spec.MD_REVISION, r.name, T.STRING, None),
         (spec.MD_IMAGE_MARKERS, r.image_markers, T.BOOL, None),

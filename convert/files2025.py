@@ -11,7 +11,7 @@ from moondream_cpp.errors import CheckpointError
 
 from . import passthrough
 from .checkpoint2025 import Checkpoint2025
-from .gguf_out import OutTensor
+from .gguf_out import OutTensor, phi2_keys
 from .tokenizer import read_vocab, vocab_keys
 from .tokenizer_starmie import read_starmie
 from .tower import float_type, tower_tensors
@@ -45,17 +45,7 @@ def tokenizer_keys(ck: Checkpoint2025) -> list[tuple]:
 def text_keys(ck: Checkpoint2025, file_type) -> list[tuple]:
     t, r = ck.text, ck.revision
     return [
-        ("general.name", ck.name, T.STRING, None),
-        ("general.file_type", file_type, T.UINT32, None),
-        ("phi2.context_length", t.n_ctx, T.UINT32, None),
-        ("phi2.embedding_length", t.n_embd, T.UINT32, None),
-        ("phi2.feed_forward_length", t.n_ff, T.UINT32, None),
-        ("phi2.block_count", t.n_layer, T.UINT32, None),
-        ("phi2.attention.head_count", t.n_head, T.UINT32, None),
-        ("phi2.attention.head_count_kv", t.n_head, T.UINT32, None),
-        ("phi2.attention.layer_norm_epsilon", t.eps, T.FLOAT32, None),
-        ("phi2.rope.dimension_count", t.rotary_dim, T.UINT32, None),
-        ("phi2.rope.freq_base", spec.ROPE_BASE, T.FLOAT32, None),
+        *phi2_keys(ck.name, file_type, t),
         *tokenizer_keys(ck),
         (spec.MD_REVISION, r.name, T.STRING, None),
         (spec2025.MD_FAMILY, r.family, T.STRING, None),

@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+from gguf import GGUFValueType as T
 from gguf import GGUFWriter
+
+from moondream_cpp import spec
 
 
 @dataclass
@@ -98,3 +101,20 @@ def scratch_path(beside: Path) -> Iterator[Path]:
         yield Path(tmp)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def phi2_keys(name: str, file_type, t) -> list[tuple]:
+    """The keys llama.cpp's phi2 text model reads (the same for every moondream family); `t`: the text dimensions."""
+    return [
+        ("general.name", name, T.STRING, None),
+        ("general.file_type", file_type, T.UINT32, None),
+        ("phi2.context_length", t.n_ctx, T.UINT32, None),
+        ("phi2.embedding_length", t.n_embd, T.UINT32, None),
+        ("phi2.feed_forward_length", t.n_ff, T.UINT32, None),
+        ("phi2.block_count", t.n_layer, T.UINT32, None),
+        ("phi2.attention.head_count", t.n_head, T.UINT32, None),
+        ("phi2.attention.head_count_kv", t.n_head, T.UINT32, None),
+        ("phi2.attention.layer_norm_epsilon", t.eps, T.FLOAT32, None),
+        ("phi2.rope.dimension_count", t.rotary_dim, T.UINT32, None),
+        ("phi2.rope.freq_base", spec.ROPE_BASE, T.FLOAT32, None),
+    ]
