@@ -62,13 +62,17 @@ def test_crops_features_and_embeddings_match_the_reference(models, reference2025
     assert err < EMBED_TOL
 
 
+@pytest.mark.parametrize("kind", ["f32", "f16"])
 @pytest.mark.parametrize("revision", REVISIONS)
-def test_logits_and_greedy_answers_match_the_reference(models, reference2025, revision):
-    md, ref = models(revision), reference2025(revision)
+def test_logits_and_greedy_answers_match_the_reference(models, reference2025, revision, kind):
+    md, ref = models(revision, kind, kind), reference2025(revision)
     rev = spec2025.REVISIONS_2025[revision]
     for image in IMAGES:
         img = scene(*IMAGES[image])
         rows = ref.image_embeddings(img)  # the reference's own image rows, computed once per image
+        err = rel(md.encode_image(img).embeddings, rows.numpy())
+        print(f"{revision} {kind} {image}: embeddings rel err {err:.2e}")
+        assert err < EMBED_TOL
         asks = [dict(question="What is in the picture?")] + [dict(caption=c) for c in rev.captions]
         for ask in asks:
             ids = prompt_ids(md, **ask)
@@ -76,7 +80,7 @@ def test_logits_and_greedy_answers_match_the_reference(models, reference2025, re
             want = ref.logits(rows, ids).numpy()
             n = want.shape[0]
             err = rel_logits(got[:n], want)
-            print(f"{revision} {image} {ask}: logits rel err {err:.2e}")
+            print(f"{revision} {kind} {image} {ask}: logits rel err {err:.2e}")
             assert err < LOGIT_TOL, (image, ask, err)
             a = (md.caption(img, ask["caption"], temperature=0, max_tokens=8) if "caption" in ask
                  else md.query(img, ask["question"], temperature=0, max_tokens=8))
