@@ -21,19 +21,14 @@ from .gguf_out import OutTensor, atomic_path, phi2_keys, scratch_path, write_ggu
 from .passthrough import restore_f32
 from .quantize import MMPROJ_TYPES, TEXT_TYPES, quantize
 from .tokenizer import read_vocab, vocab_keys
-from .tower import float_type, tower_tensors
+from .tower import plain_tensors, tower_tensors
 
 _FILE_TYPE = {"f32": LlamaFileType.ALL_F32, "f16": LlamaFileType.MOSTLY_F16}  # what our writer writes itself
 
 
 def text_tensors(ck: Checkpoint, kind: str) -> list[OutTensor]:
-    names = dict(spec.TEXT_TENSORS) | spec.expand(spec.TEXT_BLOCK_TENSORS, ck.text.n_layer)
-    out = []
-    for hf, gg in names.items():
-        shape = ck.tensors.shape(hf)
-        out.append(OutTensor(gg, shape, float_type(kind, len(shape)), lambda hf=hf: ck.tensors.get(hf),
-                             lambda a, b, hf=hf: ck.tensors.get_rows(hf, a, b)))
-    return out
+    return plain_tensors(ck.tensors, dict(spec.TEXT_TENSORS) | spec.expand(spec.TEXT_BLOCK_TENSORS, ck.text.n_layer),
+                         kind)
 
 
 def text_keys(ck: Checkpoint, kind: str) -> list[tuple]:

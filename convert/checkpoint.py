@@ -104,15 +104,15 @@ def _count_blocks(names: set[str], prefix: str) -> int:
     return n
 
 
-def load_checkpoint(path: str | Path, revision: str | None = None) -> Checkpoint:
-    path = Path(path)
+def read_config(path: Path) -> dict:
+    """A checkpoint directory's config.json as a dict (every layout), or a CheckpointError that says what is wrong."""
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a directory: point to an HF moondream checkpoint directory")
     cfg_file = path / "config.json"
-    if not cfg_file.exists():
-        raise CheckpointError(f"no config.json in {path}: is this an HF moondream checkpoint directory?")
     try:
         config = json.loads(cfg_file.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"no config.json in {path}: is this an HF moondream checkpoint directory?") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from None
     if not isinstance(config, dict):
@@ -120,6 +120,13 @@ def load_checkpoint(path: str | Path, revision: str | None = None) -> Checkpoint
     if "moondream_name" in config and not valid_name(config["moondream_name"]):
         raise CheckpointError(f"{cfg_file}: moondream_name {str(config['moondream_name'])[:60]!r} is not a plain name "
                               "(letters, digits, '.', '_', '-', '+')")
+    return config
+
+
+def load_checkpoint(path: str | Path, revision: str | None = None) -> Checkpoint:
+    path = Path(path)
+    config = read_config(path)
+    cfg_file = path / "config.json"
     tensors = SafetensorsFiles(_shards(path))
     names = set(tensors.names())
     for bad, why in spec.REFUSED_TENSORS.items():

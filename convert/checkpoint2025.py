@@ -3,15 +3,13 @@ revision the caller names (config.json does not say it), the dimensions, the tok
 every one checked (docs/architecture.md §9)."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from moondream_cpp import spec, spec2025
 from moondream_cpp.errors import CheckpointError
 
-from .checkpoint import _shards
-from .checkpoint_dims import valid_name
+from .checkpoint import _shards, read_config
 from .dims2025 import Dims2025, dims_from_config, expected_shapes
 from .safetensors_files import SafetensorsFiles
 
@@ -124,20 +122,7 @@ def _check_shapes(tensors: SafetensorsFiles, dims: Dims2025) -> None:
 def load_checkpoint_2025(path: str | Path, revision: str | None = None,
                          tokenizer: str | Path | None = None) -> Checkpoint2025:
     path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"{path} is not a directory: point to an HF moondream checkpoint directory")
-    cfg_file = path / "config.json"
-    try:
-        config = json.loads(cfg_file.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"no config.json in {path}: is this an HF moondream checkpoint directory?") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{cfg_file} is not a JSON object")
-    if "moondream_name" in config and not valid_name(config["moondream_name"]):
-        raise CheckpointError(f"{cfg_file}: moondream_name {str(config['moondream_name'])[:60]!r} is not a plain name "
-                              "(letters, digits, '.', '_', '-', '+')")
+    config = read_config(path)
     tensors = SafetensorsFiles(_shards(path))
     names = set(tensors.names())
     if not is_2025_layout(names):

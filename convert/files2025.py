@@ -14,20 +14,12 @@ from .checkpoint2025 import Checkpoint2025
 from .gguf_out import OutTensor, phi2_keys
 from .tokenizer import read_vocab, vocab_keys
 from .tokenizer_starmie import read_starmie
-from .tower import float_type, tower_tensors
-
-
-def _plain(ck: Checkpoint2025, table: dict, kind: str) -> list[OutTensor]:
-    out = []
-    for hf, gg in table.items():
-        shape = ck.tensors.shape(hf)
-        out.append(OutTensor(gg, shape, float_type(kind, len(shape)), lambda hf=hf: ck.tensors.get(hf),
-                             lambda a, b, hf=hf: ck.tensors.get_rows(hf, a, b)))
-    return out
+from .tower import plain_tensors, tower_tensors
 
 
 def text_tensors(ck: Checkpoint2025, kind: str) -> list[OutTensor]:
-    return _plain(ck, dict(spec2025.TEXT_TENSORS) | spec.expand(spec2025.TEXT_BLOCK_TENSORS, ck.text.n_layer), kind)
+    names = dict(spec2025.TEXT_TENSORS) | spec.expand(spec2025.TEXT_BLOCK_TENSORS, ck.text.n_layer)
+    return plain_tensors(ck.tensors, names, kind)
 
 
 def tokenizer_keys(ck: Checkpoint2025) -> list[tuple]:
@@ -69,7 +61,7 @@ def passthrough_arrays(ck: Checkpoint2025) -> dict[str, np.ndarray]:
 def mmproj_tensors(ck: Checkpoint2025, kind: str) -> list[OutTensor]:
     arrays = passthrough_arrays(ck)
     mm = [OutTensor(name, a.shape, np.float32, lambda a=a: a) for name, a in arrays.items()]
-    extra = _plain(ck, spec2025.PROJECTOR_TENSORS | spec2025.REGION_TENSORS, kind)
+    extra = plain_tensors(ck.tensors, spec2025.PROJECTOR_TENSORS | spec2025.REGION_TENSORS, kind)
     tower = tower_tensors(ck.tensors, ck.vision, spec2025.VISION_TENSORS, spec2025.VISION_BLOCK_TENSORS, kind)
     return tower + mm + extra
 

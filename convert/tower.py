@@ -14,6 +14,16 @@ def float_type(kind: str, ndim: int):
     return np.float32 if kind == "f32" or ndim < 2 else np.float16
 
 
+def plain_tensors(tensors, table: dict, kind: str) -> list[OutTensor]:
+    """Checkpoint tensors copied under their GGUF names (`table`: HF name -> GGUF name), read lazily, row by row."""
+    out = []
+    for hf, gg in table.items():
+        shape = tensors.shape(hf)
+        out.append(OutTensor(gg, shape, float_type(kind, len(shape)), lambda hf=hf: tensors.get(hf),
+                             lambda a, b, hf=hf: tensors.get_rows(hf, a, b)))
+    return out
+
+
 def tower_tensors(tensors, v, tower: dict, blocks: dict, kind: str) -> list[OutTensor]:
     """`tensors`: the checkpoint's (SafetensorsFiles); `v`: its VisionDims; `tower`/`blocks`: HF name -> GGUF name
     (a tuple of three names for a fused qkv)."""
