@@ -49,7 +49,7 @@ def short_caption(scene: synth.Scene) -> str:
     """One sentence: every object's colour and shape, left to right."""
     if scene.kind == "text":
         return f"The {'number' if scene.char.isdigit() else 'letter'} {scene.char}."
-    parts = [f"a {o.color} {o.shape}" for o in sorted(scene.objs, key=lambda o: o.cx)]
+    parts = [f"{synth._article(o.color)} {o.color} {o.shape}" for o in sorted(scene.objs, key=lambda o: o.cx)]
     body = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     return body[0].upper() + body[1:] + "."
 
