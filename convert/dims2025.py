@@ -104,12 +104,15 @@ def dims_from_config(config: dict) -> Dims2025:
 
 def _problem(d: Dims2025, t: dict, v: dict) -> str | None:
     text, vision, region = d.text, d.vision, d.region
-    problem = gguf_rules.text_dims_problem(n_embd=text.n_embd, n_head=text.n_head, n_head_kv=t["n_kv_heads"],
-                                           n_layer=text.n_layer, n_ff=text.n_ff, n_rot=text.rotary_dim,
-                                           n_ctx=text.n_ctx, eps=text.eps) \
-        or gguf_rules.vision_dims_problem(n_embd=vision.n_embd, n_head=vision.n_head,
-                                          n_ff=spec.padded_ff(vision.n_ff), n_layer=vision.n_layer + 1,
-                                          image_size=vision.image_size, patch_size=vision.patch_size, eps=TEXT_EPS)
+    problem = (gguf_rules.crop_geometry_problem(crop_size=vision.image_size, patch_size=vision.patch_size,
+                                                margin=d.overlap_margin, max_crops=d.max_crops)
+               or gguf_rules.text_dims_problem(n_embd=text.n_embd, n_head=text.n_head, n_head_kv=t["n_kv_heads"],
+                                               n_layer=text.n_layer, n_ff=text.n_ff, n_rot=text.rotary_dim,
+                                               n_ctx=text.n_ctx, eps=text.eps)
+               or gguf_rules.vision_dims_problem(n_embd=vision.n_embd, n_head=vision.n_head,
+                                                 n_ff=spec.padded_ff(vision.n_ff), n_layer=vision.n_layer + 1,
+                                                 image_size=vision.image_size, patch_size=vision.patch_size,
+                                                 eps=TEXT_EPS))
     if problem:
         return problem
     grid = vision.image_size // vision.patch_size
@@ -123,8 +126,6 @@ def _problem(d: Dims2025, t: dict, v: dict) -> str | None:
         (region.dim == text.n_embd, f"a region width of {region.dim} for a text width of {text.n_embd}"),
         # the pass-through mmproj hands the features out as the first columns of a text-width row
         (vision.n_embd <= text.n_embd, f"a vision width {vision.n_embd} wider than the text width {text.n_embd}"),
-        (1 <= d.max_crops <= gguf_rules.MAX_CROPS, f"max_crops {d.max_crops}, not 1..{gguf_rules.MAX_CROPS}"),
-        (0 <= 2 * d.overlap_margin < grid, f"an overlap margin of {d.overlap_margin} patches in a {grid}-patch crop"),
         (region.coord_feat % 2 == 0 and region.size_feat % 2 == 0 and region.size_out % 2 == 0,
          "odd region feature widths (Fourier features are cos/sin pairs, sizes width/height pairs)"),
         (min(region.coord_feat, region.coord_out, region.size_feat, region.size_out, region.inner) > 0,

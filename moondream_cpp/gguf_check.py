@@ -80,6 +80,7 @@ class MmprojInfo:
     max_crops: int = 1
     overlap_margin: int = 0  # patches cut from each inner side of a local crop
     passthrough: bool = False  # mtmd hands out vision features; md.proj.* projects them (numpy)
+    patch_size: int = spec2025.PATCH_SIZE  # pixels a patch side: crop_size // patch_size is the grid
 
     @property
     def crop_size(self) -> int:
@@ -220,7 +221,7 @@ def check_mmproj(path) -> MmprojInfo:
     _refuse(f, gguf_rules.family_problem(k))
     is_2025 = k.get(spec2025.MD_FAMILY) == "2025"
     if is_2025:
-        _refuse(f, gguf_rules.mmproj_2025_problem(k, width, image // patch))
+        _refuse(f, gguf_rules.mmproj_2025_problem(k, width, image, patch))
         table = mmproj_table_2025(f.path, f.entries, n_embd=width, n_ff=n_ff, n_layer=n_blocks, patch=patch,
                                   n_patches=n_patches, text_width=out)
     else:
@@ -232,10 +233,10 @@ def check_mmproj(path) -> MmprojInfo:
     # without feature_layer, mtmd runs block_count-1 blocks (LLaVA habit); the duplicate-block layout relies on it
     n_run = max(layers) if layers else n_blocks - 1
     if not is_2025:
-        return MmprojInfo(f, image, n_patches, out, n_run, feature_length=out)
+        return MmprojInfo(f, image, n_patches, out, n_run, feature_length=out, patch_size=patch)
     return MmprojInfo(f, image, n_patches, out, n_run, family="2025", revision_name=k[spec.MD_REVISION],
                       feature_length=width, max_crops=int(k[spec2025.MD_MAX_CROPS]),
-                      overlap_margin=int(k[spec2025.MD_OVERLAP_MARGIN]), passthrough=True)
+                      overlap_margin=int(k[spec2025.MD_OVERLAP_MARGIN]), passthrough=True, patch_size=patch)
 
 
 def check_pair(text_path, mmproj_path) -> tuple[TextInfo, MmprojInfo]:

@@ -140,6 +140,8 @@ def mmproj_keys_problem(keys: Mapping, n_layer: int) -> str | None:
 # The 2025 family (docs/architecture.md §9): keys the runtime reads to tokenize, prompt and tile like upstream.
 FAMILIES = ("2024", "2025")
 MAX_CROPS = 64  # upstream uses 12; more would make one image cost minutes, whatever a file says
+MAX_CROP_SIZE = 1024  # pixels a crop side (upstream: 378); each crop is one tower pass, its pixels held per crop
+MAX_GRID = 64  # patches a crop side (upstream: 27): the image takes grid² prefix rows, and attention is quadratic
 MAX_TOKENIZER_JSON = 64 << 20  # starmie's tokenizer.json is a few MB
 
 
@@ -196,8 +198,8 @@ def text_2025_problem(keys: Mapping, n_vocab: int, n_ctx: int) -> str | None:
     return _count(spec2025.MD_PREFIX_ROWS, rows, 2, max(2, n_ctx - 1))
 
 
-def mmproj_2025_problem(keys: Mapping, width: int, grid: int) -> str | None:
-    """A 2025 mmproj's own keys: revision, tiling and the pass-through promise."""
+def mmproj_2025_problem(keys: Mapping, width: int, crop_size: int, patch_size: int) -> str | None:
+    """A 2025 mmproj's own keys: revision, the pass-through promise, and its crop geometry."""
     problem, _ = _revision_2025(keys)
     if problem:
         return problem
@@ -206,11 +208,34 @@ def mmproj_2025_problem(keys: Mapping, width: int, grid: int) -> str | None:
                 "projector it converts")
     if keys.get(spec2025.MD_FEATURE_LENGTH) != width:
         return f"{spec2025.MD_FEATURE_LENGTH} is {keys.get(spec2025.MD_FEATURE_LENGTH)!r}, not the vision width {width}"
-    problem = _count(spec2025.MD_MAX_CROPS, keys.get(spec2025.MD_MAX_CROPS), 1, MAX_CROPS)
+    return crop_geometry_problem(crop_size=crop_size, patch_size=patch_size,
+                                 margin=keys.get(spec2025.MD_OVERLAP_MARGIN),
+                                 max_crops=keys.get(spec2025.MD_MAX_CROPS), names=_MMPROJ_GEOMETRY_NAMES)
+
+
+# how the messages name each value: config.json's words, or the mmproj's keys
+_GEOMETRY_NAMES = {"crop": "the crop size", "patch": "the patch size", "margin": "", "max_crops": "max_crops"}
+_MMPROJ_GEOMETRY_NAMES = {"crop": "clip.vision.image_size (the crop size)", "patch": "clip.vision.patch_size",
+                          "margin": spec2025.MD_OVERLAP_MARGIN, "max_crops": spec2025.MD_MAX_CROPS}
+
+
+def crop_geometry_problem(*, crop_size, patch_size, margin, max_crops, names: Mapping = _GEOMETRY_NAMES) \
+        -> str | None:
+    """A 2025 model's crop geometry (config.json's vision section, or its mmproj's keys): whole patches in a crop of
+    bounded size, margins that leave each local crop a window (2 * margin < grid), 1..MAX_CROPS local crops. The
+    runtime cuts images by these values (crops.CropGeometry): any size that passes here, not only upstream's 378."""
+    problem = (_count(names["crop"], crop_size, 1, MAX_CROP_SIZE)
+               or _count(names["patch"], patch_size, 1, max(1, crop_size)))
     if problem:
         return problem
-    margin = keys.get(spec2025.MD_OVERLAP_MARGIN)
+    if crop_size % patch_size:
+        return f"{names['crop']} {crop_size} is not a multiple of {names['patch']} {patch_size}"
+    grid = crop_size // patch_size
+    if grid > MAX_GRID:
+        return (f"{names['crop']} {crop_size} in patches of {patch_size} makes a {grid}x{grid} grid, over "
+                f"{MAX_GRID} a side")
     if isinstance(margin, bool) or not isinstance(margin, int) or not 0 <= 2 * margin < grid:
-        return (f"{spec2025.MD_OVERLAP_MARGIN} is {margin!r}: a crop of {grid} patches takes a margin of "
+        key = f" ({names['margin']})" if names["margin"] else ""
+        return (f"an overlap margin of {margin!r} patches{key} in a {grid}-patch crop, which takes a margin of "
                 f"0..{(grid - 1) // 2}")
-    return None
+    return _count(names["max_crops"], max_crops, 1, MAX_CROPS)
