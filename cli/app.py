@@ -32,9 +32,10 @@ N_CTX = typer.Option(None, "--n-ctx", min=64, help="Context size in tokens (defa
 MAX_TOKENS = typer.Option(None, "--max-tokens", min=1, help="Answer length limit (default: the revision's).")
 JSON = typer.Option(False, "--json", help="Print JSON instead of plain text.")
 MAX_CROPS = typer.Option(None, "--max-crops", min=1, max=12, help="2025 models: read an image in at most N local "
-                         "crops plus the global view (default and most: upstream's 12). Each crop is one "
-                         "vision-tower pass, ~0.3-5 s each at full size on a laptop CPU, so fewer is faster but reads "
-                         "the image in less detail than the reference model. 2024 models read one view and ignore it.")
+                         "crops plus the global view (default and most: the model's own, 12 for upstream's; a "
+                         "smaller model may allow fewer). Each crop is one vision-tower pass, ~0.3-5 s each at full "
+                         "size on a laptop CPU, so fewer is faster but reads the image in less detail than the "
+                         "reference model. 2024 models read one view and ignore it.")
 LOW_RAM = typer.Option(False, "--low-ram", help="Little memory: q8_0 KV cache, n_ctx 1024, no saved image "
                        "prefixes, the vision tower loaded only while encoding even in batches (docs/performance.md).")
 
