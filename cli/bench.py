@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
-from .app import THREADS, app, note
+from .app import MMPROJ, MODEL, TEXT, THREADS, app, note
 
 
 @app.command()
@@ -34,6 +34,16 @@ def bench(
                                         help="Also write the results table into this markdown file, between "
                                         "<!-- bench:start --> and <!-- bench:end --> (bench2025:start/end for "
                                         "--family 2025; appended where those are missing). Default: no markdown."),
+    regions: bool = typer.Option(False, "--regions", help="--family 2025: time detect and point instead (one call "
+                                 "each on a one-crop and a multi-crop picture, cold and warm; image, prompt and "
+                                 "per-object ms) on --model or --text/--mmproj, default the bench's own full-size "
+                                 "pairs; adds to bench2025.json's \"regions\" (bench2025-regions markers in --docs)."),
+    model: Optional[str] = MODEL,
+    text: Optional[Path] = TEXT,
+    mmproj: Optional[Path] = MMPROJ,
+    image: Optional[List[Path]] = typer.Option(None, "--image", help="--regions: a picture to time (repeatable). "
+                                               "Default: gradients of one crop and of 3x4 crops."),
+    max_objects: int = typer.Option(8, "--max-objects", min=1, max=50, help="--regions: objects per call at most."),
 ):
     """Speed and memory of full-size moondream on this machine: every GGUF variant, PyTorch fp32/bf16 and native
     llama-bench, side by side, with the memory roofline. Takes most of an hour; prints where the results went.
@@ -46,6 +56,8 @@ def bench(
 
     if family not in ("2024", "2025"):
         raise MoondreamError(f"--family {family[:20]!r}: choose 2024 or 2025")
+    if regions:
+        return _bench_regions(family, work, results, docs, model, text, mmproj, image, max_objects, threads)
     if family == "2025":
         return _bench_2025(work, repeats or 2, sweep_repeats, threads, no_torch, results, docs)
     repeats = repeats or 3
@@ -88,3 +100,21 @@ def _bench_2025(work, repeats, sweep_repeats, threads, no_torch, results, docs):
     res = write(res, results, docs, cmd)
     typer.echo(json.dumps({"answers": res["answers"], "targets": res["targets"]}, indent=1))
     note(f"results: {results / 'bench2025.json'}" + (f"; table in {docs}" if docs else ""))
+
+
+def _bench_regions(family, work, results, docs, model, text, mmproj, images, max_objects, threads):
+    from moondream_cpp import bench as b
+    from moondream_cpp.bench import regions2025
+    from moondream_cpp.errors import MoondreamError
+    from moondream_cpp.outputs import writable_dir
+
+    if family != "2025":
+        raise MoondreamError("--regions times the 2025 models' detect and point: add --family 2025")
+    work = writable_dir(work or b.default_dir() / "work2025", "--work")
+    results = writable_dir(results or b.default_results_dir(), "--results")
+    if docs is not None:
+        writable_dir(docs.parent, "--docs", for_file=True)
+    got = regions2025.bench(work, results, docs, model=model, text=text, mmproj=mmproj, images=images,
+                            max_objects=max_objects, threads=threads, log=note)
+    note(f"results: {results / 'bench2025.json'} (\"regions\": {', '.join(got)})" + (f"; table in {docs}" if docs
+                                                                                   else ""))
