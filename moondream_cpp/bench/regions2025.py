@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Callable
 
 from .measure_regions2025 import DECODES_PER_OBJECT, SKILLS
-from .models2025 import ANSWER_IMAGE, VARIANTS, build_models, image_path
+from .models2025 import ANSWER_IMAGE, NAME, VARIANTS, build_models, image_path
 from .processes import child
 
 START, END = "<!-- bench2025-regions:start -->", "<!-- bench2025-regions:end -->"
+OWN = "random, full size"  # the weights note of the bench's own pairs
 FULL_CROP = 378  # the crop the bench's pictures are sized for; a smaller-crop model gets them scaled down
 
 
@@ -42,14 +43,17 @@ def pairs_of(work: Path, model: str | None, text: Path | None, mmproj: Path | No
         return [("as given", Path(text), Path(mmproj))]
     if model:
         first, second = resolve(model)
-        return [("as given", *((first, second) if second else find_pair(first)))]
+        return [(f"--model {model}", *((first, second) if second else find_pair(first)))]
     paths = build_models(work, log)["_paths"]
-    return [("random, full size", paths[("text", tq)], paths[("mmproj", mq)]) for _, tq, mq in VARIANTS]
+    return [(OWN, paths[("text", tq)], paths[("mmproj", mq)]) for _, tq, mq in VARIANTS]
 
 
-def label_of(entry: dict) -> str:
+def label_of(entry: dict, weights: str) -> str:
+    """The model's name, revision and file types (the bench's own pairs: NAME; their general.name is the
+    checkpoint folder's)."""
     m = entry["model"]
-    return f"{m['name']} {m['revision']}, {m['text_type']} + {m['mmproj_type']} mmproj"
+    name = NAME if weights == OWN else m["name"]
+    return f"{name} {m['revision']}, {m['text_type']} + {m['mmproj_type']} mmproj"
 
 
 def run(pairs: list[tuple[str, Path, Path]], work: Path, *, images: list[Path] | None = None, obj: str = "circle",
@@ -68,7 +72,7 @@ def run(pairs: list[tuple[str, Path, Path]], work: Path, *, images: list[Path] |
         if "error" in entry:
             out[f"{text.name} + {mmproj.name}"] = {**entry, "text": str(text), "mmproj": str(mmproj)}
             continue
-        out[label_of(entry)] = {"weights": weights, **entry}
+        out[label_of(entry, weights)] = {"weights": weights, **entry}
     return out
 
 
