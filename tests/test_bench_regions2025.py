@@ -83,3 +83,16 @@ def test_a_model_that_stops_at_once_is_forced_to_max_objects(pair2025, tmp_path)
     assert ("forced" in rec["point"]) == point_stops
     assert rec["point"]["cold"]["objects"] == (0 if point_stops else MAX_OBJECTS)
     assert md.prompting.revision.eos == first  # the forced run put the swapped revision back
+
+
+def test_a_2024_model_is_refused_and_nothing_written(converted, tmp_path):
+    from moondream_cpp.cli.main import app
+
+    text, mmproj = converted()
+    results = tmp_path / "res"
+    r = CliRunner().invoke(app, ["bench", "--family", "2025", "--regions", "--text", str(text), "--mmproj",
+                                 str(mmproj), "--results", str(results), "--work", str(tmp_path / "work")])
+    assert r.exit_code != 0 and "is a 2024 moondream: detect and point need a 2025 pair" in str(r.exception)
+    assert not (results / "bench2025.json").exists()
+    r = CliRunner().invoke(app, ["bench", "--regions", "--text", str(text), "--mmproj", str(mmproj)])
+    assert r.exit_code != 0 and "add --family 2025" in str(r.exception)

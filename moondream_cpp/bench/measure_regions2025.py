@@ -181,7 +181,13 @@ def main(argv=None):
     ap.add_argument("--object", default="circle")
     ap.add_argument("--max-objects", type=int, default=8)
     ap.add_argument("--threads", type=int, default=None)
-    print(json.dumps(measure(ap.parse_args(argv))))
+    from moondream_cpp.errors import MoondreamError
+
+    try:
+        out = measure(ap.parse_args(argv))
+    except MoondreamError as e:  # a pair that cannot be measured: the message, as the bench records errors
+        out = {"error": str(e)}
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -138,6 +138,13 @@ def bench(work: Path, results: Path, docs: Path | None, *, model=None, text=None
     """What the CLI runs: the pairs, their measurements, the results written; the command as it reads."""
     pairs = pairs_of(work, model, text, mmproj, log)
     regions = run(pairs, work, images=images, max_objects=max_objects, threads=threads, log=log)
+    failed = [f"{k}: {v['error']}" for k, v in regions.items() if "error" in v]
+    if len(failed) == len(regions):  # nothing measured: say why, write nothing
+        from ..errors import MoondreamError
+
+        raise MoondreamError("detect/point timings failed: " + "; ".join(failed))
+    for f in failed:
+        log(f"failed (recorded as an error): {f}")
     cmd = "moondream-cpp bench --family 2025 --regions" + (f" --model {model}" if model else "") + (
         f" --text {text} --mmproj {mmproj}" if text else "") + "".join(f" --image {p}" for p in images or ()) + (
         f" --max-objects {max_objects}" if max_objects != 8 else "") + (f" --threads {threads}" if threads else "")
