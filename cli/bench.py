@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .app import MMPROJ, MODEL, TEXT, THREADS, app, note
+from .app import MMPROJ, TEXT, THREADS, app, note
 
 
 @app.command()
@@ -38,7 +38,9 @@ def bench(
                                  "each on a one-crop and a multi-crop picture, cold and warm; image, prompt and "
                                  "per-object ms) on --model or --text/--mmproj, default the bench's own full-size "
                                  "pairs; adds to bench2025.json's \"regions\" (bench2025-regions markers in --docs)."),
-    model: Optional[str] = MODEL,
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="--regions: a model name or a pair's "
+                                        "directory, as the other commands take it (the demo: moondream-demo). "
+                                        "Default: the bench's own random full-size pairs."),
     text: Optional[Path] = TEXT,
     mmproj: Optional[Path] = MMPROJ,
     image: Optional[List[Path]] = typer.Option(None, "--image", help="--regions: a picture to time (repeatable). "
