@@ -44,9 +44,9 @@ def list_cmd(
     show_all: bool = typer.Option(False, "--all", "-a", help="Also list registry models not downloaded yet."),
     as_json: bool = JSON,
 ):
-    """Show the models on this machine (the store and the bundled demo), with their sizes, family and kind."""
+    """Show the models on this machine (the store and the bundled demos), with their sizes, family and kind."""
     from moondream_cpp import store
-    from moondream_cpp.gguf_models import demo_pair
+    from moondream_cpp.gguf_models import bundled_names, demo_pair
     from moondream_cpp.registry import family_of, kind_of, registry
 
     reg = registry()
@@ -56,10 +56,11 @@ def list_cmd(
         return {"family": family_of(e), "kind": kind_of(e)} if e else {"family": "?", "kind": "?"}
 
     rows = []
-    text, mmproj = demo_pair()
-    if text.exists():
-        rows.append({"model": "moondream-demo", **about("moondream-demo"),
-                     "size": text.stat().st_size + mmproj.stat().st_size, "where": str(text.parent), "local": True})
+    for name in bundled_names():
+        text, mmproj = demo_pair(name)
+        if text.exists() and mmproj.exists():
+            rows.append({"model": name, **about(name), "size": text.stat().st_size + mmproj.stat().st_size,
+                         "where": str(text.parent), "local": True})
     local = store.local_models()
     rows += [{"model": m.ref, **about(m.name), "size": m.size, "where": str(m.directory), "local": True,
               "damaged": m.damage and f"{m.damage}: {m.repair}", "stale": m.stale} for m in local]

@@ -133,7 +133,7 @@ def resolve(model: str | os.PathLike) -> tuple[Path, Path | None]:
     if e["kind"] == "bundled":
         from .gguf_models import demo_pair
 
-        return demo_pair()
+        return demo_pair(name)
     if quant:
         check_quant(name, e, quant)
     found = find_local(name, quant)

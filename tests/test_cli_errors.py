@@ -49,6 +49,8 @@ CASES = [
     (["caption", str(IMG), "-o", "{d}", "-m", "nope"], 1, "is a directory; name a file"),
     (["pull", "moondream-demo"], 1, "bundled"),
     (["rm", "moondream-demo"], 1, "bundled"),
+    (["pull", "moondream-demo-2024"], 1, "bundled"),
+    (["rm", "moondream-demo-2024"], 1, "bundled"),
     (["chat", str(IMG), "--max-tokens", "0"], 2, ""),
     (["query", str(IMG), "What?", "--gpu-layers", "-1"], 2, "--gpu-layers"),
     (["bench", "--work", "{d}/notes.png"], 2, "is a file"),  # refused before 12 GB of models are written
