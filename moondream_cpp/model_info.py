@@ -35,7 +35,8 @@ def _mmproj(info: gguf_check.MmprojInfo) -> dict:
             "patch_size": int(k["clip.vision.patch_size"]), "image_tokens": info.n_patches,
             "vision_blocks": int(k["clip.vision.block_count"]), "blocks_run": info.n_blocks_run,
             "width": int(k["clip.vision.embedding_length"]), "output_width": info.n_embd_out,
-            **({"family": "2025", "max_crops": info.max_crops, "overlap_margin": info.overlap_margin,
+            **({"family": "2025", "max_crops": min(info.max_crops, spec2025.MAX_CROPS),
+                "overlap_margin": info.overlap_margin,
                 "projector": "md.proj (2304-wide, run in numpy after pooling); clip's mm.* pass features through"}
                if info.family == "2025" else {})}
 

@@ -11,8 +11,8 @@ class GenerationOptions:
     """max_tokens None: the revision's own limit. temperature 0: greedy; None: the revision's own default (greedy up
     to 2025-03-27, 0.5 with top_p 0.3 from 2025-04-14, as upstream samples). top_p None: the revision's default.
     seed None: a fresh random stream per answer. stop: strings that end the answer (not included).
-    max_crops (2025 models): read the image in at most this many local crops, up to the model's own limit (the
-    load's max_crops, by default upstream's 12); fewer is faster and less detailed. Ignored by 2024 models."""
+    max_crops (2025 models): read the image in at most this many local crops, up to the load's max_crops (by
+    default the model's own: 12 for upstream's); fewer is faster and less detailed. Ignored by 2024 models."""
 
     max_tokens: int | None = None
     temperature: float | None = None

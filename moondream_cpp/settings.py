@@ -50,8 +50,8 @@ class Settings:
     # together (+0.35 s per new image on a full-size q8_0 mmproj here, -0.6 GB peak; docs/performance.md)
     mmproj_on_demand: bool = True
     keep_vision_in_batches: bool = True  # ...but keep it loaded through a batch, where images come back to back
-    # 2025 models: at most this many local crops per image (None: upstream's 12). Each crop is one vision-tower pass,
-    # so fewer is faster on slow machines, and reads the image in less detail than the reference does
+    # 2025 models: at most this many local crops per image (None: the model's own, at most 12). Each crop is one
+    # vision-tower pass, so fewer is faster on slow machines, and reads the image in less detail than the reference
     max_crops: int | None = None
 
     def __post_init__(self):

@@ -50,8 +50,8 @@ def generation_options(s: Sampling | None, n_ctx: int, max_crops: int | None = N
         raise ApiError(400, f"max_tokens must be at most {n_ctx}, the model's context size", param="max_tokens")
     if s.max_crops is not None and max_crops is not None and s.max_crops > max_crops:
         raise ApiError(400, f"max_crops {s.max_crops} is over this server's limit of {max_crops} crops per image "
-                       "(its --max-crops); ask for at most that many, or restart the server with a higher "
-                       "--max-crops", param="max_crops")
+                       "(its --max-crops, by default the model's own); ask for at most that many, or restart the "
+                       "server with a higher --max-crops", param="max_crops")
     given = {"max_tokens": max_tokens, "temperature": s.temperature, "top_p": s.top_p, "seed": s.seed,
              "stop": (s.stop,) if isinstance(s.stop, str) else tuple(s.stop or ()),
              "max_crops": s.max_crops if max_crops is not None else None}
