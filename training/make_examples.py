@@ -1,6 +1,10 @@
 """Draw the example images in examples/ (hand-placed scenes in the generator's style) and their questions.
 
-    python -m training.make_examples examples
+    python -m training.make_examples examples [NAME.png ...]   # all, or only the images named
+
+circles.png is the detect/point example (README, tests/test_demo2025.py): two circles and a square, sizes and
+placement as the demo v2 was trained on (1-3 objects, radii 0.13-0.31 of the shorter side), 320x240 so the 2025
+demo reads it in several 112-px crops. It has no rows in questions.jsonl: those are the answers every demo is held to.
 """
 from __future__ import annotations
 
@@ -25,6 +29,9 @@ SCENES = {
                                             Obj("circle", "purple", True, 0.55, 0.7, 40)],
                         [("How many circles are there?", "2"), ("Is there a green circle?", "yes"),
                          ("Is the purple circle at the top or the bottom?", "bottom")]),
+    "circles.png": (320, 240, "vgradient", [Obj("circle", "red", True, 0.25, 0.6, 66),
+                                            Obj("circle", "blue", False, 0.57, 0.27, 36),
+                                            Obj("square", "green", False, 0.8, 0.7, 36)], []),
 }
 
 
@@ -37,16 +44,20 @@ def letter_image(ch="K", w=220, h=160):
     return img
 
 
-def main(out: Path):
+def main(out: Path, only: list[str] | None = None):
+    """Draws every example, or only those named (synth's backgrounds have changed since some were drawn: the noise of
+    two-circles.png is no longer what it draws, so redrawing all would change pictures whose answers are fixed)."""
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, (w, h, style, objs, qa) in SCENES.items():
-        draw_scene(w, h, objs, style, seed=1).save(out / name)
+        if not only or name in only:
+            draw_scene(w, h, objs, style, seed=1).save(out / name)
         rows += [{"image": name, "question": q, "answers": [a]} for q, a in qa]
-    letter_image().save(out / "letter.png")
+    if not only or "letter.png" in only:
+        letter_image().save(out / "letter.png")
     rows.append({"image": "letter.png", "question": "What letter is written?", "answers": ["K"]})
     (out / "questions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "examples"))
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "examples"), sys.argv[2:])
