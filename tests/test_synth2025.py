@@ -122,8 +122,6 @@ def test_caption_exact_of_a_glyph():
     assert synth2025.short_caption(letter) == "The letter K." and synth2025.normal_caption(number) == "The number 7."
 
 
-@pytest.mark.xfail(strict=True, reason="synth2025.caption_exact checks only a glyph caption's last word (reported to "
-                                       "the lead with a fix: it must also name no shape)")
 def test_a_glyph_caption_that_invents_a_shape_is_not_exact():
     letter = Scene(120, 100, [], "K", (10, 10, 60, 70))
     assert not synth2025.caption_exact("A red circle and the letter K.", letter)
@@ -186,10 +184,6 @@ def test_point_in_a_drawn_triangle_and_outside_it_away_from_the_edge():
             assert not mask[oj - dj, oi - di] and not pixel_inside(o, oi - di, oj - dj, w, h)
 
 
-@pytest.mark.xfail(strict=True, reason="synth2025.inside tests the point against the shape's outline in continuous "
-                                       "pixel coordinates, where PIL paints pixel i for coordinate i and a fraction "
-                                       "x lands on pixel floor(x * w): the two differ by half a pixel at the edge "
-                                       "(reported to the lead with a fix: look the point up in the painted pixels)")
 def test_point_on_the_last_painted_pixel_is_inside_and_one_pixel_further_is_not():
     for w, h, cx, cy, r in TRIANGLES:
         o = Obj("triangle", "green", True, cx, cy, r)

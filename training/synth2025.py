@@ -5,9 +5,10 @@ computed here from the Scene, in fractions of the image's width and height, as m
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-import numpy as np
+from PIL import Image, ImageDraw
 
 from . import synth
 
@@ -41,8 +42,14 @@ def box(o: synth.Obj, w: int, h: int) -> tuple[float, float, float, float]:
 
 
 def inside(o: synth.Obj, x: float, y: float, w: int, h: int) -> bool:
-    """Whether the point (x, y), fractions of the image, lies on the drawn shape."""
-    return bool(synth._inside(o, np.float64(x * w), np.float64(y * h), w, h))
+    """Whether the point (x, y), fractions of the image, lands on a pixel the shape paints (pixel i spans
+    [i/w, (i+1)/w)). Draws the shape alone: exact where the geometry is half a pixel from deciding."""
+    i, j = math.floor(x * w), math.floor(y * h)
+    if not (0 <= i < w and 0 <= j < h):
+        return False
+    canvas = Image.new("RGB", (w, h))
+    synth._draw_shape(ImageDraw.Draw(canvas), o, w, h)
+    return canvas.getpixel((i, j)) != (0, 0, 0)
 
 
 def short_caption(scene: synth.Scene) -> str:
@@ -87,14 +94,15 @@ def region_task(skill: str, name: str, scene: synth.Scene) -> Task:
     return Task(skill, name, boxes=tuple(box(o, scene.w, scene.h) for o in found))
 
 
-def tasks(rng, scene: synth.Scene, n_questions: int = 3) -> list[Task]:
-    """Training tasks for one image: a few questions, one caption, a detect and a point."""
+def tasks(rng, scene: synth.Scene, n_questions: int = 3, n_regions: int = 1) -> list[Task]:
+    """Training tasks for one image: a few questions, one caption, n_regions detects and as many points."""
     out = [Task("query", q, a, t) for t, q, a in synth.questions(rng, scene, n=n_questions, with_captions=False)]
     length = "short" if rng.random() < 0.5 else "normal"
     out.append(Task("caption", length, CAPTIONS[length](scene)))
-    names = region_queries(rng, scene)
-    out.append(region_task("detect", names[int(rng.integers(2))], scene))
-    out.append(region_task("point", names[int(rng.integers(2))], scene))
+    for _ in range(n_regions):
+        names = region_queries(rng, scene)
+        out.append(region_task("detect", names[int(rng.integers(2))], scene))
+        out.append(region_task("point", names[int(rng.integers(2))], scene))
     return out
 
 
@@ -129,7 +137,7 @@ def caption_objects(text: str) -> list[tuple[str, str]] | None:
 def caption_exact(text: str, scene: synth.Scene) -> bool:
     """Names every object with its colour and shape and invents none (as multisets); a glyph: the glyph itself."""
     if scene.kind == "text":
-        return text.strip().rstrip(".").split()[-1:] == [scene.char]
+        return caption_objects(text) == [] and text.strip().rstrip(".").split()[-1:] == [scene.char]
     got = caption_objects(text)
     return got is not None and sorted(got) == sorted((o.color, o.shape) for o in scene.objs)
 
