@@ -1,5 +1,6 @@
 """The benchmark's parts that run fast: the full-size layout (checked against the spec's parameter count), one
-measurement process on the demo model, the report's targets and table, and where `moondream-cpp bench` writes."""
+measurement process on the demo model (the 2024 demo: the bench's 2024 measurements, an f16 text file, its own small
+vocabulary), the report's targets and table, and where `moondream-cpp bench` writes."""
 import json
 import subprocess
 import sys
@@ -7,7 +8,7 @@ from pathlib import Path
 
 from moondream_cpp.bench import fullsize
 from moondream_cpp.bench.report import markdown, targets
-from moondream_cpp.gguf_models import demo_pair
+from moondream_cpp.gguf_models import DEMO_2024, demo_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,7 +23,7 @@ def test_full_size_layout_is_moondream1():
 
 
 def test_one_measurement_process():
-    text, mmproj = demo_pair()
+    text, mmproj = demo_pair(DEMO_2024)
     r = subprocess.run([sys.executable, "-m", "moondream_cpp.bench.measure", "--text", str(text), "--mmproj",
                         str(mmproj), "--image", str(ROOT / "examples" / "shapes.png"), "--tokens", "8"],
                        capture_output=True, text=True, timeout=300)
@@ -99,7 +100,7 @@ def test_decode_bytes_counts_the_kv_cache_at_its_type():
     from moondream_cpp.bench import decode_bytes
     from moondream_cpp.gguf_check import check_text
 
-    text, _ = demo_pair()
+    text, _ = demo_pair(DEMO_2024)
     info = check_text(text)
     values = 2 * info.n_layer * info.n_embd * 700  # K and V values at 700 positions
     f16, q8 = decode_bytes(text, 700), decode_bytes(text, 700, "q8_0")
@@ -130,7 +131,7 @@ def test_paired_roofline_compares_each_decode_with_the_reads_around_it():
     from moondream_cpp import Moondream
     from moondream_cpp.bench.roofline import paired
 
-    text, mmproj = demo_pair()
+    text, mmproj = demo_pair(DEMO_2024)
     with Moondream.load(text, mmproj, n_threads=2) as md:
         r = paired(md, ROOT / "examples" / "shapes.png", "Describe this image.", text, "f16", 2, pairs=6, tokens=8)
     assert len(r["decode_tok_s"]) == 6 and len(r["read_gbs"]) == 7 and r["decode_vs_roofline"]["n"] == 6

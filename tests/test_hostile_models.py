@@ -18,14 +18,14 @@ from gguf import GGUFValueType as T
 
 from moondream_cpp import Moondream, gguf_check
 from moondream_cpp.errors import ModelFileError
+from moondream_cpp.gguf_models import DEMO_2024, demo_pair
 from conftest import CLI
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 from gguf_bytes import KV, Raw, dumps, loads  # noqa: E402
 
-DEMO = ROOT / "gguf_models" / "demo"
-TEXT, MMPROJ = DEMO / "moondream-demo-text-f16.gguf", DEMO / "moondream-demo-mmproj-f16.gguf"
+TEXT, MMPROJ = demo_pair(DEMO_2024)  # f16 files of a 2024 moondream: the crafted cases start from them
 
 
 def rewrite(src: Path, dst: Path, keys=(), tensor_types=None) -> Path:
@@ -166,6 +166,10 @@ def test_the_demo_pair_and_its_quantized_forms_pass(tmp_path):
         quantize(src, out, qtype)
         with Moondream.load(*((out, MMPROJ) if src == TEXT else (TEXT, out)), n_ctx=256, n_threads=1) as md:
             assert md.query(np.full((20, 20, 3), 90, np.uint8), "What?", max_tokens=2).tokens
+    default = demo_pair()  # the 2025 demo (q8_0 text) passes the same checks and answers
+    gguf_check.check_pair(*default)
+    with Moondream.load(*default, n_threads=1) as md:
+        assert md.family == "2025" and md.query(np.full((20, 20, 3), 90, np.uint8), "What?", max_tokens=2).tokens
 
 
 def _header_case(tmp_path, name, edit, src=TEXT) -> Path:

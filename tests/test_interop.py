@@ -1,6 +1,7 @@
 """Our converted GGUF pair in llama.cpp's own tools, built from the same vendored sources by CMakeLists.txt
 (scripts/build_native.sh): llama-mtmd-cli and llama-server --mmproj give the same greedy answers as our runtime, for
-images already at the model's input size (so llama.cpp's own resize never differs from moondream's stretch)."""
+images already at the model's input size (so llama.cpp's own resize never differs from moondream's stretch). The
+2024 demo: llama.cpp's tools run a 2024 moondream as it is (a 2025 one needs our multi-crop and prefix attention)."""
 import base64
 import json
 import os
@@ -13,7 +14,7 @@ import pytest
 from PIL import Image
 
 from moondream_cpp import Moondream
-from moondream_cpp.gguf_models import demo_pair
+from moondream_cpp.gguf_models import DEMO_2024, demo_pair
 from test_server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +29,7 @@ QUESTIONS = [("shapes.png", "What color is the circle?"), ("shapes.png", "How ma
 @pytest.fixture(scope="module")
 def at_input_size(tmp_path_factory):
     """The examples stretched to the model's input size as moondream does, saved as PNG."""
-    text, mmproj = demo_pair()
+    text, mmproj = demo_pair(DEMO_2024)
     d = tmp_path_factory.mktemp("sized")
     with Moondream.load(text, mmproj) as md:
         size = md.image_size
@@ -41,7 +42,7 @@ def at_input_size(tmp_path_factory):
 
 
 def test_llama_mtmd_cli_answers_as_we_do(at_input_size):
-    text, mmproj = demo_pair()
+    text, mmproj = demo_pair(DEMO_2024)
     for (name, q), (path, ours) in at_input_size.items():
         r = subprocess.run([str(BIN / "llama-mtmd-cli"), "-m", str(text), "--mmproj", str(mmproj), "--image",
                             str(path), "-p", q, "--temp", "0", "-n", "16", "-t", "2", "--no-warmup", "--jinja"],
@@ -51,7 +52,7 @@ def test_llama_mtmd_cli_answers_as_we_do(at_input_size):
 
 
 def test_llama_server_with_mmproj_answers_as_we_do(at_input_size):
-    text, mmproj = demo_pair()
+    text, mmproj = demo_pair(DEMO_2024)
     port = free_port()
     p = subprocess.Popen([str(BIN / "llama-server"), "-m", str(text), "--mmproj", str(mmproj), "--port", str(port),
                           "-t", "2", "-c", "512", "--no-warmup"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -84,7 +85,7 @@ def test_lockstep_with_llama_server_runs_the_same_work_on_both_sides():
     ratio is one turn's ours over native."""
     from moondream_cpp.bench.versus_native import TOKENS, lockstep
 
-    text, mmproj = demo_pair()
+    text, mmproj = demo_pair(DEMO_2024)
     r = lockstep(BIN / "llama-server", text, mmproj, ROOT / "examples" / "shapes.png", 2, pairs=2, decode_pairs=3)
     with Moondream.load(text, mmproj) as md:
         assert r["depth"] == md.query(ROOT / "examples" / "shapes.png", "Describe this image.",

@@ -15,11 +15,12 @@ import pytest
 
 from conftest import CLI
 from fakehub import FakeHub
-from moondream_cpp.gguf_models import demo_pair
+from moondream_cpp.gguf_models import DEMO_2024, demo_checkpoint, demo_pair
 
 ROOT = Path(__file__).resolve().parents[1]
-TEXT, MMPROJ = demo_pair()
-CK = TEXT.parent / "checkpoint"
+TEXT, MMPROJ = demo_pair(DEMO_2024)  # the fake hub's models: the 2024 demo's f16 pair and its HF checkpoint
+CK = demo_checkpoint(DEMO_2024)
+BUNDLED = ["moondream-demo", "moondream-demo-2024"]  # what `list` always shows
 CK_FILES = ["config.json", "model.safetensors", "tokenizer.json"]
 
 

@@ -24,6 +24,7 @@ from conftest import CLI
 ROOT = Path(__file__).resolve().parents[1]
 EX = ROOT / "examples"
 TRUTH = [json.loads(x) for x in (EX / "questions.jsonl").read_text().splitlines()]  # known answers
+DEMO_2024 = "moondream-demo-2024"  # the 2024 demo: answers every TRUTH question; without -m the 2025 demo serves
 
 
 def data_uri(path) -> str:
@@ -85,16 +86,16 @@ def rss_mb(pid) -> float:
 
 
 @contextmanager
-def inprocess_server(config):
-    """The bundled demo model served from this process (uvicorn in a thread), for ServerConfig fields that the CLI
-    does not expose (test-only switches)."""
+def inprocess_server(config, model: str | None = None):
+    """A bundled demo model (the default one unless `model` names another) served from this process (uvicorn in a
+    thread), for ServerConfig fields that the CLI does not expose (test-only switches)."""
     import uvicorn
 
     from moondream_cpp import Moondream
-    from moondream_cpp.gguf_models import demo_pair
+    from moondream_cpp.gguf_models import DEMO, demo_pair
     from moondream_cpp.server import create_app
 
-    md = Moondream.load(*demo_pair())
+    md = Moondream.load(*demo_pair(model or DEMO))
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(create_app(md, config), host="127.0.0.1", port=port, log_level="warning"))
     t = threading.Thread(target=srv.run, daemon=True)
@@ -113,7 +114,7 @@ def inprocess_server(config):
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    with server(home=tmp_path_factory.mktemp("home")) as s:
+    with server("-m", DEMO_2024, home=tmp_path_factory.mktemp("home")) as s:
         yield s
 
 
@@ -282,7 +283,7 @@ def test_remote_image_urls_when_allowed(tmp_path):
     base = f"http://127.0.0.1:{pics.server_address[1]}"
     policy = ImagePolicy(allow_remote=True, allow_loopback_fetches=True, remote_timeout_s=3)
     try:
-        with inprocess_server(ServerConfig(images=policy)) as url:
+        with inprocess_server(ServerConfig(images=policy), DEMO_2024) as url:
             for row in TRUTH[:2]:
                 status, a, _ = post(url, "/v1/query", {"image_url": f"{base}/{row['image']}",
                                                        "question": row["question"]})
@@ -379,7 +380,7 @@ def test_a_disconnected_client_frees_the_worker_and_a_full_queue_answers_503(slo
 def test_load_eight_clients_mixed_requests_no_failures_memory_flat(tmp_path):
     """8 concurrent clients x 25 requests: mixed images and questions, some streaming, some hanging up early."""
     rows = TRUTH * 3
-    with server(home=tmp_path) as (url, proc):
+    with server("-m", DEMO_2024, home=tmp_path) as (url, proc):
         for row in TRUTH:  # warm the caches once, then measure memory
             post(url, "/v1/chat/completions", chat_body(EX / row["image"], row["question"]))
         before = rss_mb(proc.pid)

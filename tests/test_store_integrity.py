@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import CLI
-from test_pull import CK, MMPROJ, TEXT, env, listed, registry, run
+from test_pull import BUNDLED, CK, MMPROJ, TEXT, env, listed, registry, run
 
 ROOT = Path(__file__).resolve().parents[1]
 IMG = ROOT / "examples" / "shapes.png"
@@ -102,7 +102,7 @@ def test_what_the_first_pull_received_is_locked_and_a_change_on_the_hub_refused(
         assert "tokenizer.json" in r.stderr and str(lock_file) in r.stderr and "delete" in r.stderr, r.stderr
         assert "moved tag" in r.stderr and "nothing was installed" in r.stderr
     assert gets(hub, "model.safetensors") == [None]  # refused before any file was fetched again: one GET, the first
-    assert sorted(listed(home, hub.url)) == ["demo-ck:f16", "moondream-demo"]  # the stored f16 is left alone
+    assert sorted(listed(home, hub.url)) == ["demo-ck:f16", *BUNDLED]  # the stored f16 is left alone
     assert run("rm", "demo-ck", home=home, hub_url=hub.url).returncode == 0
     r = run("pull", "demo-ck", "--quant", "f16", home=home, hub_url=hub.url)
     assert r.returncode == 6 and str(lock_file) in r.stderr  # removing the model keeps what was trusted
@@ -133,7 +133,7 @@ def test_a_downloaded_gguf_that_fails_our_checks_is_never_stored(hub, home):
         r = run("pull", "demo-gguf", "--quant", quant, home=home, hub_url=hub.url)
         assert r.returncode == 3 and "Traceback" not in r.stderr, r.stderr
         assert "not a valid moondream GGUF pair, so nothing was stored" in r.stderr and MMPROJ.name in r.stderr
-    assert sorted(listed(home, hub.url)) == ["moondream-demo"]
+    assert sorted(listed(home, hub.url)) == BUNDLED
     assert not (home / "models" / "demo-gguf" / "lock.json").exists()  # a refused download is not trusted
     hub.add("test/demo-gguf", "v1", MMPROJ.name, MMPROJ.read_bytes())  # the hub is fixed: pull works
     assert run("pull", "demo-gguf", home=home, hub_url=hub.url).returncode == 0

@@ -3,13 +3,18 @@ image, ask a question, watch the streamed answer appear, ask a follow-up; a scre
 The page must not reach for anything off this machine."""
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
-from test_server import data_uri, free_port, post, server  # noqa: F401  (the same real server subprocess)
+from test_server import DEMO_2024, data_uri, free_port, post, server  # noqa: F401  (the same real server subprocess)
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from training import synth2025  # noqa: E402
+from training.make_examples import SCENES  # noqa: E402
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(os.environ.get("MOONDREAM_CPP_ARTIFACTS", ROOT / "tests" / "artifacts"))
 
@@ -43,10 +48,11 @@ def test_the_example_images_exist_once_and_ship_with_the_package():
 
 @needs_chromium
 def test_upload_ask_stream_follow_up(tmp_path):
+    """With the 2024 demo, whose answers to the examples' questions are known."""
     from playwright.sync_api import expect, sync_playwright
 
     assert CHROMIUM, "chromium is required in CI"
-    with server(home=tmp_path) as (url, _), sync_playwright() as pw:
+    with server("-m", DEMO_2024, home=tmp_path) as (url, _), sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
             "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
             "--disable-component-update", "--disable-sync"])
@@ -104,8 +110,9 @@ def test_with_an_api_key_the_page_asks_for_it_and_answers(tmp_path):
         page.goto(url + "/")
         expect(page.locator("#keyform")).to_be_visible()
         expect(page.locator("#model")).to_contain_text("API key")
+        n_examples = len(list((ROOT / "moondream_cpp" / "server" / "static" / "examples").glob("*.png")))
         page.wait_for_function("[...document.querySelectorAll('#examples img')].filter(i => i.naturalWidth > 0)"
-                               ".length === 3")  # static files need no key
+                               f".length === {n_examples}")  # static files need no key
         page.fill("#key", "s3cret")
         page.click("#usekey")
         expect(page.locator("#model")).to_contain_text("moondream-demo")
@@ -195,3 +202,53 @@ def test_a_2025_model_draws_boxes_and_points_on_the_picture(pair2025, tmp_path):
             assert abs(cx - pic["x"] - _clamped(p["x"]) * pic["width"]) <= 1, (p, got)
             assert abs(cy - pic["y"] - _clamped(p["y"]) * pic["height"]) <= 1, (p, got)
         browser.close()
+
+
+@needs_chromium
+def test_the_default_demo_draws_the_circles_it_finds(tmp_path):
+    """The bundled default model (the 2025 demo) in the page: Detect on the detect example draws one box per circle,
+    where the scene has them (IoU >= 0.5 against the drawn shapes) and where /v1/detect puts them; Point draws a dot
+    on each circle. The screenshot shows what a new user sees."""
+    from playwright.sync_api import expect, sync_playwright
+
+    w, h, _, objs, _ = SCENES["circles.png"]
+    truth = [synth2025.box(o, w, h) for o in objs if o.shape == "circle"]
+    example = ROOT / "examples" / "circles.png"
+    with server(home=tmp_path) as (url, _), sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1200, "height": 800})
+        page.goto(url + "/")
+        expect(page.locator("#model")).to_contain_text("moondream-demo")
+        expect(page.locator("#model")).to_contain_text("2025 family")
+        expect(page.locator("#regions")).to_be_visible()
+        page.set_input_files("#file", str(example))
+        expect(page.locator("#preview")).to_be_visible()
+        page.fill("#obj", "circle")
+        page.click("#detect")
+        expect(page.locator(".bot.done")).to_have_count(1, timeout=120_000)
+        status, api, _ = post(url, "/v1/detect", {"image_url": data_uri(example), "object": "circle"})
+        assert status == 200
+        boxes = [(b["x_min"], b["y_min"], b["x_max"], b["y_max"]) for b in api["objects"]]
+        assert len(boxes) == len(truth) and synth2025.match_boxes(boxes, truth) == len(truth), (boxes, truth)
+        expect(page.locator(".bot").last).to_have_text(f"{len(truth)} boxes drawn")
+        expect(page.locator("#marks .box")).to_have_count(len(truth))
+        pic = page.locator("#preview").bounding_box()
+        drawn = page.eval_on_selector_all("#marks .box", "els => els.map(e => e.getBoundingClientRect().toJSON())")
+        for (x0, y0, x1, y1), got in zip(boxes, drawn):
+            assert abs(got["x"] - pic["x"] - _clamped(x0) * pic["width"]) <= 1, (x0, got)
+            assert abs(got["y"] - pic["y"] - _clamped(y0) * pic["height"]) <= 1, (y0, got)
+            assert abs(got["width"] - (_clamped(x1) - _clamped(x0)) * pic["width"]) <= 1.5, (x1, got)
+            assert abs(got["height"] - (_clamped(y1) - _clamped(y0)) * pic["height"]) <= 1.5, (y1, got)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "web-demo-default-detect.png"), full_page=True)
+        page.click("#point")
+        expect(page.locator(".bot.done")).to_have_count(2, timeout=120_000)
+        expect(page.locator("#marks .dot")).to_have_count(len(truth))
+        dots = page.eval_on_selector_all("#marks .dot", "els => els.map(e => e.getBoundingClientRect().toJSON())")
+        circles = [o for o in objs if o.shape == "circle"]
+        for o in circles:  # each circle holds one dot, read back from where the page put it
+            held = [d for d in dots if synth2025.inside(o, (d["x"] + d["width"] / 2 - pic["x"]) / pic["width"],
+                                                        (d["y"] + d["height"] / 2 - pic["y"]) / pic["height"], w, h)]
+            assert len(held) == 1, (o, dots)
+        browser.close()
+
