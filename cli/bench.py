@@ -59,7 +59,8 @@ def bench(
     if family not in ("2024", "2025"):
         raise MoondreamError(f"--family {family[:20]!r}: choose 2024 or 2025")
     if regions:
-        return _bench_regions(family, work, results, docs, model, text, mmproj, image, max_objects, threads)
+        return _bench_regions(family, work, results, docs, model, text, mmproj, image, max_objects, repeats or 1,
+                              threads)
     if family == "2025":
         return _bench_2025(work, repeats or 2, sweep_repeats, threads, no_torch, results, docs)
     repeats = repeats or 3
@@ -104,7 +105,7 @@ def _bench_2025(work, repeats, sweep_repeats, threads, no_torch, results, docs):
     note(f"results: {results / 'bench2025.json'}" + (f"; table in {docs}" if docs else ""))
 
 
-def _bench_regions(family, work, results, docs, model, text, mmproj, images, max_objects, threads):
+def _bench_regions(family, work, results, docs, model, text, mmproj, images, max_objects, repeats, threads):
     from moondream_cpp import bench as b
     from moondream_cpp.bench import regions2025
     from moondream_cpp.errors import MoondreamError
@@ -117,6 +118,6 @@ def _bench_regions(family, work, results, docs, model, text, mmproj, images, max
     if docs is not None:
         writable_dir(docs.parent, "--docs", for_file=True)
     got = regions2025.bench(work, results, docs, model=model, text=text, mmproj=mmproj, images=images,
-                            max_objects=max_objects, threads=threads, log=note)
+                            max_objects=max_objects, repeats=repeats, threads=threads, log=note)
     note(f"results: {results / 'bench2025.json'} (\"regions\": {', '.join(got)})" + (f"; table in {docs}" if docs
                                                                                    else ""))

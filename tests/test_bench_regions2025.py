@@ -96,3 +96,14 @@ def test_a_2024_model_is_refused_and_nothing_written(converted, tmp_path):
     assert not (results / "bench2025.json").exists()
     r = CliRunner().invoke(app, ["bench", "--regions", "--text", str(text), "--mmproj", str(mmproj)])
     assert r.exit_code != 0 and "add --family 2025" in str(r.exception)
+
+
+def test_repeats_are_combined_field_by_field():
+    from moondream_cpp.bench.regions2025 import median_of_runs
+
+    runs = [{"pictures": [{"tiling": [3, 4], "detect": {"cold": {"image_ms": x, "objects": n, "ms_per_object": m,
+                                                                 "stopped": s}}}], "uptime_before": u}
+            for x, n, m, s, u in [(30.0, 8, 9.5, "max_objects", "a"), (10.0, 0, None, "eos", "b"),
+                                  (20.0, 8, 7.5, "max_objects", "c")]]
+    cold = {"image_ms": 20.0, "objects": 8, "ms_per_object": 8.5, "stopped": "max_objects"}  # 8.5: of the 2 with one
+    assert median_of_runs(runs) == {"pictures": [{"tiling": [3, 4], "detect": {"cold": cold}}], "uptime_before": "a"}

@@ -4,13 +4,14 @@ moondream_cpp.bench.regions2025:
     python -m moondream_cpp.bench.measure_regions2025 --text T.gguf --mmproj M.gguf --image ONE.png --image MANY.png
         [--object circle] [--max-objects 8] [--threads N]
 
-For each picture: the caches emptied, detect (cold: the image encoded, its 730-row prefix evaluated), then point on
-the same image (warm: the encoded image and its KV prefix reused, only the template evaluated); emptied again, point
-cold, then detect warm. Each call's RegionResult.timings as the runtime reports them (image ms, prompt ms, objects ms,
-ms per object) with the object count and why the loop stopped. A skill that found no object in either call (a
-model that says EOS at once) is run once more with EOS ignored up to --max-objects, so its per-object cost is still
-measured ("forced"). Before the pictures: the region head's first read from the mmproj, and a first call on a
-one-crop picture (llama.cpp faults the weights in) kept out of the pictures' numbers.
+For each picture: the caches emptied, detect (cold: the image encoded, its prefix of BOS + image rows evaluated, 730
+at full size), then point on the same image (warm: the encoded image and its KV prefix reused, only the template
+evaluated); emptied again, point cold, then detect warm. Each call's RegionResult.timings as the runtime reports them
+(image ms, prompt ms, objects ms, ms per object) with the object count and why the loop stopped. A skill that found
+no object in either call (a model that says EOS at once) is run once more with EOS ignored up to --max-objects, so
+its per-object cost is still measured ("forced"). Before the pictures: the region head's first read from the
+mmproj, and a first call of each skill on a one-crop picture (llama.cpp faults the weights in), kept out of the
+pictures' numbers.
 """
 from __future__ import annotations
 
@@ -160,15 +161,16 @@ def measure(a) -> dict:
     s = md.image_size
     first = Image.new("RGB", (s, s), (128, 128, 128))
     t0 = time.perf_counter()
-    call(md, first, a.object, "point", 1)  # faults the weights in: a process's first call, kept apart
-    first_call_s = time.perf_counter() - t0
+    for skill in SKILLS:  # fault the weights in and run each skill's head once: a process's first calls, kept apart
+        call(md, first, a.object, skill, 1)
+    first_calls_s = time.perf_counter() - t0
     pictures = [picture(md, p, a.object, a.max_objects) for p in a.image]
     return {"model": {"name": md.name, "revision": md.revision.name, "crop": s, "text_type": file_type(md),
                       "mmproj_type": dominant_type(a.mmproj), "text": str(a.text), "mmproj": str(a.mmproj),
                       "n_embd": md.n_embd},
             "started_utc": started, "uptime_before": before, "threads": md.n_threads, "object": a.object,
             "max_objects": a.max_objects, "native_build_utc": _native_build(),
-            "head_load_ms": round(head_load_ms, 2), "first_call_s": round(first_call_s, 3),
+            "head_load_ms": round(head_load_ms, 2), "first_calls_s": round(first_calls_s, 3),
             "head_ms_per_object": head_ms_per_object(md.region_head, md.n_embd), "pictures": pictures,
             "uptime_after": uptime()}
 

@@ -56,23 +56,48 @@ def label_of(entry: dict, weights: str) -> str:
     return f"{name} {m['revision']}, {m['text_type']} + {m['mmproj_type']} mmproj"
 
 
+def median_of_runs(runs: list):
+    """Runs of one pair's measurement (same structure) as one: each number the median over the runs (whole numbers
+    stay whole: the lower median), None where every run has None; anything else (text, tilings) the first run's."""
+    first = runs[0]
+    if isinstance(first, dict):
+        return {k: median_of_runs([r[k] for r in runs if k in r]) for k in first}
+    if isinstance(first, list) and first and isinstance(first[0], dict):
+        return [median_of_runs([r[i] for r in runs]) for i in range(len(first))]
+    numbers = [r for r in runs if isinstance(r, (int, float)) and not isinstance(r, bool)]
+    if not numbers or len(numbers) < len([r for r in runs if r is not None]):
+        return first
+    return statistics.median_low(numbers) if all(isinstance(x, int) for x in numbers) else statistics.median(numbers)
+
+
 def run(pairs: list[tuple[str, Path, Path]], work: Path, *, images: list[Path] | None = None, obj: str = "circle",
-        max_objects: int = 8, threads: int | None = None, timeout: float = 1800,
+        max_objects: int = 8, repeats: int = 1, threads: int | None = None, timeout: float = 1800,
         log: Callable[[str], None] = lambda s: None) -> dict:
-    """Measure each pair; {label: entry} as bench2025.json's "regions" holds them."""
+    """Measure each pair `repeats` times, the pairs taking turns, each time in a fresh process; {label: entry} as
+    bench2025.json's "regions" holds them: the medians, and with several repeats every run under "each_run"."""
     from ..gguf_check import check_mmproj
 
+    runs: dict[int, list] = {i: [] for i in range(len(pairs))}
+    for r in range(repeats):
+        for i, (_, text, mmproj) in enumerate(pairs):
+            pictures = images or default_pictures(work, check_mmproj(mmproj).image_size)
+            log(f"detect/point timings: {text.name} + {mmproj.name} on {', '.join(p.name for p in pictures)} "
+                f"(repeat {r + 1} of {repeats})")
+            args = ["--text", str(text), "--mmproj", str(mmproj), "--object", obj, "--max-objects", str(max_objects)]
+            args += [x for p in pictures for x in ("--image", str(p))] + (
+                ["--threads", str(threads)] if threads else [])
+            runs[i].append(child(args, timeout=timeout, module="measure_regions2025"))
     out = {}
-    for weights, text, mmproj in pairs:
-        pictures = images or default_pictures(work, check_mmproj(mmproj).image_size)
-        log(f"detect/point timings: {text.name} + {mmproj.name} on {', '.join(p.name for p in pictures)}")
-        args = ["--text", str(text), "--mmproj", str(mmproj), "--object", obj, "--max-objects", str(max_objects)]
-        args += [x for p in pictures for x in ("--image", str(p))] + (["--threads", str(threads)] if threads else [])
-        entry = child(args, timeout=timeout, module="measure_regions2025")
-        if "error" in entry:
-            out[f"{text.name} + {mmproj.name}"] = {**entry, "text": str(text), "mmproj": str(mmproj)}
+    for i, (weights, text, mmproj) in enumerate(pairs):
+        ok = [e for e in runs[i] if "error" not in e]
+        if not ok:
+            out[f"{text.name} + {mmproj.name}"] = {**runs[i][0], "text": str(text), "mmproj": str(mmproj)}
             continue
-        out[label_of(entry, weights)] = {"weights": weights, **entry}
+        entry = {"weights": weights, **median_of_runs(ok), "runs": len(ok)}
+        entry["uptime_after"] = ok[-1]["uptime_after"]
+        if len(ok) > 1:
+            entry["each_run"] = ok
+        out[label_of(entry, weights)] = entry
     return out
 
 
@@ -107,10 +132,13 @@ def markdown(regions: dict) -> str:
                     f"{c['image_ms']:.0f} | {c['prompt_ms']:.0f} ({c['prompt_evaluated']}) | {w['image_ms']:.1f} | "
                     f"{w['prompt_ms']:.0f} ({w['prompt_evaluated']}) | {found} | {per_text} ({head:.1f}) | "
                     f"{'-' if decode is None else f'{decode:.0f}'} |")
+        runs = e.get("runs", 1)
+        how = "one process" if runs == 1 else f"median of {runs} fresh processes"
         notes.append(f"* {label}: crop {e['model']['crop']}, {e['threads']} threads, started {e['started_utc']} UTC "
-                     f"(uptime: `{e['uptime_before']}`); object \"{e['object']}\", max_objects {e['max_objects']}; "
-                     f"region head read from the mmproj in {e['head_load_ms']:.0f} ms on first use; the process's "
-                     f"first call {e['first_call_s']:.1f} s (kept out of the table).")
+                     f"(uptime: `{e['uptime_before']}`); {how}; object \"{e['object']}\", max_objects "
+                     f"{e['max_objects']}; region head read from the mmproj in {e['head_load_ms']:.0f} ms on first "
+                     f"use; the process's first detect and point calls {e['first_calls_s']:.1f} s (kept out of the "
+                     "table).")
     return "\n".join(lines + [""] + notes) + "\n"
 
 
@@ -134,10 +162,11 @@ def write(regions: dict, results_dir: Path, docs: Path | None, command: str) -> 
 
 
 def bench(work: Path, results: Path, docs: Path | None, *, model=None, text=None, mmproj=None, images=None,
-          max_objects: int = 8, threads: int | None = None, log: Callable[[str], None] = lambda s: None) -> dict:
+          max_objects: int = 8, repeats: int = 1, threads: int | None = None,
+          log: Callable[[str], None] = lambda s: None) -> dict:
     """What the CLI runs: the pairs, their measurements, the results written; the command as it reads."""
     pairs = pairs_of(work, model, text, mmproj, log)
-    regions = run(pairs, work, images=images, max_objects=max_objects, threads=threads, log=log)
+    regions = run(pairs, work, images=images, max_objects=max_objects, repeats=repeats, threads=threads, log=log)
     failed = [f"{k}: {v['error']}" for k, v in regions.items() if "error" in v]
     if len(failed) == len(regions):  # nothing measured: say why, write nothing
         from ..errors import MoondreamError
@@ -145,7 +174,8 @@ def bench(work: Path, results: Path, docs: Path | None, *, model=None, text=None
         raise MoondreamError("detect/point timings failed: " + "; ".join(failed))
     for f in failed:
         log(f"failed (recorded as an error): {f}")
-    cmd = "moondream-cpp bench --family 2025 --regions" + (f" --model {model}" if model else "") + (
-        f" --text {text} --mmproj {mmproj}" if text else "") + "".join(f" --image {p}" for p in images or ()) + (
-        f" --max-objects {max_objects}" if max_objects != 8 else "") + (f" --threads {threads}" if threads else "")
+    options = [f"--model {model}" if model else "", f"--text {text} --mmproj {mmproj}" if text else "",
+               *(f"--image {p}" for p in images or ()), f"--max-objects {max_objects}" if max_objects != 8 else "",
+               f"--repeats {repeats}" if repeats != 1 else "", f"--threads {threads}" if threads else ""]
+    cmd = " ".join(["moondream-cpp bench --family 2025 --regions", *filter(None, options)])
     return write(regions, results, docs, cmd)
