@@ -19,7 +19,7 @@ from benchmarks.harness import benchmark_result, write_json  # noqa: E402
 from moondream_cpp import Moondream  # noqa: E402
 from moondream_cpp.convert import convert  # noqa: E402
 from moondream_cpp.evaluate import evaluate, read_jsonl  # noqa: E402
-from moondream_cpp.gguf_models import demo_pair  # noqa: E402
+from moondream_cpp.gguf_models import DEMO_2024, demo_checkpoint, demo_pair  # noqa: E402
 from moondream_cpp.image import load_image  # noqa: E402
 from training import synth  # noqa: E402
 
@@ -37,8 +37,8 @@ def main():
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--n-split", type=int, default=300, help="questions in the seen/unseen-background splits")
     a = ap.parse_args()
-    text, mmproj = demo_pair()
-    ck = text.parent / "checkpoint"
+    text, mmproj = demo_pair(DEMO_2024)
+    ck = demo_checkpoint()
     out = {"n": a.n, "seed": a.seed, "command": f"python benchmarks/demo_accuracy.py --n {a.n} --seed {a.seed}"}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
