@@ -84,6 +84,16 @@ def region_queries(rng, scene: synth.Scene) -> list[str]:
     return out
 
 
+def training_queries(rng, scene: synth.Scene) -> list[str]:
+    """region_queries, but half the time the shape that appears most: queries that match several objects (where a
+    model must find each in turn) are otherwise rare."""
+    out = region_queries(rng, scene)
+    if scene.objs and rng.random() < 0.5:
+        shapes = [o.shape for o in scene.objs]
+        out[0] = max(synth.SHAPES, key=shapes.count)
+    return out
+
+
 def matches(name: str, o: synth.Obj) -> bool:
     words = name.split()
     return words[-1] == o.shape and (len(words) == 1 or words[0] == o.color)
@@ -94,13 +104,13 @@ def region_task(skill: str, name: str, scene: synth.Scene) -> Task:
     return Task(skill, name, boxes=tuple(box(o, scene.w, scene.h) for o in found))
 
 
-def tasks(rng, scene: synth.Scene, n_questions: int = 3, n_regions: int = 1) -> list[Task]:
+def tasks(rng, scene: synth.Scene, n_questions: int = 3, n_regions: int = 1, queries=region_queries) -> list[Task]:
     """Training tasks for one image: a few questions, one caption, n_regions detects and as many points."""
     out = [Task("query", q, a, t) for t, q, a in synth.questions(rng, scene, n=n_questions, with_captions=False)]
     length = "short" if rng.random() < 0.5 else "normal"
     out.append(Task("caption", length, CAPTIONS[length](scene)))
     for _ in range(n_regions):
-        names = region_queries(rng, scene)
+        names = queries(rng, scene)
         out.append(region_task("detect", names[int(rng.integers(2))], scene))
         out.append(region_task("point", names[int(rng.integers(2))], scene))
     return out

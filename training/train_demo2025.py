@@ -138,8 +138,8 @@ def losses(model, rows: UsedTokens, batch, feats, bos, stats):
     return out
 
 
-def sample_tasks(rng, data, idx, n_questions, n_regions):
-    return [synth2025.tasks(rng, data.scenes[i], n_questions, n_regions) for i in idx]
+def sample_tasks(rng, data, idx, n_questions, n_regions, queries=synth2025.training_queries):
+    return [synth2025.tasks(rng, data.scenes[i], n_questions, n_regions, queries) for i in idx]
 
 
 def main():
@@ -235,7 +235,8 @@ def evaluate(model, used, batcher, val, bos):
     rng, stats = np.random.default_rng(0), {}
     for s in range(0, len(val), 64):
         idx = np.arange(s, min(len(val), s + 64))
-        losses(model, used, batcher(sample_tasks(rng, val, idx, 3, 1)), val.features[idx], bos, stats)
+        losses(model, used, batcher(sample_tasks(rng, val, idx, 3, 1, synth2025.region_queries)), val.features[idx],
+               bos, stats)
     return {k: round(float(np.mean(v)), 4) for k, v in stats.items()}
 
 
