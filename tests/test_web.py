@@ -211,9 +211,9 @@ def test_the_default_demo_draws_the_circles_it_finds(tmp_path):
     on each circle. The screenshot shows what a new user sees."""
     from playwright.sync_api import expect, sync_playwright
 
-    w, h, _, objs, _ = SCENES["circles.png"]
+    w, h, _, objs, _ = SCENES["two-circles.png"]  # the README's detect example
     truth = [synth2025.box(o, w, h) for o in objs if o.shape == "circle"]
-    example = ROOT / "examples" / "circles.png"
+    example = ROOT / "examples" / "two-circles.png"
     with server(home=tmp_path) as (url, _), sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": 1200, "height": 800})
