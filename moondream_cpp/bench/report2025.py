@@ -111,7 +111,11 @@ def write(res: dict, results_dir: Path, docs: Path | None, command: str) -> dict
     results_dir.mkdir(parents=True, exist_ok=True)
     res = {**res, "command": command, "targets": [{"target": t, "measured": g, "met": ok}
                                                    for t, g, ok in targets(res)]}
-    (results_dir / "bench2025.json").write_text(json.dumps(res, indent=1) + "\n")
+    path = results_dir / "bench2025.json"
+    if path.exists():  # the detect/point timings (bench --regions) live in the same file and stay
+        kept = json.loads(path.read_text()).get("regions")
+        res = {**res, **({"regions": kept} if kept is not None else {})}
+    path.write_text(json.dumps(res, indent=1) + "\n")
     if docs is not None:
         text = docs.read_text() if docs.exists() else ""
         table = markdown(res, command)
