@@ -89,7 +89,7 @@ def test_upload_ask_stream_follow_up(tmp_path):
         expect(page.locator(".bot").last).to_have_text(short)
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "web-demo.png"), full_page=True)
-        page.locator("#examples img").nth(2).click()  # an example image starts a new conversation
+        page.locator('#examples img[alt="letter.png"]').click()  # an example image starts a new conversation
         page.fill("#q", "What letter is written?")
         page.click("#send")
         expect(page.locator(".bot.done")).to_have_count(1, timeout=60_000)
