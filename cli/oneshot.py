@@ -1,11 +1,13 @@
 """One-shot commands: `query IMAGE QUESTION` and `caption IMAGE...` (many images, one model load)."""
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from moondream_cpp.errors import ImageError, MoondreamError
 
@@ -43,7 +45,24 @@ def query(
         typer.echo(a.text)
 
 
-@app.command()
+RAY_ADDRESS = re.compile(r"^(auto|local|ray://.+|\[?[\w.:-]+\]?:\d+)$")
+
+
+class CaptionCommand(TyperCommand):
+    """caption, whose --ray takes an optional ADDRESS (typer has no such option): a bare --ray gets "local"."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        args = list(args)
+        for i, a in enumerate(args):
+            if a == "--":
+                break
+            if a == "--ray" and (i + 1 == len(args) or not RAY_ADDRESS.match(args[i + 1])):
+                args.insert(i + 1, "local")
+                break
+        return super().parse_args(ctx, args)
+
+
+@app.command(cls=CaptionCommand)
 def caption(
     images: List[str] = typer.Argument(..., help="Images, directories (walked recursively) or glob patterns."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Append JSON-lines records here (crash-safe; "
@@ -64,15 +83,38 @@ def caption(
     max_crops: Optional[int] = MAX_CROPS,
     low_ram: bool = LOW_RAM,
     as_json: bool = JSON,
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Run on a Ray cluster, one model "
+                                      "per actor (needs --out; pip install moondream-cpp[ray]): ADDRESS auto (the "
+                                      "cluster this machine joined), HOST:PORT or ray://HOST:PORT; none: start a "
+                                      "local one. Images may also be fsspec URLs (s3://..., gs://..., file://...). "
+                                      "docs/ray.md."),
+    actors: Optional[int] = typer.Option(None, "--actors", min=1, help="With --ray: how many actors (default: as "
+                                         "many as the cluster's CPUs hold)."),
+    actor_cpus: float = typer.Option(1.0, "--actor-cpus", min=0.01, help="With --ray: CPUs each actor reserves "
+                                     "and runs llama.cpp threads on."),
+    actor_gpus: float = typer.Option(0.0, "--actor-gpus", min=0, help="With --ray: GPUs each actor reserves."),
 ):
     """Caption images (or ask --question about each): one model load, a progress bar with images/s and ETA.
-    With --out, records go to a JSON-lines file that a crash cannot corrupt; run again to resume."""
+    With --out, records go to a JSON-lines file that a crash cannot corrupt; run again to resume.
+    With --ray, the same records come from a Ray cluster (docs/ray.md)."""
     from moondream_cpp import spec2025
-    from moondream_cpp.batch import check_output, collect_images, run_batch
-    from moondream_cpp.options import GenerationOptions
 
     if length not in spec2025.STARMIE_CAPTIONS:  # every length any model has; the model's own check follows
         raise MoondreamError(f"--length must be one of {', '.join(spec2025.STARMIE_CAPTIONS)}, not {length!r}")
+    if ray is not None:
+        if not out:
+            raise MoondreamError("--ray writes its records to a file: give --out FILE")
+        if threads is not None:
+            raise MoondreamError("--threads does not apply with --ray: each actor runs --actor-cpus threads")
+        from moondream_cpp.ray_batch import RayOptions
+
+        load = dict(n_gpu_layers=gpu_layers, n_ctx=n_ctx, low_ram=low_ram, max_crops=max_crops)
+        opts = RayOptions(ray, actors, actor_cpus, actor_gpus, {k: v for k, v in load.items() if v is not None}, note)
+        return _caption_on_ray(images, out, question, length, resume, retry_errors, (model, text, mmproj),
+                               max_tokens, opts)
+    from moondream_cpp.batch import check_output, collect_images, run_batch
+    from moondream_cpp.options import GenerationOptions
+
     options = GenerationOptions(max_tokens=max_tokens)
     paths = collect_images(images)
     if not paths:
@@ -83,14 +125,9 @@ def caption(
                     max_crops=max_crops)
     if not question:
         md.caption_items_check(length, "--length")
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-
     key = "answer" if question else "caption"
     failed = []
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=stderr(),
-                  transient=True, disable=len(paths) == 1) as bar:
+    with _progress_bar(len(paths) == 1) as bar:
         task = bar.add_task("captioning" if not question else "asking", total=len(paths), rate="")
         t0 = [None, 0]
 
@@ -119,11 +156,7 @@ def caption(
             rep = run_batch(md, paths, out, question=question, length=length, resume=resume,
                             retry_errors=retry_errors, options=options, on_record=show)
             bar.update(task, completed=len(paths))
-            note(f"{out}: {rep.written} new records ({rep.errors} unreadable images), {rep.skipped} already done, "
-                 f"{rep.total} images")
-            if rep.bad_lines:
-                note(f"note: line(s) {', '.join(map(str, rep.bad_lines[:10]))} of {out} are not records; kept as "
-                     "they are")
+            _summary(out, rep)
         else:
             with md.batch_mode():
                 _each(md, paths, question, length, options, show)
@@ -141,3 +174,63 @@ def _each(md, paths, question, length, options, show):
         except ImageError as e:
             rec["error"] = str(e)
         show(rec)
+
+
+def _progress_bar(disable: bool):
+    """A bar on stderr: done of total, images/s (the task's rate field), elapsed and remaining time."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=stderr(),
+                    transient=True, disable=disable)
+
+
+def _model_files(model, text, mmproj) -> tuple[Path, Optional[Path]]:
+    """What load_model would load, without loading it (the Ray actors do): --text/--mmproj, --model, the demo."""
+    from moondream_cpp.store import resolve
+
+    if text and mmproj:
+        return text, mmproj
+    if text or mmproj:
+        raise MoondreamError("pass both --text and --mmproj (or --model NAME_OR_DIR)")
+    if model:
+        return resolve(model)
+    from moondream_cpp.gguf_models import DEMO_NOTICE, demo_pair
+
+    note(DEMO_NOTICE)
+    return demo_pair()
+
+
+def _caption_on_ray(images, out, question, length, resume, retry_errors, model_args, max_tokens, opts):
+    """caption --ray: the records of run_batch, made by Ray actors (moondream_cpp/ray_batch.py)."""
+    import time
+
+    from moondream_cpp.ray_captioner import collect_sources
+
+    sources = collect_sources(images)
+    if not sources:
+        raise ImageError(f"no images found in {' '.join(images)}")
+    text, mmproj = _model_files(*model_args)
+    from moondream_cpp.ray_batch import run_ray_batch
+
+    with _progress_bar(False) as bar:
+        task = bar.add_task("captioning on Ray" if not question else "asking on Ray", total=len(sources), rate="")
+        t0 = [None, 0]
+
+        def show(rec):
+            t0[0] = t0[0] or time.perf_counter()
+            t0[1] += 1
+            el = time.perf_counter() - t0[0]
+            bar.update(task, advance=1, rate=f"{t0[1] / el:.1f} img/s" if el > 0 else "")
+
+        rep = run_ray_batch(sources, out, text, mmproj, question=question, length=length, max_tokens=max_tokens,
+                            resume=resume, retry_errors=retry_errors, options=opts, on_record=show)
+    _summary(out, rep)
+
+
+def _summary(out, rep) -> None:
+    note(f"{out}: {rep.written} new records ({rep.errors} unreadable images), {rep.skipped} already done, "
+         f"{rep.total} images")
+    if rep.bad_lines:
+        note(f"note: line(s) {', '.join(map(str, rep.bad_lines[:10]))} of {out} are not records; kept as they are")
