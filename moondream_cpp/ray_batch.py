@@ -181,16 +181,28 @@ def run_ray_batch(sources: list[tuple[str, str]], out: Path, text: str, mmproj: 
         # a URL's key is its own realpath spelling, made in this process as the finished set's is: equal URLs match
         wanted = {same_file_key(path): (path, where) for path, where in sources}
         todo = [s for k, s in wanted.items() if k not in finished.keys]
+        deaths = _earlier_deaths(records, wanted, finished, retry_errors)
+        todo.sort(key=lambda s: s[0] in deaths)  # last: an image that killed a run does not hold the others back
         report = BatchReport(len(wanted), len(wanted) - len(todo), 0, 0, 0.0, finished.bad_lines)
         if todo:
             files = [str(Path(f).resolve()) if f else None for f in (text, mmproj)]  # workers run elsewhere
-            _run(records, todo, report, *files, question, length, max_tokens, opts, on_record)
+            _run(records, todo, deaths, report, *files, question, length, max_tokens, opts, on_record)
         records.done()
     report.seconds = time.perf_counter() - t0
     return report
 
 
-def _run(records, todo, report, text, mmproj, question, length, max_tokens, opts, on_record):
+def _earlier_deaths(records: RecordsFile, wanted: dict, finished, retry_errors: bool) -> dict[str, int]:
+    """{record path: deaths} of the image a killed earlier run (run_batch's, whose attempts the sidecar counts) was
+    working on; with retry_errors it gets one more try even after ATTEMPTS deaths."""
+    died = records.died_on()
+    key = same_file_key(died[0]) if died else None
+    if key not in wanted or key in finished.keys:
+        return {}
+    return {wanted[key][0]: min(died[1], ATTEMPTS - 1) if retry_errors else died[1]}
+
+
+def _run(records, todo, deaths, report, text, mmproj, question, length, max_tokens, opts, on_record):
     import ray
 
     started = connect(opts.address)
@@ -204,7 +216,7 @@ def _run(records, todo, report, text, mmproj, question, length, max_tokens, opts
                     **opts.load_options)
         pool = Pool(ray, n, opts, body)
         model = pool.check_ready()
-        Scheduler(ray, pool, records, report, model, on_record).run(todo)
+        Scheduler(ray, pool, records, report, model, on_record, deaths).run(todo)
     finally:
         if pool is not None:
             pool.kill_all()
@@ -215,14 +227,20 @@ def _run(records, todo, report, text, mmproj, question, length, max_tokens, opts
 class Scheduler:
     """Hands images to actors (IN_FLIGHT each), writes each result once, and refills a dead actor's slot."""
 
-    def __init__(self, ray, pool: Pool, records: RecordsFile, report: BatchReport, model: dict, on_record):
+    def __init__(self, ray, pool: Pool, records: RecordsFile, report: BatchReport, model: dict, on_record,
+                 deaths: dict[str, int]):
         self.ray, self.pool, self.records, self.report = ray, pool, records, report
         self.model, self.on_record = model, on_record
         self.held: list[list] = [[] for _ in pool.actors]  # per slot, in submission order: (ref, source)
-        self.deaths: dict[str, int] = {}  # record path -> actor deaths while it was being captioned
+        self.deaths = dict(deaths)  # record path -> processes that died while captioning it
 
     def run(self, todo: list[tuple[str, str]]) -> None:
-        self.waiting = deque(todo)
+        self.waiting = deque()
+        for source in todo:
+            if self.deaths.get(source[0], 0) >= ATTEMPTS:
+                self.died_on(source[0])
+            else:
+                self.waiting.append(source)
         while self.waiting or any(self.held):
             self.hand_out()
             refs = [ref for h in self.held for ref, _ in h]
@@ -267,11 +285,13 @@ class Scheduler:
             path = running[0]
             self.deaths[path] = self.deaths.get(path, 0) + 1
             if self.deaths[path] >= ATTEMPTS:
-                self.write({"path": path, "question": self.model["question"], "model": self.model["model"],
-                            "error": DIED_ON})
+                self.died_on(path)
             else:
                 self.waiting.append(running)  # last: an image that killed an actor does not hold the others back
         self.pool.replace(slot)
+
+    def died_on(self, path: str) -> None:
+        self.write({"path": path, "question": self.model["question"], "model": self.model["model"], "error": DIED_ON})
 
     def write(self, rec: dict) -> None:
         self.records.append(rec)

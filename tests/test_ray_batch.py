@@ -166,3 +166,22 @@ def test_the_single_machine_caption_never_imports_ray(pictures, tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.stdout.strip().splitlines()[-1] == "[]", r.stdout + r.stderr
     assert len(records(out)) == 1 and "answer" in records(out)[0]
+
+
+def test_an_image_that_killed_an_earlier_run_twice_becomes_an_error_record(cluster, pictures, expected, tmp_path):
+    from moondream_cpp.gguf_models import demo_pair
+    from moondream_cpp.ray_batch import RayOptions, run_ray_batch
+    from moondream_cpp.ray_captioner import collect_sources
+    from moondream_cpp.records import RecordsFile
+
+    sources = collect_sources([str(pictures / f"img{i:02d}.png") for i in range(3)])
+    out = tmp_path / "r.jsonl"
+    with RecordsFile(out) as rec:
+        rec.starting(sources[0][0], attempt=2)  # what run_batch leaves when it died twice on that image
+    opts = RayOptions(actors=1)
+    rep = run_ray_batch(sources, out, *demo_pair(), options=opts)
+    died = [r for r in records(out) if r["path"] == sources[0][0]]
+    assert len(died) == 1 and "died twice" in died[0]["error"] and (rep.written, rep.errors) == (3, 1)
+    assert not Path(f"{out}.current").exists()
+    again = run_ray_batch(sources, out, *demo_pair(), options=opts, retry_errors=True)  # on request, tried again
+    assert again.written == 1 and records(out)[-1]["answer"] == expected[sources[0][0]]["answer"]
