@@ -232,6 +232,7 @@ class Scheduler:
         self.ray, self.pool, self.records, self.report = ray, pool, records, report
         self.model, self.on_record = model, on_record
         self.held: list[list] = [[] for _ in pool.actors]  # per slot, in submission order: (ref, source)
+        self.slot_of: dict = {}  # ref -> slot, for every ref in held
         self.deaths = dict(deaths)  # record path -> processes that died while captioning it
 
     def run(self, todo: list[tuple[str, str]]) -> None:
@@ -241,28 +242,33 @@ class Scheduler:
                 self.died_on(source[0])
             else:
                 self.waiting.append(source)
-        while self.waiting or any(self.held):
+        while self.waiting or self.slot_of:
             self.hand_out()
-            refs = [ref for h in self.held for ref, _ in h]
-            done, _ = self.ray.wait(refs, num_returns=1)
-            self.collect(done[0])
+            refs = list(self.slot_of)
+            first, _ = self.ray.wait(refs, num_returns=1)
+            more, _ = self.ray.wait(refs, num_returns=len(refs), timeout=0)  # a busy cluster ends many at once
+            for ref in dict.fromkeys(first + more):
+                if ref in self.slot_of:  # not yet settled by its actor's death
+                    self.collect(ref)
 
     def hand_out(self) -> None:
         for slot, actor in enumerate(self.pool.actors):
             while self.waiting and len(self.held[slot]) < IN_FLIGHT:
                 path, where = self.waiting.popleft()
-                self.held[slot].append((actor.record.remote(path, where), (path, where)))
+                ref = actor.record.remote(path, where)
+                self.held[slot].append((ref, (path, where)))
+                self.slot_of[ref] = slot
 
     def collect(self, ref) -> None:
-        slot = next(s for s, h in enumerate(self.held) if any(r == ref for r, _ in h))
+        slot = self.slot_of[ref]
         try:
             rec = self.ray.get(ref)
         except self.ray.exceptions.RayActorError:
             self.actor_died(slot)
             return
-        except self.ray.exceptions.RayTaskError as e:  # not an image problem: the run stops, as run_batch would
-            cause = getattr(e, "cause", None)
-            raise (cause if isinstance(cause, MoondreamError) else MoondreamError(str(e))) from None
+        except self.ray.exceptions.RayTaskError as e:
+            raise _stop(e) from None
+        del self.slot_of[ref]
         self.held[slot] = [(r, s) for r, s in self.held[slot] if r != ref]
         self.pool.deaths_in_a_row[slot] = 0
         self.write(rec)
@@ -271,11 +277,14 @@ class Scheduler:
         """Keep what the dead actor finished, queue the rest again; the first unfinished image was running."""
         running = None
         for ref, source in self.held[slot]:
+            del self.slot_of[ref]
             try:
                 self.write(self.ray.get(ref, timeout=0))  # finished before the death, result not yet read
                 continue
             except (self.ray.exceptions.RayActorError, self.ray.exceptions.GetTimeoutError):
                 pass
+            except self.ray.exceptions.RayTaskError as e:
+                raise _stop(e) from None
             if running is None:
                 running = source
             else:
@@ -299,3 +308,10 @@ class Scheduler:
         self.report.errors += "error" in rec
         if self.on_record:
             self.on_record(rec)
+
+
+def _stop(e) -> MoondreamError:
+    """A task's failure that is not an image's (a prompt too long, a model that did not load): the run stops with
+    its message, as run_batch would."""
+    cause = getattr(e, "cause", None)
+    return cause if isinstance(cause, MoondreamError) else MoondreamError(str(e))
