@@ -30,24 +30,30 @@ DEATHS_IN_A_ROW = 4  # actors of one slot that die before finishing an image: th
 
 
 class ActorBody(Captioner):
-    """A Captioner whose load failure is kept for ready() to report (instead of a dead actor and a traceback)."""
+    """A Captioner whose load failure is kept for ready() and record() to report as the run's one clear message
+    (instead of a dead actor and a traceback)."""
 
     def __init__(self, text: str, mmproj: str | None = None, **kw):
         try:
             super().__init__(text, mmproj, **kw)
             self.load_error = None
-        except Exception as e:  # noqa: BLE001 - any load failure becomes the run's one clear message
-            self.md, self.load_error = None, f"{e}"
+        except Exception as e:  # noqa: BLE001 - whatever stops the load stops the run, with its message
+            self.md, self.load_error = None, e
 
     def ready(self) -> dict:
         if self.load_error:
-            return {"error": self.load_error, "node": socket.gethostname()}
+            raise self.not_loaded()
         return {"model": self.md.name, "question": self.asked, "pid": os.getpid()}
 
     def record(self, path: str, where: str | None = None, data: bytes | None = None) -> dict:
         if self.load_error:
-            raise MoondreamError(f"the model did not load on Ray node {socket.gethostname()}: {self.load_error}")
+            raise self.not_loaded()
         return super().record(path, where, data)
+
+    def not_loaded(self) -> MoondreamError:
+        e = self.load_error
+        kind = type(e) if isinstance(e, MoondreamError) else MoondreamError  # its exit code too
+        return kind(f"the model did not load on Ray node {socket.gethostname()}: {e}")
 
 
 @dataclass
@@ -139,12 +145,11 @@ class Pool:
     def check_ready(self) -> dict:
         """The first actor's answer to ready() once the model loaded (every actor loads the same files)."""
         try:
-            first = self.ray.get(self.actors[0].ready.remote())
+            return self.ray.get(self.actors[0].ready.remote())
         except self.ray.exceptions.RayActorError as e:
             raise MoondreamError(f"the first Ray actor died while loading the model: {e}") from None
-        if "error" in first:
-            raise MoondreamError(f"the model did not load on Ray node {first['node']}: {first['error']}")
-        return first
+        except self.ray.exceptions.RayTaskError as e:
+            raise _stop(e) from None
 
     def replace(self, slot: int) -> None:
         """A new actor for a dead one (killed first: an actor that only looked dead must not run on unseen)."""
@@ -203,9 +208,9 @@ def _earlier_deaths(records: RecordsFile, wanted: dict, finished, retry_errors: 
 
 
 def _run(records, todo, deaths, report, text, mmproj, question, length, max_tokens, opts, on_record):
+    started = connect(opts.address)  # first: it sets what Ray reads when imported
     import ray
 
-    started = connect(opts.address)
     pool = None
     try:
         n = fitting_actors(opts.actors, opts.actor_cpus, opts.actor_gpus)

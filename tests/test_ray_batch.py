@@ -185,3 +185,12 @@ def test_an_image_that_killed_an_earlier_run_twice_becomes_an_error_record(clust
     assert not Path(f"{out}.current").exists()
     again = run_ray_batch(sources, out, *demo_pair(), options=opts, retry_errors=True)  # on request, tried again
     assert again.written == 1 and records(out)[-1]["answer"] == expected[sources[0][0]]["answer"]
+
+
+def test_a_model_that_does_not_load_on_the_actors_is_one_clear_message(cluster, pictures, tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF but not really a model")
+    r = subprocess.run([CLI, "caption", str(pictures / "img00.png"), "--out", str(tmp_path / "x.jsonl"), "--ray",
+                        cluster, "--text", str(bad), "--mmproj", str(bad)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 3 and "the model did not load on Ray node" in r.stderr and str(bad) in r.stderr
+    assert "Traceback" not in r.stderr
