@@ -86,7 +86,12 @@ def connect(address: str | None) -> bool:
     try:
         ray.init(address=address, **quiet)
     except (ConnectionError, ValueError, RuntimeError) as e:
-        raise MoondreamError(f"cannot join the Ray cluster at {address}: {e}") from None
+        raise MoondreamError(f"cannot join the Ray cluster at {address}: {e}; start one with `ray start --head`, "
+                             "or leave the address out to start a local one") from None
+    except SystemExit:  # Ray's answer to a cluster whose GCS port opens but never answers (after about a minute)
+        raise MoondreamError(f"the Ray cluster at {address} did not answer; is it the head's GCS port (6379 by "
+                             "default) or its Ray Client port (ray://HOST:10001), and do the auth settings (RAY_AUTH_"
+                             "MODE, the token) match the cluster's?") from None
     return False
 
 
