@@ -40,31 +40,46 @@ def make_images(folder: Path, n: int) -> list[Path]:
     return sorted(folder.glob("*.png"))
 
 
+def actor_pids() -> list[str]:
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if b"ray::ActorBody" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                pids.append(pid)
+        except OSError:
+            pass
+    return pids
+
+
 class ActorMemory:
-    """Samples the RSS of every Ray actor process of ours (process title ray::ActorBody) until stopped: the peak."""
+    """Samples the memory of every Ray actor process of ours (process title ray::ActorBody) until stopped: the peak
+    RSS of each, and the peak of their PSS summed (pages of the mapped GGUF files that actors share count once)."""
 
     def __init__(self):
         self.peak_mb: dict[int, float] = {}
+        self.peak_pss_sum_mb = 0.0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.sample, daemon=True)
         self.thread.start()
 
     def sample(self):
         while not self.stop.wait(0.2):
-            for pid in filter(str.isdigit, os.listdir("/proc")):
+            pss_sum = 0.0
+            for pid in actor_pids():
                 try:
-                    if b"ray::ActorBody" not in Path(f"/proc/{pid}/cmdline").read_bytes():
-                        continue
-                    status = Path(f"/proc/{pid}/status").read_text()
+                    rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
                 except OSError:
                     continue
-                rss = next((int(x.split()[1]) / 1024 for x in status.splitlines() if x.startswith("VmRSS:")), 0)
-                self.peak_mb[int(pid)] = max(self.peak_mb.get(int(pid), 0), rss)
+                kb = {x.split(":")[0]: int(x.split()[1]) for x in rollup[1:] if x.endswith("kB")}
+                self.peak_mb[int(pid)] = max(self.peak_mb.get(int(pid), 0), kb.get("Rss", 0) / 1024)
+                pss_sum += kb.get("Pss", 0) / 1024
+            self.peak_pss_sum_mb = max(self.peak_pss_sum_mb, pss_sum)
 
-    def done(self) -> list[float]:
+    def done(self) -> dict:
         self.stop.set()
         self.thread.join()
-        return sorted(round(v) for v in self.peak_mb.values())
+        return {"actor_peak_rss_mb": sorted(round(v) for v in self.peak_mb.values()),
+                "actors_peak_pss_sum_mb": round(self.peak_pss_sum_mb)}
 
 
 def rates(n: int, t0: float, stamps: list[float], warm: int) -> dict:
@@ -79,6 +94,10 @@ def ray_row(images, pair, actors: int, cpus: int, max_tokens, tmp: Path) -> dict
 
     out = tmp / f"ray-{actors}x{cpus}.jsonl"
     stamps = []
+    for _ in range(100):  # the actors of the row before are killed asynchronously: gone before this row counts
+        if not actor_pids():
+            break
+        time.sleep(0.1)
     mem = ActorMemory()
     t0 = time.perf_counter()
     rep = run_ray_batch(collect_sources(map(str, images)), out, *pair, max_tokens=max_tokens,
@@ -87,7 +106,7 @@ def ray_row(images, pair, actors: int, cpus: int, max_tokens, tmp: Path) -> dict
     peaks = mem.done()
     assert rep.written == len(images) and rep.errors == 0, rep
     return {"engine": "ray", "actors": actors, "cpus_per_actor": cpus, **rates(len(images), t0, stamps, actors),
-            "actor_peak_rss_mb": peaks, "answers": answers(out)}
+            **peaks, "answers": answers(out)}
 
 
 def plain_row(images, pair, threads: int, max_tokens, tmp: Path) -> dict:
@@ -106,15 +125,24 @@ def answers(out: Path) -> dict:
     return {r["path"]: r["answer"] for r in map(json.loads, out.read_text().splitlines())}
 
 
+def with_load(row) -> dict:
+    """A row with the machine's 1-minute load average after it (other work running beside it shows here)."""
+    return {**row, "load_1min_after": round(os.getloadavg()[0], 2)}
+
+
 def measure(name: str, images, pair, max_tokens, tmp: Path) -> dict:
-    rows = [plain_row(images, pair, 1, max_tokens, tmp), plain_row(images, pair, 2, max_tokens, tmp)]
-    rows += [ray_row(images, pair, a, c, max_tokens, tmp) for a, c in ((1, 1), (2, 1), (1, 2))]
-    # greedy answers do not depend on the engine or the actor that ran them: a check that every row did the same work
-    same = all(r.pop("answers") == rows[0]["answers"] for r in rows[1:])
-    rows[0].pop("answers")
+    rows = [with_load(plain_row(images, pair, t, max_tokens, tmp)) for t in (1, 2)]
+    rows += [with_load(ray_row(images, pair, a, c, max_tokens, tmp)) for a, c in ((1, 1), (2, 1), (1, 2))]
+    # greedy answers do not depend on the engine or the actor that ran them, only on the threads of one model (the
+    # order of its sums: random weights have near-ties): each row against run_batch on as many threads
+    threads = {r.get("threads") or r["cpus_per_actor"]: r["answers"] for r in rows if r["engine"] == "run_batch"}
+    for r in rows:
+        r["same_answers_as_run_batch_same_threads"] = r["answers"] == threads[r.get("threads") or r["cpus_per_actor"]]
+    for r in rows:
+        r.pop("answers")
     by = {(r["engine"], r.get("actors"), r.get("cpus_per_actor"), r.get("threads")): r for r in rows}
     one, two = by[("ray", 1, 1, None)], by[("ray", 2, 1, None)]
-    return {"model": name, "max_tokens": max_tokens, "same_answers_everywhere": same, "rows": rows,
+    return {"model": name, "max_tokens": max_tokens, "rows": rows,
             "speedup_2_actors_over_1": round(two["steady_images_per_s"] / one["steady_images_per_s"], 2),
             "ray_1_actor_vs_run_batch_1_thread": round(
                 one["steady_images_per_s"] / by[("run_batch", None, None, 1)]["steady_images_per_s"], 2)}
