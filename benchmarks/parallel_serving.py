@@ -46,6 +46,8 @@ def ours_has_parallel() -> bool:
     time)."""
     p = subprocess.run([sys.executable, "-m", "moondream_cpp", "serve", "--help"], capture_output=True, text=True,
                        env={**os.environ, "COLUMNS": "200"}, timeout=120)
+    if p.returncode != 0:  # a broken checkout must not pass for a server without --parallel
+        sys.exit("moondream-cpp serve --help failed: " + (p.stderr.strip().splitlines() or ["?"])[-1])
     return "--parallel" in p.stdout
 
 
@@ -143,6 +145,9 @@ def main():
     native_extra = {"ignore_eos": True, "top_k": 1}
     started = datetime.now(timezone.utc)
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    root = Path(__file__).resolve().parents[1]
+    git = [subprocess.run(["git", *args], capture_output=True, text=True, cwd=root).stdout.strip() for args in
+           (["rev-parse", "--short", "HEAD"], ["status", "--porcelain", "--", "moondream_cpp", "cli"])]
     rows = []
     with tempfile.TemporaryDirectory() as logs:
         for i, n in enumerate(counts):
@@ -164,6 +169,8 @@ def main():
     out = {
         "command": "python benchmarks/parallel_serving.py " + " ".join(sys.argv[1:]),
         "started_utc": started.strftime("%Y-%m-%d %H:%M:%S"), "uptime_before": uptime,
+        # the code measured: a commit, and the server's files changed since (a run during development says so)
+        "git_head": git[0], "uncommitted_server_files": git[1].splitlines(),
         "minutes": round((datetime.now(timezone.utc) - started).total_seconds() / 60, 1),
         "text": a.text.name, "mmproj": a.mmproj.name, "threads": a.threads, "n_ctx_per_sequence": n_ctx,
         "max_tokens": max_tokens, "ours_has_parallel": parallel,

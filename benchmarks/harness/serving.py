@@ -132,7 +132,8 @@ def run_clients(url: str, bodies: list[dict]) -> tuple[list[dict], float, float]
         pass
     t0 = time.perf_counter()
     for t in threads:
-        t.join()
+        while t.is_alive():  # a join with a timeout lets Ctrl-C through
+            t.join(0.5)
     t1 = time.perf_counter()
     for x in out:
         if isinstance(x, BaseException):
