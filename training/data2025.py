@@ -22,12 +22,12 @@ def geometry(dims: dict) -> CropGeometry:
 
 def _chunk(args):
     """Images of one chunk (own RNG stream, so the data do not depend on the number of workers) and their crops."""
-    seed, chunk, n, styles, dims = args
+    seed, chunk, n, styles, sizes, dims = args
     rng = np.random.default_rng([seed, chunk])
     geo = geometry(dims)
     out = []
     for _ in range(n):
-        img, scene = synth2025.make_image(rng, styles)
+        img, scene = synth2025.make_image(rng, styles, sizes)
         glob, locals_, tiling = geo.crops(img)
         out.append((scene, glob, locals_, tiling))
     return out
@@ -52,13 +52,15 @@ def image_features(model, geo: CropGeometry, items) -> list[torch.Tensor]:
 
 
 class Features:
-    """Scenes and per-image vision features (fp16) for `n` images of `seed`."""
+    """Scenes and per-image vision features (fp16) for `n` images of `seed` (long side within `sizes` px)."""
 
     CHUNK = 500
 
-    def __init__(self, model, dims, seed, n, styles=synth.STYLES_TRAIN, workers=2, log=print):
+    def __init__(self, model, dims, seed, n, styles=synth.STYLES_TRAIN, workers=2, log=print,
+                 sizes=synth2025.IMAGE_SIZES):
         geo = geometry(dims)
-        jobs = [(seed, c, min(self.CHUNK, n - c * self.CHUNK), styles, dims) for c in range(-(-n // self.CHUNK))]
+        jobs = [(seed, c, min(self.CHUNK, n - c * self.CHUNK), styles, sizes, dims)
+                for c in range(-(-n // self.CHUNK))]
         self.scenes, self.tilings, feats = [], [], []
         if workers > 1:
             import multiprocessing as mp
@@ -77,6 +79,12 @@ class Features:
         if pool is not None:
             pool.close()
         self.features = torch.stack(feats)
+
+    def extend(self, other: "Features") -> "Features":
+        self.scenes += other.scenes
+        self.tilings += other.tilings
+        self.features = torch.cat([self.features, other.features])
+        return self
 
     def __len__(self):
         return len(self.scenes)

@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw
 from . import synth
 
 IMAGE_SIZES = (80, 400)  # long side in px: a demo crop is 112 px, so most images take several crops
+SMALL_SIZES = (80, 160)  # long side in px of pictures that mostly fit one crop
 SKILLS = ("query", "caption", "detect", "point")
 
 
@@ -25,8 +26,8 @@ class Task:
     boxes: tuple = ()  # detect/point: (x_min, y_min, x_max, y_max) fractions, left to right
 
 
-def make_image(rng, styles=synth.STYLES_TRAIN):
-    return synth.make_image(rng, styles, IMAGE_SIZES)
+def make_image(rng, styles=synth.STYLES_TRAIN, sizes=IMAGE_SIZES):
+    return synth.make_image(rng, styles, sizes)
 
 
 def box(o: synth.Obj, w: int, h: int) -> tuple[float, float, float, float]:

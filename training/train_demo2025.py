@@ -148,10 +148,13 @@ def main():
     ap.add_argument("--init", type=Path, default=ROOT / "gguf_models" / "demo" / "checkpoint",
                     help="the 2024 demo checkpoint to start from")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--images", type=int, default=24000)
-    ap.add_argument("--steps", type=int, default=2400)
+    ap.add_argument("--images", type=int, default=20000)
+    ap.add_argument("--small-images", type=int, default=6000,
+                    help="extra training images of long side %d..%d px (mostly one crop: a scarce group otherwise)"
+                         % synth2025.SMALL_SIZES)
+    ap.add_argument("--steps", type=int, default=5000)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--questions", type=int, default=3, help="questions per image per step (plus caption, detect, "
+    ap.add_argument("--questions", type=int, default=2, help="questions per image per step (plus caption, detect, "
                                                               "point)")
     ap.add_argument("--regions", type=int, default=2, help="detect and point tasks per image per step")
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -178,6 +181,10 @@ def main():
     log = lambda m: print(m, flush=True)  # noqa: E731
     data = cached(a.cache, f"features-{a.seed}-{a.images}.pt",
                   lambda: Features(model, DIMS, a.seed, a.images, workers=a.threads, log=log))
+    if a.small_images:
+        data.extend(cached(a.cache, f"features-small-{a.seed}-{a.small_images}.pt",
+                           lambda: Features(model, DIMS, a.seed + 20_000, a.small_images, workers=a.threads,
+                                            log=log, sizes=synth2025.SMALL_SIZES)))
     val = Features(model, DIMS, a.seed + 10_000, 256, workers=1, log=lambda m: None)
     log(f"data: {len(data)} images ({data.multi_crop_share():.0%} multi-crop), {len(used)} tokens used, "
         f"{(time.time() - t0) / 60:.1f} min")
