@@ -10,7 +10,12 @@ def __getattr__(name):  # the runtime loads llama.cpp; keep `import moondream_cp
         from . import runtime
 
         return getattr(runtime, name)
+    if name == "Request":  # one of many requests answered together: Moondream.answer_all
+        from .parallel import Request
+
+        return Request
     raise AttributeError(name)
 
 
-__all__ = ["Moondream", "EncodedImage", "Answer", "Stream", "GenerationOptions", "MoondreamError", "__version__"]
+__all__ = ["Moondream", "EncodedImage", "Answer", "Stream", "Request", "GenerationOptions", "MoondreamError",
+           "__version__"]

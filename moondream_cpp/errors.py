@@ -52,3 +52,7 @@ class UnknownModelError(MoondreamError):
 def os_error_text(e: OSError) -> str:
     """An OSError in words ('Not a directory: /x/y'), without Python's '[Errno 20]' and quoting."""
     return f"{e.strerror or e}{': ' + str(e.filename) if e.filename else ''}"
+
+
+class DecodeError(MoondreamError):
+    """llama.cpp failed to evaluate a batch; the whole KV cache (every sequence) was emptied."""

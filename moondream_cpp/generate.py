@@ -54,43 +54,63 @@ def token_steps(ctx: TextContext, cache: PromptCache, sample: Sampler, stop_ids:
 
 def chunks(steps: Generator[int, None, str], token_bytes: Callable[[int], bytes], stop: tuple[str, ...],
            end_marker_rule: bool) -> Iterator[Chunk]:
-    """Text as it is generated. A stop string ends the answer (not included); text that may still become one is held
-    back. `end_marker_rule`: a trailing "<" or "<END" is cut (revisions that stop on any token of "<END>")."""
-    out: list[int] = []
-    decoder = codecs.getincrementaldecoder("utf-8")("replace")
-    cleaner = AnswerCleaner()
-    shown, sent = "", 0  # the answer text so far, and how much of it has been handed out
-    hold = max((len(x) for x in stop), default=1) - 1
-    hit, finish = False, "length"
+    """Text as it is generated, pulled from `steps` (AnswerText's rules); the last chunk carries the Answer."""
+    text = AnswerText(token_bytes, stop, end_marker_rule)
+    finish = "length"
     while True:
         try:
             tok = next(steps)
         except StopIteration as end:
             finish = end.value
             break
-        out.append(tok)
-        shown += cleaner.feed(decoder.decode(token_bytes(tok)))
-        if stop:
-            cut = min((i for i in (shown.find(x) for x in stop) if i >= 0), default=-1)
-            if cut >= 0:
-                shown, hit, finish = shown[:cut].rstrip(), True, "stop"
-        # held back: what may still become a stop string, and the whitespace before it, which the cut strips
-        safe = len(shown) if hit else max(sent, len(shown[: max(0, len(shown) - hold)].rstrip()))
-        if safe > sent:
-            yield Chunk(shown[sent:safe])
-            sent = safe
-        if hit:
+        piece = text.feed(tok)
+        if piece:
+            yield Chunk(piece)
+        if text.stopped:
             break
-    if hit:
-        text = shown
-    else:
-        shown += cleaner.feed(decoder.decode(b"", final=True))
-        if len(shown) > sent:
-            yield Chunk(shown[sent:])
-        text = b"".join(token_bytes(t) for t in out).decode("utf-8", "replace")
-        if end_marker_rule:
-            text = re.sub("<$|<END$", "", text)
-    yield Chunk("", finish, Answer(text.strip(), out, finish))
+    yield from text.finish(finish)
+
+
+class AnswerText:
+    """An answer's text as its tokens arrive, pushed one at a time (a parallel decoder feeds many). A stop string
+    ends the answer (not included); text that may still become one is held back. `end_marker_rule`: a trailing "<"
+    or "<END" is cut (revisions that stop on any token of "<END>")."""
+
+    def __init__(self, token_bytes: Callable[[int], bytes], stop: tuple[str, ...], end_marker_rule: bool):
+        self.token_bytes, self.stop, self.end_marker_rule = token_bytes, stop, end_marker_rule
+        self.tokens: list[int] = []
+        self.stopped = False  # a stop string was met: feed no more
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._cleaner = AnswerCleaner()
+        self._shown, self._sent = "", 0  # the answer text so far, and how much of it has been handed out
+        self._hold = max((len(x) for x in stop), default=1) - 1
+
+    def feed(self, tok: int) -> str:
+        """The text this token makes safe to hand out ("" while it is held back)."""
+        self.tokens.append(tok)
+        self._shown += self._cleaner.feed(self._decoder.decode(self.token_bytes(tok)))
+        if self.stop:
+            cut = min((i for i in (self._shown.find(x) for x in self.stop) if i >= 0), default=-1)
+            if cut >= 0:
+                self._shown, self.stopped = self._shown[:cut].rstrip(), True
+        # held back: what may still become a stop string, and the whitespace before it, which the cut strips
+        shown, sent = self._shown, self._sent
+        safe = len(shown) if self.stopped else max(sent, len(shown[: max(0, len(shown) - self._hold)].rstrip()))
+        self._sent = max(sent, safe)
+        return shown[sent:safe]
+
+    def finish(self, finish_reason: str) -> Iterator[Chunk]:
+        """The rest of the text, then the last chunk with the Answer (finish_reason "stop" after a stop string)."""
+        if self.stopped:
+            text, finish_reason = self._shown, "stop"
+        else:
+            self._shown += self._cleaner.feed(self._decoder.decode(b"", final=True))
+            if len(self._shown) > self._sent:
+                yield Chunk(self._shown[self._sent:])
+            text = b"".join(self.token_bytes(t) for t in self.tokens).decode("utf-8", "replace")
+            if self.end_marker_rule:
+                text = re.sub("<$|<END$", "", text)
+        yield Chunk("", finish_reason, Answer(text.strip(), self.tokens, finish_reason))
 
 
 class Stream:

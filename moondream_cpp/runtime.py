@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -34,6 +35,15 @@ from .vision import EncodedImage, PreparedImage, Vision, pixels_of
 __all__ = ["Moondream", "EncodedImage", "PreparedImage", "Answer", "Stream", "Chunk", "GenerationOptions", "find_pair",
            "default_threads"]
 BATCH_IMAGE_CACHE_BYTES = 4 * 2**20  # a batch's image cache: a few full-size images' embeddings
+
+
+@dataclass
+class AnswerPrompt:
+    enc: EncodedImage
+    cached: bool  # the image came from the cache (no vision tower run)
+    items: list  # the prompt, position by position (moondream_cpp/prompt.py)
+    t_start: float
+    t_encoded: float
 
 
 def find_pair(directory: Path) -> tuple[Path, Path]:
@@ -113,7 +123,7 @@ class Moondream:
             self.hidden_state = HiddenStateCapture(text_info.n_layer, self.n_embd) if family_2025 else None
             self.context = TextContext(self.text_model, n_ctx=cfg.n_ctx, n_batch=cfg.n_batch, n_ubatch=cfg.n_ubatch,
                                        n_threads=cfg.n_threads, flash_attn=cfg.flash_attn or quant_kv,
-                                       kv_type=KV_TYPES[cfg.kv_type],
+                                       kv_type=KV_TYPES[cfg.kv_type], n_seq=cfg.n_parallel,
                                        eval_callback=self.hidden_state.callback if family_2025 else None)
             self.vision = Vision(mm_info, self.text_model, cfg, str(path), keep_resident=embd_range)
             self.multicrop = self.region_head = None
@@ -124,7 +134,9 @@ class Moondream:
         except BaseException:
             self.close()
             raise
-        self.cache = PromptCache(self.context, int(cfg.image_cache_mb * 2**20), int(cfg.state_cache_mb * 2**20))
+        # sequence 0's: resetting it (an interrupted prefill) leaves the other sequences of parallel decoding alone
+        self.cache = PromptCache(self.context.sequence(0), int(cfg.image_cache_mb * 2**20),
+                                 int(cfg.state_cache_mb * 2**20))
         self.n_real_tokens = text_info.n_real_tokens
         self.prompting = prompting.of_file(text_info, revision, self.text_model)
         self.revision = self.prompting.revision
@@ -137,6 +149,11 @@ class Moondream:
     def family(self) -> str:
         """"2024" (one 378x378 view, text prompts) or "2025" (multi-crop, prefix attention, token templates)."""
         return self.prompting.family
+
+    def kv_cache_bytes(self) -> int:
+        """The KV cache's size: K and V rows of every layer, for every position of every sequence."""
+        per_value = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}[self.settings.kv_type]
+        return int(self.text_info.n_layer * self.n_ctx * self.context.n_seq * 2 * self.n_embd * per_value)
 
     @property
     def caption_lengths(self) -> tuple[str, ...]:
@@ -220,9 +237,10 @@ class Moondream:
         """The model input, position by position: token ids, and (image key, row) for each image embedding."""
         return self.prompting.query_items(image.key, image.embeddings.shape[0], question, history)
 
-    def evaluate(self, items: list, images: dict[str, EncodedImage]) -> int:
-        """Bring the KV cache to hold `items` (reusing what it can); how many positions were evaluated."""
-        plan = prefill.evaluate(self.context, self.cache, items, images, self.token_embeddings,
+    def evaluate(self, items: list, images: dict[str, EncodedImage], *, ctx=None, cache=None) -> int:
+        """Bring the KV cache to hold `items` (reusing what it can); how many positions were evaluated. ctx, cache:
+        another sequence and its PromptCache (parallel decoding) instead of sequence 0's."""
+        plan = prefill.evaluate(ctx or self.context, cache or self.cache, items, images, self.token_embeddings,
                                 self.prompting.prefix_attention)
         self.last_prefix_restored = plan.restored
         return len(items) - plan.keep
@@ -268,37 +286,54 @@ class Moondream:
         """The answer (to `question`, or a caption of length `caption`) as text chunks; the last chunk carries
         finish_reason and the Answer with its timings."""
         opts = options or GenerationOptions()
+        job = self.answer_prompt(image, question, history, opts, caption)
+        n_eval = self.evaluate(job.items, {job.enc.key: job.enc})
+        t2 = time.perf_counter()
+        steps = token_steps(self.context, self.cache, self.sampler(opts), self.stop_ids, self.token_limit(opts),
+                            should_stop)
+        for c in chunks(steps, self.token_bytes, opts.stop, self.prompting.end_marker):
+            if c.answer is not None:
+                c.answer.timings = self.answer_timings(job, n_eval, t2, len(c.answer.tokens))
+            yield c
+
+    def answer_prompt(self, image, question: str | None, history: Sequence[tuple[str, str]] = (),
+                      options: GenerationOptions | None = None, caption: str | None = None) -> "AnswerPrompt":
+        """The image encoded (or from the cache) and the prompt's items: what an answer needs before its prompt is
+        evaluated (here on sequence 0, or on another sequence by moondream_cpp/parallel.py)."""
+        opts = options or GenerationOptions()
         if caption is not None:
             self.caption_items_check(caption)
         t0 = time.perf_counter()
         enc, cached = self.encode_image_cached(image, opts.max_crops)
-        t1 = time.perf_counter()
         n_rows = enc.embeddings.shape[0]
         items = (self.prompting.caption_items(enc.key, n_rows, caption) if caption is not None
                  else self.prompt_items(enc, question, history))
-        n_eval = self.evaluate(items, {enc.key: enc})
-        t2 = time.perf_counter()
-        temperature, top_p = opts.sampling(self.prompting.temperature, self.prompting.top_p)
-        sample = make_sampler(temperature, top_p, opts.seed, self.n_real_tokens, self.prompting.masked)
-        limit = opts.max_tokens if opts.max_tokens is not None else self.prompting.max_tokens
-        steps = token_steps(self.context, self.cache, sample, self.stop_ids, limit, should_stop)
-        for c in chunks(steps, self.token_bytes, opts.stop, self.prompting.end_marker):
-            if c.answer is not None:
-                t3, n_out = time.perf_counter(), len(c.answer.tokens)
-                c.answer.timings = {
-                    "image_encode_ms": 0.0 if cached else round((t1 - t0) * 1000, 2),
-                    "image_cached": cached,
-                    **(self.multicrop.timings_of(enc.key) if self.multicrop and not cached else {}),
-                    "prefix_restored": self.last_prefix_restored,
-                    "prompt_tokens": len(items),
-                    "prompt_evaluated": n_eval,
-                    "prompt_ms": round((t2 - t1) * 1000, 2),
-                    "prompt_per_second": round(n_eval / max(t2 - t1, 1e-9), 2),
-                    "generated_tokens": n_out,
-                    "generation_ms": round((t3 - t2) * 1000, 2),
-                    "generation_per_second": round(n_out / max(t3 - t2, 1e-9), 2),
-                }
-            yield c
+        return AnswerPrompt(enc, cached, items, t0, time.perf_counter())
+
+    def sampler(self, options: GenerationOptions):
+        temperature, top_p = options.sampling(self.prompting.temperature, self.prompting.top_p)
+        return make_sampler(temperature, top_p, options.seed, self.n_real_tokens, self.prompting.masked)
+
+    def token_limit(self, options: GenerationOptions) -> int:
+        return options.max_tokens if options.max_tokens is not None else self.prompting.max_tokens
+
+    def answer_timings(self, job: "AnswerPrompt", n_eval: int, t_prompt_done: float, n_out: int,
+                       restored: bool | None = None) -> dict:
+        """An Answer's timings: image, prompt and generation (the generation ends now)."""
+        t0, t1, t2, t3 = job.t_start, job.t_encoded, t_prompt_done, time.perf_counter()
+        return {
+            "image_encode_ms": 0.0 if job.cached else round((t1 - t0) * 1000, 2),
+            "image_cached": job.cached,
+            **(self.multicrop.timings_of(job.enc.key) if self.multicrop and not job.cached else {}),
+            "prefix_restored": self.last_prefix_restored if restored is None else restored,
+            "prompt_tokens": len(job.items),
+            "prompt_evaluated": n_eval,
+            "prompt_ms": round((t2 - t1) * 1000, 2),
+            "prompt_per_second": round(n_eval / max(t2 - t1, 1e-9), 2),
+            "generated_tokens": n_out,
+            "generation_ms": round((t3 - t2) * 1000, 2),
+            "generation_per_second": round(n_out / max(t3 - t2, 1e-9), 2),
+        }
 
     # ------------------------------------------------------------------ regions (2025 revisions)
     def detect(self, image, obj: str, max_objects: int | None = None, *, max_crops: int | None = None) -> list[dict]:
@@ -309,3 +344,12 @@ class Moondream:
     def point(self, image, obj: str, max_objects: int | None = None, *, max_crops: int | None = None) -> list[dict]:
         """Points at `obj` in `image`: dicts x, y as fractions of the image's width and height."""
         return skills2025.run(self, image, obj, "point", max_objects, max_crops).objects
+
+    # ------------------------------------------------------------------ many requests at once
+    def answer_all(self, requests) -> list:
+        """Answer every parallel.Request, up to the load's n_parallel together (continuous batching: one batch per
+        step holds every answering sequence's next token). Results in request order: an Answer, a RegionResult, or
+        the MoondreamError that ended that request."""
+        from .parallel import ParallelDecoder
+
+        return ParallelDecoder(self).run(requests)

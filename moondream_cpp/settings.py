@@ -53,6 +53,9 @@ class Settings:
     # 2025 models: at most this many local crops per image (None: the model's own, at most 12). Each crop is one
     # vision-tower pass, so fewer is faster on slow machines, and reads the image in less detail than the reference
     max_crops: int | None = None
+    # sequences decoded together (moondream_cpp/parallel.py): each has its own KV cache of n_ctx positions, so the
+    # KV memory is n_parallel times one sequence's
+    n_parallel: int = 1
 
     def __post_init__(self):
         if self.kv_type not in KV_TYPES:
@@ -61,6 +64,9 @@ class Settings:
             raise MoondreamError("n_threads must be at least 1")
         if self.n_gpu_layers is not None and self.n_gpu_layers < 0:
             raise MoondreamError("n_gpu_layers must be 0 (CPU only) or more; leave it unset for all layers on the GPU")
+        if not isinstance(self.n_parallel, int) or not 1 <= self.n_parallel <= MAX_PARALLEL:
+            raise MoondreamError(f"parallel sequences must be a whole number from 1 to {MAX_PARALLEL}, "
+                                 f"not {self.n_parallel!r}")
         if self.max_crops is not None:
             from .crops import check_max_crops
 
@@ -83,6 +89,7 @@ class Settings:
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
 
 
+MAX_PARALLEL = 64  # llama.cpp's own limit on sequences (LLAMA_MAX_SEQ) is 256; beyond this memory runs out first
 ALL_LAYERS = 999  # llama.cpp clamps a layer count to the model's (24 + the output layer for moondream)
 
 

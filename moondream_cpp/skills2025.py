@@ -55,11 +55,14 @@ def prompt_items(md, enc, skill: str, obj: str) -> list:
 
 
 def run(md, image, obj: str, skill: str, max_objects: int | None = None,
-        max_crops: int | None = None) -> RegionResult:
-    """detect (boxes) or point (points) of `obj` in `image` on a loaded 2025 model `md` (runtime.Moondream)."""
+        max_crops: int | None = None, *, ctx=None, cache=None) -> RegionResult:
+    """detect (boxes) or point (points) of `obj` in `image` on a loaded 2025 model `md` (runtime.Moondream). ctx,
+    cache: another sequence of md's context and its PromptCache (parallel decoding) instead of sequence 0's; the
+    decodes must be the only ones running (the hidden state is read from the last one)."""
     limit = check_request(md, skill, obj, max_objects)
     with_size = skill == "detect"
-    head, capture, ctx, cache = md.region_head, md.hidden_state, md.context, md.cache
+    head, capture = md.region_head, md.hidden_state
+    ctx, cache = ctx or md.context, cache or md.cache
     if head.n_embd != md.n_embd:
         raise ModelFileError(f"the region head in {head.path} is {head.n_embd} wide but the text model "
                              f"{md.n_embd}: the files do not belong together")
@@ -69,7 +72,7 @@ def run(md, image, obj: str, skill: str, max_objects: int | None = None,
     t1 = time.perf_counter()
     out = RegionResult([], [])
     with capture.armed():
-        md.evaluate(items, {enc.key: enc})
+        md.evaluate(items, {enc.key: enc}, ctx=ctx, cache=cache)
         t2 = time.perf_counter()
         pos = len(items)
 

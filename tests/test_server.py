@@ -60,6 +60,15 @@ def server(*args, home, command="serve"):
         p.wait(timeout=30)
 
 
+def wait_until(predicate, seconds: float) -> bool:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
 def post(url, path, body, headers=None, raw=None, timeout=120):
     req = urllib.request.Request(url + path, data=raw if raw is not None else json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json", **(headers or {})})
@@ -112,9 +121,12 @@ def inprocess_server(config, model: str | None = None):
         md.close()
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    with server("-m", DEMO_2024, home=tmp_path_factory.mktemp("home")) as s:
+PARALLEL = [pytest.param(1, id="np1"), pytest.param(4, id="np4")]  # one answer at a time, or 4 decoded together
+
+
+@pytest.fixture(scope="module", params=PARALLEL)
+def demo(request, tmp_path_factory):
+    with server("-m", DEMO_2024, "--parallel", request.param, home=tmp_path_factory.mktemp("home")) as s:
         yield s
 
 
@@ -176,7 +188,8 @@ def _bomb_png() -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
-def test_every_bad_request_is_a_4xx_and_the_server_survives(tmp_path):
+@pytest.mark.parametrize("parallel", PARALLEL)
+def test_every_bad_request_is_a_4xx_and_the_server_survives(tmp_path, parallel):
     media = tmp_path / "media"
     media.mkdir()
     (media / "ok.png").write_bytes((EX / "shapes.png").read_bytes())
@@ -227,7 +240,7 @@ def test_every_bad_request_is_a_4xx_and_the_server_survives(tmp_path):
         ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"uri": "a.png"}}]}]}, None,
          400, "messages[0].content[0].image_url.url is required"),
     ]
-    with server("--media-root", media, "--max-body-mb", "1", home=tmp_path) as (url, proc):
+    with server("--media-root", media, "--max-body-mb", "1", "--parallel", parallel, home=tmp_path) as (url, proc):
         for body, raw, code, words in cases:
             status, err, _ = post(url, "/v1/chat/completions", body, raw=raw)
             assert status == code, (words, err)
@@ -341,9 +354,10 @@ def _stream_lines(url, body, n_lines=None, hold=None):
     return status, got
 
 
-def test_a_disconnected_client_frees_the_worker_and_a_full_queue_answers_503(slow_model, tmp_path):
+@pytest.mark.parametrize("parallel", PARALLEL)
+def test_a_disconnected_client_frees_the_worker_and_a_full_queue_answers_503(slow_model, tmp_path, parallel):
     long = chat_body(EX / "shapes.png", "Talk.", max_tokens=1500, stream=True)
-    with server("-m", slow_model, "--max-queue", "2", home=tmp_path) as (url, _):
+    with server("-m", slow_model, "--max-queue", "2", "--parallel", parallel, home=tmp_path) as (url, _):
         status, lines = _stream_lines(url, long, n_lines=5)  # read a few tokens, then hang up
         assert status == 200 and len(lines) == 5
         for _ in range(600):
@@ -353,34 +367,36 @@ def test_a_disconnected_client_frees_the_worker_and_a_full_queue_answers_503(slo
             time.sleep(0.05)
         assert h["cancelled"] == 1 and h["last"]["finish_reason"] == "cancelled"
         assert h["last"]["generated_tokens"] < 1500  # generation stopped when the client left
-        # one long answer running, two waiting: the next request is turned away with Retry-After
+        # long answers on every sequence, two waiting: the next request is turned away with Retry-After
         release = threading.Event()
-        first = threading.Thread(target=_stream_lines, args=(url, long, 2, release))  # answering, kept open
-        first.start()
+        firsts = [threading.Thread(target=_stream_lines, args=(url, long, 2, release))  # answering, kept open
+                  for _ in range(parallel)]
+        for first in firsts:
+            first.start()
+        status_now = lambda: json.loads(urllib.request.urlopen(url + "/v1/status").read())  # noqa: E731
+        assert wait_until(lambda: status_now()["active"] == parallel, 120)  # every sequence answering
         short = {**long, "stream": False, "max_tokens": 50}
         waiting = [threading.Thread(target=post, args=(url, "/v1/chat/completions", short))
-                   for _ in range(2)]  # queued behind it
-        time.sleep(1.0)
+                   for _ in range(2)]  # queued behind them
         for t in waiting:
             t.start()
-        for _ in range(200):
-            if json.loads(urllib.request.urlopen(url + "/v1/status").read())["waiting"] == 2:
-                break
-            time.sleep(0.05)
+        assert wait_until(lambda: status_now()["waiting"] == 2, 60)
         status, err, headers = post(url, "/v1/chat/completions", short)
         assert status == 503 and headers.get("Retry-After") == "1" and "busy" in err["error"]["message"]
-        release.set()  # the streaming client hangs up; the queued ones run to their end
-        first.join()
+        release.set()  # the streaming clients hang up; the queued ones run to their end
+        for first in firsts:
+            first.join()
         for t in waiting:
             t.join()
         status, a, _ = post(url, "/v1/chat/completions", {**long, "stream": False, "max_tokens": 3})
         assert status == 200  # the dropped clients freed the worker and the queue
 
 
-def test_load_eight_clients_mixed_requests_no_failures_memory_flat(tmp_path):
+@pytest.mark.parametrize("parallel", PARALLEL)
+def test_load_eight_clients_mixed_requests_no_failures_memory_flat(tmp_path, parallel):
     """8 concurrent clients x 25 requests: mixed images and questions, some streaming, some hanging up early."""
     rows = TRUTH * 3
-    with server("-m", DEMO_2024, home=tmp_path) as (url, proc):
+    with server("-m", DEMO_2024, "--parallel", parallel, home=tmp_path) as (url, proc):
         for row in TRUTH:  # warm the caches once, then measure memory
             post(url, "/v1/chat/completions", chat_body(EX / row["image"], row["question"]))
         before = rss_mb(proc.pid)

@@ -74,7 +74,7 @@ def eos_ignored(md):
 def counting_evaluations(md):
     """Positions the prompt evaluation ran (the rest came from the KV cache): md.evaluate's own count, noted."""
     counts, evaluate = [], md.evaluate
-    md.evaluate = lambda items, images: counts.append(evaluate(items, images)) or counts[-1]
+    md.evaluate = lambda items, images, **kw: counts.append(evaluate(items, images, **kw)) or counts[-1]
     try:
         yield counts
     finally:

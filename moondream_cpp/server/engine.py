@@ -1,8 +1,9 @@
-"""One model, many clients: requests wait in a bounded queue for the single llama context, answered by one worker
-thread. A request takes its place in the queue (a Ticket) before its image is decoded, so a full server says 503
-before spending memory on it; what waits is the preprocessed pixels, not the decoded upload. Pieces of an answer
-reach the waiting request through its asyncio queue; a request that goes away (client disconnect) is cancelled and
-its generation stops at the next token, freeing the worker."""
+"""One model, many clients: requests wait in a bounded queue for the model's sequences, answered by one worker
+thread that decodes up to n_parallel of them together (moondream_cpp/parallel.py: continuous batching; a new
+request joins between steps). A request takes its place in the queue (a Ticket) before its image is decoded, so a
+full server says 503 before spending memory on it; what waits is the preprocessed pixels, not the decoded upload.
+Pieces of an answer reach the waiting request through its asyncio queue; a request that goes away (client
+disconnect) is cancelled and its generation stops at the next token, freeing its sequence."""
 from __future__ import annotations
 
 import asyncio
@@ -11,9 +12,9 @@ import queue
 import threading
 from dataclasses import dataclass, field
 
-from .. import skills2025
 from ..errors import ModelFileError, MoondreamError, PromptTooLongError
 from ..options import GenerationOptions
+from ..parallel import ParallelDecoder, Request
 from ..runtime import Moondream
 from .errors import ApiError
 from .pixels import encoded
@@ -90,6 +91,8 @@ class Engine:
         self._places = 0  # tickets held: requests decoding their image or waiting for the worker
         self._lock = threading.Lock()
         self.busy = False
+        self.active = 0  # sequences answering now (at most the model's n_parallel)
+        self.parallel = model.context.n_seq
         self.served = 0
         self.cancelled = 0  # answers stopped because their client went away
         self.last = {}  # finish reason and token count of the last answer
@@ -103,15 +106,20 @@ class Engine:
         return ApiError(503, f"the server is busy ({self.max_queue} requests waiting); retry shortly",
                         code="server_busy", headers={"Retry-After": "1"})
 
+    def _room(self) -> int:
+        """Places for requests: max_queue waiting, plus the sequences free to answer at once (a request holds its
+        place while its image is decoded, before the worker can take it)."""
+        return self.max_queue + max(0, self.parallel - self.active)
+
     def check_room(self) -> None:
         """503 now if the queue is full (before a request fetches or decodes anything)."""
-        if self._places >= self.max_queue:
+        if self._places >= self._room():
             raise self._busy_error()
 
     def admit(self) -> Ticket:
         """A place in the queue, or 503."""
         with self._lock:
-            if self._places >= self.max_queue:
+            if self._places >= self._room():
                 raise self._busy_error()
             self._places += 1
         return Ticket(self)
@@ -130,8 +138,8 @@ class Engine:
         return self._places
 
     def status(self) -> dict:
-        return {"busy": self.busy, "waiting": self.waiting, "served": self.served, "cancelled": self.cancelled,
-                "last": self.last}
+        return {"busy": self.busy, "active": self.active, "parallel": self.parallel,
+                "waiting": self.waiting, "served": self.served, "cancelled": self.cancelled, "last": self.last}
 
     def close(self):
         """Stop: the answer being written ends at its next token, waiting requests are dropped."""
@@ -149,51 +157,68 @@ class Engine:
             self._thread.join(timeout=30)
 
     def _work(self):
+        decoder = ParallelDecoder(self.model)
         while True:
-            item = self._q.get()
-            if item is None:
-                return
-            job, ticket = item
-            ticket.release()
-            if job.cancelled.is_set():
-                continue
-            self.busy = True
-            try:
-                self._run(job)
-            except PromptTooLongError as e:
-                job._emit("error", ApiError(400, str(e), param="object" if job.skill else "messages",
-                                            code="context_length_exceeded"))
-            except ModelFileError:  # the model's files, not the request: the log names them, the client hears 500
-                log.exception("the model's files failed while answering")
-                job._emit("error", ApiError(500, "the model could not be used; see the server log"))
-            except MoondreamError as e:
-                job._emit("error", ApiError(400, str(e)))
-            except Exception as e:  # a bug: the client hears of it without details, the log keeps them
-                log.exception("answering a request failed")
-                job._emit("error", ApiError(500, f"internal error ({e.__class__.__name__}); see the server log"))
-            finally:
-                self.busy = False
-                self.served += 1
+            while decoder.has_room():  # new requests join between steps; with none answering, wait for one
+                try:
+                    item = self._q.get(block=not decoder.active())
+                except queue.Empty:
+                    break
+                if item is None:
+                    decoder.cancel_all()
+                    return
+                job, ticket = item
+                ticket.release()
+                if not job.cancelled.is_set():
+                    self._start(decoder, job)
+            self.active = len(decoder.active())
+            self.busy = self.active > 0
+            decoder.step()  # a failure reaches the requests it ends through their on_error
+            self.active = len(decoder.active())
+            self.busy = self.active > 0
 
-    def _run(self, job: Job):
-        image, image_timings = encoded(self.model, job.image)
-        if job.skill is not None:  # a few dozen one-row decodes at most: not stopped midway
-            found = skills2025.run(self.model, image, job.question, job.skill, job.max_objects)
-            found.timings.update(image_timings)
-            self.last = {"skill": job.skill, "objects": len(found.objects)}
-            job._emit("done", found)
-            return
+    def _start(self, decoder: ParallelDecoder, job: Job) -> None:
+        image_timings: dict = {}
+
+        def done(result):
+            result.timings.update(image_timings)
+            if job.skill is not None:
+                self.last = {"skill": job.skill, "objects": len(result.objects)}
+            else:
+                self.last = {"finish_reason": result.finish_reason, "generated_tokens": len(result.tokens)}
+                self.cancelled += result.finish_reason == "cancelled"
+            self.served += 1
+            job._emit("done", result)
+
+        def failed(e):
+            self.served += 1
+            job._emit("error", self._api_error(job, e))
+
         stop = lambda: job.cancelled.is_set() or self._stopping.is_set()  # noqa: E731
-        if job.caption is not None:
-            s = self.model.caption(image, job.caption, stream=True, options=job.options, should_stop=stop)
-        else:
-            s = self.model.query(image, job.question, stream=True, history=job.history, options=job.options,
-                                 should_stop=stop)
-        for piece in s:
-            job._emit("piece", piece)
-        a = s.answer
-        a.timings.update(image_timings)
-        self.last = {"finish_reason": a.finish_reason, "generated_tokens": len(a.tokens)}
-        if a.finish_reason == "cancelled":
-            self.cancelled += 1
-        job._emit("done", a)
+        self.busy = True
+        try:
+            image, more = encoded(self.model, job.image)
+            image_timings.update(more)
+        except Exception as e:  # noqa: BLE001 - the request's failure, told to its client
+            failed(e)
+            return
+        request = Request(image, job.question, job.caption, job.history, job.options, job.skill, job.max_objects,
+                          should_stop=stop, on_piece=lambda piece: job._emit("piece", piece), on_done=done,
+                          on_error=failed)
+        try:
+            decoder.start(request)  # a failure reaches on_error
+        except Exception as e:  # preparing the Request itself failed (a bug): the client hears of it, the log too
+            log.exception("starting a request failed")
+            failed(e)
+
+    @staticmethod
+    def _api_error(job: Job, e: BaseException) -> ApiError:
+        if isinstance(e, PromptTooLongError):
+            return ApiError(400, str(e), param="object" if job.skill else "messages", code="context_length_exceeded")
+        if isinstance(e, ModelFileError):  # the model's files, not the request: the log names them, the client 500
+            log.error("the model's files failed while answering: %s", e)
+            return ApiError(500, "the model could not be used; see the server log")
+        if isinstance(e, MoondreamError):
+            return ApiError(400, str(e))
+        log.error("answering a request failed", exc_info=e)
+        return ApiError(500, f"internal error ({e.__class__.__name__}); see the server log")

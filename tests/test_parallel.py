@@ -1,0 +1,153 @@
+"""Continuous batching (moondream_cpp/parallel.py): several requests decoded together give the answers the
+one-at-a-time API gives (greedy), interleave their tokens, share an image's KV prefix, and fail or stop alone; the
+server with --parallel streams two answers at once."""
+import json
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from moondream_cpp import Moondream
+from moondream_cpp.errors import MoondreamError, PromptTooLongError
+from moondream_cpp.gguf_models import demo_pair
+from moondream_cpp.parallel import Request
+from test_server import EX, chat_body, server
+
+IMAGES = [EX / "shapes.png", EX / "circles.png", EX / "two-circles.png"]
+QUESTIONS = ["What color is the circle?", "How many shapes are there?", "What shape is on the left?"]
+
+
+def one_at_a_time(name, requests):
+    """The independent computation: each request through the single-request API of a fresh n_parallel=1 load."""
+    out = []
+    with Moondream.load(*demo_pair(name)) as md:
+        for r in requests:
+            if r.skill:
+                out.append(getattr(md, r.skill)(r.image, r.question))
+            elif r.caption:
+                out.append(md.caption(r.image, r.caption, options=r.options))
+            else:
+                out.append(md.query(r.image, r.question, options=r.options))
+    return out
+
+
+@pytest.mark.parametrize("name", ["moondream-demo-2024", "moondream-demo"])
+def test_answers_decoded_together_equal_the_one_at_a_time_answers(name):
+    requests = [Request(img, q) for img in IMAGES for q in QUESTIONS] + [Request(img, caption="short")
+                                                                       for img in IMAGES]
+    if name == "moondream-demo":
+        requests += [Request(IMAGES[2], "circle", skill="detect"), Request(IMAGES[2], "circle", skill="point")]
+    expected = one_at_a_time(name, requests)
+    streamed = {}
+    for k, r in enumerate(requests):
+        r.on_piece = lambda piece, k=k: streamed.setdefault(k, []).append(piece)
+    with Moondream.load(*demo_pair(name), n_parallel=3) as md:
+        got = md.answer_all(requests)
+    for k, (a, b) in enumerate(zip(got, expected)):
+        if requests[k].skill:
+            assert a.objects == b, k
+            continue
+        assert (a.text, a.tokens, a.finish_reason) == (b.text, b.tokens, b.finish_reason), (k, a.text, b.text)
+        assert "".join(streamed.get(k, [])) == a.text
+    # the second and third questions about an image found its prefix on another sequence: only their own tokens ran
+    for k in (1, 2):
+        t = got[k].timings
+        assert t["image_cached"] and t["prompt_evaluated"] < 20 < t["prompt_tokens"], t
+
+
+def test_answers_interleave_token_by_token():
+    """Two captions decoded together: each step hands out a token of both, so neither waits for the other."""
+    order = []
+    requests = [Request(img, caption="normal", on_piece=lambda p, k=k: order.append(k))
+                for k, img in enumerate(IMAGES[:2])]
+    with Moondream.load(*demo_pair("moondream-demo-2024"), n_parallel=2) as md:
+        a, b = md.answer_all(requests)
+    assert len(a.tokens) > 5 and len(b.tokens) > 5
+    assert order.index(1) < len(order) - 1 - order[::-1].index(0)  # b's first piece before a's last
+    assert order.index(0) < len(order) - 1 - order[::-1].index(1)
+
+
+def test_a_bad_request_fails_alone_and_a_stopped_one_ends_cancelled():
+    pieces = []
+    stop_after_two = Request(IMAGES[1], caption="normal", on_piece=pieces.append,
+                             should_stop=lambda: len(pieces) >= 2)
+    requests = [Request(IMAGES[0], "   "), Request(IMAGES[0], "why " * 5000), stop_after_two,
+                Request(IMAGES[0], QUESTIONS[0]), Request(EX / "missing.png", QUESTIONS[0])]
+    with Moondream.load(*demo_pair("moondream-demo-2024"), n_parallel=2) as md:
+        got = md.answer_all(requests)
+        alone = md.query(IMAGES[0], QUESTIONS[0]).text
+    assert isinstance(got[0], MoondreamError) and "empty" in str(got[0])
+    assert isinstance(got[1], PromptTooLongError)
+    assert got[2].finish_reason == "cancelled" and len(got[2].tokens) == 2
+    assert got[3].text == alone == "red"
+    assert isinstance(got[4], MoondreamError) and "missing.png" in str(got[4])
+
+
+def test_parallel_settings_are_checked():
+    with pytest.raises(MoondreamError, match="parallel sequences"):
+        Moondream.load(*demo_pair("moondream-demo-2024"), n_parallel=0)
+    with Moondream.load(*demo_pair("moondream-demo-2024"), n_parallel=3) as md:
+        one = md.kv_cache_bytes() / 3
+        assert one == md.text_info.n_layer * md.n_ctx * 2 * md.n_embd * 2  # f16 K and V rows per position
+
+
+def _stream(url, body, log, k):
+    req = urllib.request.Request(url + "/v1/chat/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=300) as r:
+        for line in r:
+            if line.startswith(b"data: {"):
+                piece = json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+                if piece:
+                    log.append((k, time.monotonic(), piece))
+
+
+def _streams(url, bodies):
+    """Each body streamed by its own client, all at once: (client, arrival time, piece) in arrival order."""
+    log: list = []
+    threads = [threading.Thread(target=_stream, args=(url, b, log, k)) for k, b in enumerate(bodies)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return log
+
+
+def test_the_server_streams_two_long_answers_at_once(slow_model, tmp_path):
+    """Random weights that never stop: two 400-token answers, each client has tokens before either finishes."""
+    bodies = [chat_body(img, "Talk.", max_tokens=400, stream=True) for img in IMAGES[:2]]
+    with server("-m", slow_model, "--parallel", "2", home=tmp_path) as (url, _):
+        log = _streams(url, bodies)
+        status = json.loads(urllib.request.urlopen(url + "/v1/status").read())
+    times = {k: [t for j, t, _ in log if j == k] for k in (0, 1)}
+    assert all(len(v) > 100 for v in times.values())
+    assert min(times[0]) < max(times[1]) and min(times[1]) < max(times[0])
+    assert status["parallel"] == 2 and status["served"] == 2 and status["last"]["generated_tokens"] == 400
+
+
+def test_the_server_answers_together_as_one_by_one(tmp_path):
+    """Greedy answers of concurrent clients equal the answers the same server gives them one at a time."""
+    bodies = [chat_body(img, q, stream=True) for img in IMAGES for q in QUESTIONS[:2]]
+    bodies += [{"messages": [{"role": "user", "content": [{"type": "text", "text": "Describe this image."},
+                                                          *b["messages"][0]["content"][1:]]}], "stream": True}
+               for b in bodies[::2]]
+    with server("-m", "moondream-demo-2024", "--parallel", "4", home=tmp_path) as (url, _):
+        together = _streams(url, bodies)
+        alone = []
+        for k, b in enumerate(bodies):
+            _stream(url, b, alone, k)
+    text = lambda log, k: "".join(p for j, _, p in log if j == k)  # noqa: E731
+    assert [text(together, k) for k in range(len(bodies))] == [text(alone, k) for k in range(len(bodies))]
+    assert all(len(text(alone, k).split()) > 10 for k in range(6, 9))  # the captions: a sentence each
+
+
+def test_serve_help_states_the_kv_memory():
+    import subprocess
+
+    from conftest import CLI
+
+    env = {"COLUMNS": "200", "PATH": str(Path(CLI).parent)}
+    out = subprocess.run([CLI, "serve", "--help"], capture_output=True, text=True, env=env)
+    assert "--parallel" in out.stdout and "MiB per sequence" in out.stdout
