@@ -19,7 +19,7 @@ from PIL import Image
 
 from conftest import CLI
 from test_server import (EX, _stream_lines, chat_body, data_uri, free_port, inprocess_server, post,  # noqa: F401
-                         server)
+                         server, wait_for)
 
 
 def request(url, path, *, body=None, raw=None, headers=None, method=None, timeout=60):
@@ -39,15 +39,6 @@ def request(url, path, *, body=None, raw=None, headers=None, method=None, timeou
 
 def status_of(url, key=None) -> dict:
     return request(url, "/v1/status", headers={"Authorization": f"Bearer {key}"} if key else {})[1]
-
-
-def wait_for(predicate, timeout=30.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 # ------------------------------------------------------------------------------------- reachable from any web page

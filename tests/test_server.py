@@ -60,12 +60,12 @@ def server(*args, home, command="serve"):
         p.wait(timeout=30)
 
 
-def wait_until(predicate, seconds: float) -> bool:
-    end = time.monotonic() + seconds
+def wait_for(predicate, timeout: float = 30.0) -> bool:
+    end = time.monotonic() + timeout
     while time.monotonic() < end:
         if predicate():
             return True
-        time.sleep(0.02)
+        time.sleep(0.05)
     return False
 
 
@@ -374,13 +374,13 @@ def test_a_disconnected_client_frees_the_worker_and_a_full_queue_answers_503(slo
         for first in firsts:
             first.start()
         status_now = lambda: json.loads(urllib.request.urlopen(url + "/v1/status").read())  # noqa: E731
-        assert wait_until(lambda: status_now()["active"] == parallel, 120)  # every sequence answering
+        assert wait_for(lambda: status_now()["active"] == parallel, 120)  # every sequence answering
         short = {**long, "stream": False, "max_tokens": 50}
         waiting = [threading.Thread(target=post, args=(url, "/v1/chat/completions", short))
                    for _ in range(2)]  # queued behind them
         for t in waiting:
             t.start()
-        assert wait_until(lambda: status_now()["waiting"] == 2, 60)
+        assert wait_for(lambda: status_now()["waiting"] == 2, 60)
         status, err, headers = post(url, "/v1/chat/completions", short)
         assert status == 503 and headers.get("Retry-After") == "1" and "busy" in err["error"]["message"]
         release.set()  # the streaming clients hang up; the queued ones run to their end
