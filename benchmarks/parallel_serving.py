@@ -171,6 +171,7 @@ def main():
         "started_utc": started.strftime("%Y-%m-%d %H:%M:%S"), "uptime_before": uptime,
         # the code measured: a commit, and the server's files changed since (a run during development says so)
         "git_head": git[0], "uncommitted_server_files": git[1].splitlines(),
+        "uptime_after": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
         "minutes": round((datetime.now(timezone.utc) - started).total_seconds() / 60, 1),
         "text": a.text.name, "mmproj": a.mmproj.name, "threads": a.threads, "n_ctx_per_sequence": n_ctx,
         "max_tokens": max_tokens, "ours_has_parallel": parallel,

@@ -70,3 +70,8 @@ def test_config_numbers_from_timestamps():
     # one client that never overlaps another: no steady window
     c = _record(0.0, [5.0, 6.0], 2)
     assert "steady_decode_tok_s" not in summarize([a, c], 0.0, 6.0)
+    # a client whose stream carried no text: the server's own rate, no time to first token, left out of the window
+    mute = {**_record(0.0, [], 5), "timings": {"predicted_per_second": 4.0}}
+    s = summarize([a, b, mute], 0.0, 5.0)
+    assert s["clients_without_text"] == 1 and s["per_client"][2]["ttft_s"] is None
+    assert s["aggregate_decode_tok_s"] == 7.0 and s["ttft_p50_s"] == 1.25 and s["steady_decode_tok_s"] == 2.0

@@ -106,8 +106,9 @@ def stream_one(url: str, body: dict, start: threading.Barrier | None = None, tim
                 finish = choice.get("finish_reason") or finish
             usage = msg.get("usage") or usage
             timings = msg.get("timings") or timings
-    if not stamps or not usage:
-        raise RuntimeError(f"a stream ended without text or usage (chunks with text: {len(stamps)}, usage: {usage})")
+    if not usage:
+        raise RuntimeError(f"a stream ended without usage (chunks with text: {len(stamps)})")
+    # random weights can answer in bytes that never make valid UTF-8: llama-server then streams no text at all
     return {"sent": sent, "stamps": stamps, "usage": usage, "timings": timings or {}, "finish_reason": finish}
 
 
@@ -153,27 +154,35 @@ def summarize(records: list[dict], t0: float, t1: float) -> dict:
     streamed chunks carrying text. decode of a client: (completion tokens - 1) / (last chunk - first chunk), summed
     over clients for the aggregate. steady_decode: the text chunks of every client that arrived while all clients
     were decoding (from the last first-chunk to the first last-chunk) over that window: batched decode with no
-    prefill beside it (absent when no such window exists)."""
+    prefill beside it (absent when no such window exists). A client whose stream carried no text (random weights'
+    bytes that never form valid UTF-8) counts with the server's own decode rate and no time to first token."""
     clients = []
     for r in records:
-        first, last, n = r["stamps"][0], r["stamps"][-1], r["usage"]["completion_tokens"]
-        t = r["timings"]
+        n, t = r["usage"]["completion_tokens"], r["timings"]
+        first, last = (r["stamps"][0], r["stamps"][-1]) if r["stamps"] else (None, None)
+        if first is not None:
+            ttft, decode_s = round(first - r["sent"], 6), round(last - first, 6)
+            rate = round((n - 1) / (last - first), 3) if last > first and n > 1 else None
+        else:  # no text streamed: the server's own decode rate, no time to first token
+            ttft, decode_s = None, None
+            rate = round(t["predicted_per_second"], 3) if t.get("predicted_per_second") else None
         clients.append({
-            "ttft_s": round(first - r["sent"], 6), "decode_s": round(last - first, 6),
-            "completion_tokens": n, "text_chunks": len(r["stamps"]),
+            "ttft_s": ttft, "decode_s": decode_s, "completion_tokens": n, "text_chunks": len(r["stamps"]),
             "prompt_tokens": r["usage"].get("prompt_tokens"), "finish_reason": r["finish_reason"],
-            "decode_tok_s": round((n - 1) / (last - first), 3) if last > first and n > 1 else None,
+            "decode_tok_s": rate, **({} if first is not None else {"no_text": True}),
             # the server's own split of the time, where it reports one (both do, in llama.cpp server's names)
             "server_prompt_ms": t.get("prompt_ms"), "server_predicted_ms": t.get("predicted_ms"),
             **({"server_image_encode_ms": t["image_encode_ms"]} if "image_encode_ms" in t else {})})
-    ttft = sorted(c["ttft_s"] for c in clients)
+    ttft = sorted(c["ttft_s"] for c in clients if c["ttft_s"] is not None)
     tokens = sum(c["completion_tokens"] for c in clients)
     out = {"clients": len(clients),
            "aggregate_decode_tok_s": round(sum(c["decode_tok_s"] or 0 for c in clients), 3),
            "total_tok_per_wall_s": round(tokens / (t1 - t0), 3), "wall_s": round(t1 - t0, 6),
            "completion_tokens": tokens, "ttft_p50_s": round(_pct(ttft, 50), 3), "ttft_p95_s": round(_pct(ttft, 95), 3),
+           "clients_without_text": sum(not r["stamps"] for r in records),
            "chunks_equal_tokens": all(c["text_chunks"] == c["completion_tokens"] for c in clients)}
-    lo, hi = max(r["stamps"][0] for r in records), min(r["stamps"][-1] for r in records)
+    texts = [r["stamps"] for r in records if r["stamps"]]
+    lo, hi = max(s[0] for s in texts), min(s[-1] for s in texts)
     if hi > lo:
         inside = sum(lo < s <= hi for r in records for s in r["stamps"])
         out["steady_decode_tok_s"] = round(inside / (hi - lo), 3)
