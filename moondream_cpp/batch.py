@@ -59,6 +59,25 @@ def check_output(out: Path) -> None:
                              "for --out") from None
 
 
+def asked_question(md, question: str | None, length: str) -> str:
+    """A record's "question": a 2024 model's caption is a question; a 2025 model's is a template of its own, named
+    here by its length."""
+    return question or (spec.caption_question(length) if md.family == "2024" else f"caption ({length})")
+
+
+def image_record(md, path: str, image, question: str | None, length: str, options: GenerationOptions,
+                 asked: str) -> dict:
+    """One image's record: the answer (to `question`, else a caption of `length`), or the error that made the image
+    unreadable. `image`: what the model reads (a path, bytes, ...); `path`: how the record names it."""
+    rec: dict = {"path": path, "question": asked, "model": md.name}
+    try:
+        a = md.query(image, question, options=options) if question else md.caption(image, length, options=options)
+        rec.update({"answer": a.text, "finish_reason": a.finish_reason, "timings": a.timings})
+    except ImageError as e:
+        rec["error"] = str(e)
+    return rec
+
+
 @dataclass
 class BatchReport:
     total: int
@@ -77,7 +96,7 @@ def run_batch(md, images: list[Path], out: Path, *, question: str | None = None,
     (moondream_cpp/records.py). options (or keywords max_tokens, temperature, ...): how each answer is generated."""
     md.caption_items_check(length)  # a length this model has no caption of fails before any image
     # a 2024 model's caption is a question; a 2025 model's is a template of its own, named here by its length
-    q = question or (spec.caption_question(length) if md.family == "2024" else f"caption ({length})")
+    q = asked_question(md, question, length)
     options = GenerationOptions.of(options, **option_overrides)
     out = Path(out)
     check_output(out)
@@ -101,14 +120,8 @@ def run_batch(md, images: list[Path], out: Path, *, question: str | None = None,
         with md.batch_mode():  # each image asked once: no prefix states, vision kept loaded
             for p in todo:
                 records.starting(str(p), attempt + 1 if same_file_key(p) == died_key else 1)
-                rec: dict = {"path": str(p), "question": q, "model": md.name}
-                try:
-                    a = md.query(p, question, options=options) if question else md.caption(p, length,
-                                                                                            options=options)
-                    rec.update({"answer": a.text, "finish_reason": a.finish_reason, "timings": a.timings})
-                except ImageError as e:
-                    rec["error"] = str(e)
-                    errors += 1
+                rec = image_record(md, str(p), p, question, length, options, q)
+                errors += "error" in rec
                 records.append(rec)
                 written += 1
                 if on_record:

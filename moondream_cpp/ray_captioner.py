@@ -16,8 +16,7 @@ import glob
 from pathlib import Path
 from typing import Iterable
 
-from . import spec
-from .batch import IMAGE_SUFFIXES, collect_images
+from .batch import IMAGE_SUFFIXES, asked_question, collect_images, image_record
 from .errors import ImageError, MoondreamError
 from .options import GenerationOptions
 
@@ -78,12 +77,6 @@ def read_source(where: str) -> str | bytes:
         raise ImageError(f"{where} could not be read ({type(e).__name__}: {e})") from None
 
 
-def asked_question(md, question: str | None, length: str) -> str:
-    """The record's "question", as run_batch writes it: a 2024 model's caption is a question; a 2025 model's is a
-    template of its own, named by its length."""
-    return question or (spec.caption_question(length) if md.family == "2024" else f"caption ({length})")
-
-
 class Captioner:
     """One model, loaded once and kept in batch mode, that makes one batch record per image.
 
@@ -109,17 +102,13 @@ class Captioner:
 
     def record(self, path: str, where: str | None = None, data: bytes | None = None) -> dict:
         """The record of the image named `path`, read from `data` if given, else from `where` (default: path)."""
-        rec: dict = {"path": path, "question": self.asked, "model": self.md.name}
         try:
             image = data if data is not None else read_source(where or path)
-            try:
-                a = (self.md.query(image, self.question, options=self.options) if self.question
-                     else self.md.caption(image, self.length, options=self.options))
-            except ImageError as e:
-                raise ImageError(f"{path}: {e}" if isinstance(image, bytes) else str(e)) from None
-            rec.update({"answer": a.text, "finish_reason": a.finish_reason, "timings": a.timings})
         except ImageError as e:
-            rec["error"] = str(e)
+            return {"path": path, "question": self.asked, "model": self.md.name, "error": str(e)}
+        rec = image_record(self.md, path, image, self.question, self.length, self.options, self.asked)
+        if "error" in rec and isinstance(image, bytes):  # a message about bytes names no file: name it
+            rec["error"] = f"{path}: {rec['error']}"
         return rec
 
     def __call__(self, batch: dict) -> dict:
