@@ -129,15 +129,10 @@ def caption(
     failed = []
     with _progress_bar(len(paths) == 1) as bar:
         task = bar.add_task("captioning" if not question else "asking", total=len(paths), rate="")
-        t0 = [None, 0]
+        advance = _rate_updater(bar, task)
 
         def show(rec):
-            import time
-
-            t0[0] = t0[0] or time.perf_counter()
-            t0[1] += 1
-            el = time.perf_counter() - t0[0]
-            bar.update(task, advance=1, rate=f"{t0[1] / el:.1f} img/s" if el > 0 else "")
+            advance()
             if "error" in rec:
                 failed.append(rec)
                 if not out:
@@ -176,6 +171,20 @@ def _each(md, paths, question, length, options, show):
         show(rec)
 
 
+def _rate_updater(bar, task):
+    """A callable that advances `task` by one image and shows images/s since the first one."""
+    import time
+
+    first, done = [None], [0]
+
+    def advance():
+        first[0] = first[0] or time.perf_counter()
+        done[0] += 1
+        el = time.perf_counter() - first[0]
+        bar.update(task, advance=1, rate=f"{done[0] / el:.1f} img/s" if el > 0 else "")
+    return advance
+
+
 def _progress_bar(disable: bool):
     """A bar on stderr: done of total, images/s (the task's rate field), elapsed and remaining time."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
@@ -204,7 +213,6 @@ def _model_files(model, text, mmproj) -> tuple[Path, Optional[Path]]:
 
 def _caption_on_ray(images, out, question, length, resume, retry_errors, model_args, max_tokens, opts):
     """caption --ray: the records of run_batch, made by Ray actors (moondream_cpp/ray_batch.py)."""
-    import time
 
     from moondream_cpp.ray_captioner import collect_sources
 
@@ -216,13 +224,8 @@ def _caption_on_ray(images, out, question, length, resume, retry_errors, model_a
 
     with _progress_bar(False) as bar:
         task = bar.add_task("captioning on Ray" if not question else "asking on Ray", total=len(sources), rate="")
-        t0 = [None, 0]
-
-        def show(rec):
-            t0[0] = t0[0] or time.perf_counter()
-            t0[1] += 1
-            el = time.perf_counter() - t0[0]
-            bar.update(task, advance=1, rate=f"{t0[1] / el:.1f} img/s" if el > 0 else "")
+        advance = _rate_updater(bar, task)
+        show = lambda rec: advance()  # noqa: E731
 
         rep = run_ray_batch(sources, out, text, mmproj, question=question, length=length, max_tokens=max_tokens,
                             resume=resume, retry_errors=retry_errors, options=opts, on_record=show)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from moondream_cpp.bench.processes import stop
+
 QUESTION = "Describe this image."
 
 
@@ -63,12 +65,7 @@ def launched(cmd: list[str], port: int, log_path: Path, ready_s: float = 600):
             time.sleep(0.2)
         yield url
     finally:
-        p.terminate()
-        try:
-            p.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        stop(p)
 
 
 def chat_body(image_uri: str, max_tokens: int, extra: dict | None = None) -> dict:

@@ -60,3 +60,13 @@ def peak_of(cmd: list[str]) -> tuple[int, float, float]:
     except ValueError:
         return p.returncode or 1, 0.0, secs
     return rc, kb / 1024, secs
+
+
+def stop(p) -> None:
+    """Terminate a child process, killing it if it has not ended in 30 s."""
+    p.terminate()
+    try:
+        p.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()

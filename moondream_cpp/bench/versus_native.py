@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
+from .processes import stop
 from .stats import summary
 
 QUESTION = "Describe this image."
@@ -99,12 +100,7 @@ def _server(exe: Path, text: Path, threads: int):
                 time.sleep(0.1)
             yield url
         finally:
-            p.terminate()
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+            stop(p)
 
 
 def _native_request(url: str, depth: int, n_vocab: int, fresh: bool = True) -> dict:
