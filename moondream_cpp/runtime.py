@@ -349,7 +349,9 @@ class Moondream:
     def answer_all(self, requests) -> list:
         """Answer every parallel.Request, up to the load's n_parallel together (continuous batching: one batch per
         step holds every answering sequence's next token). Results in request order: an Answer, a RegionResult, or
-        the MoondreamError that ended that request."""
+        the MoondreamError that ended that request. The images come back to back: the vision tower stays loaded
+        between them, as in batch_mode."""
         from .parallel import ParallelDecoder
 
-        return ParallelDecoder(self).run(requests)
+        with self.vision.kept_loaded(self.settings.keep_vision_in_batches):
+            return ParallelDecoder(self).run(requests)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build llama.cpp's native tools (llama-bench, llama-mtmd-cli, llama-server, llama-quantize) from the llama.cpp that
-# llama-cpp-python vendors, with the same flags as scripts/install.sh. Tools land in build/native/bin.
+# Build llama.cpp's native tools (llama-bench, llama-batched-bench, llama-mtmd-cli, llama-server, llama-quantize)
+# from the llama.cpp that llama-cpp-python vendors, with the same flags as scripts/install.sh. Tools land in
+# build/native/bin.
 #   bash scripts/build_native.sh                      # CPU
 #   CMAKE_ARGS="-DGGML_CUDA=on" bash scripts/build_native.sh
 set -euo pipefail
@@ -18,4 +19,4 @@ fi
 CFLAGS="$cflags" CXXFLAGS="$cflags" cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release \
   -DPython3_EXECUTABLE="$py" $cmake_args >/dev/null
 cmake --build "$build" --target native -j "$(nproc 2>/dev/null || echo 2)"
-ls "$build/bin"/llama-bench "$build/bin"/llama-mtmd-cli "$build/bin"/llama-server "$build/bin"/llama-quantize
+ls "$build/bin"/llama-bench "$build/bin"/llama-batched-bench "$build/bin"/llama-mtmd-cli "$build/bin"/llama-server "$build/bin"/llama-quantize

@@ -151,3 +151,48 @@ def test_serve_help_states_the_kv_memory():
     env = {"COLUMNS": "200", "PATH": str(Path(CLI).parent)}
     out = subprocess.run([CLI, "serve", "--help"], capture_output=True, text=True, env=env)
     assert "--parallel" in out.stdout and "MiB per sequence" in out.stdout
+
+
+def _counting_tower_loads(monkeypatch) -> list:
+    """Each load of the vision tower (moondream_cpp.vision.VisionContext) appends to the list returned."""
+    from moondream_cpp import vision
+
+    loads, real = [], vision.VisionContext
+
+    def counted(*args, **kwargs):
+        loads.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(vision, "VisionContext", counted)
+    return loads
+
+
+@pytest.mark.parametrize("low_ram", [False, True])
+def test_images_back_to_back_keep_the_vision_tower_loaded_unless_low_ram(monkeypatch, low_ram):
+    """On demand (the default) the tower is loaded for each new image; answer_all and a server with several
+    sequences take images back to back and keep it, as `caption` does; --low-ram never keeps it."""
+    import asyncio
+
+    from moondream_cpp.server.engine import Engine, Job
+
+    loads = _counting_tower_loads(monkeypatch)
+    preset = {"low_ram": True} if low_ram else {}
+    with Moondream.load(*demo_pair("moondream-demo-2024"), n_parallel=2, **preset) as md:
+        assert md.settings.mmproj_on_demand and len(loads) == 1  # opened at load: a broken mmproj fails there
+        md.answer_all([Request(img, QUESTIONS[0]) for img in IMAGES])
+        assert len(loads) == (3 if low_ram else 1)  # the open tower for the three (or for the first image only)
+        assert not md.vision.is_open
+
+        async def serve_three():
+            engine = Engine(md)
+            engine.start()
+            try:
+                jobs = [engine.submit(Job(md.prepare_image(img), QUESTIONS[1]), engine.admit()) for img in IMAGES]
+                return [(await j.answer()).text for j in jobs]
+            finally:
+                await asyncio.to_thread(engine.close)
+
+        md.clear_image_cache()
+        texts = asyncio.run(serve_three())
+    assert all(texts)
+    assert len(loads) == (6 if low_ram else 2)  # once for the three (or once per image)

@@ -157,7 +157,13 @@ class Engine:
             self._thread.join(timeout=30)
 
     def _work(self):
-        decoder = ParallelDecoder(self.model)
+        # several sequences serve images back to back: the vision tower stays loaded, as in a batch (not under
+        # --low-ram); one sequence keeps the lean default (the tower loaded for each new image only)
+        s = self.model.settings
+        with self.model.vision.kept_loaded(s.n_parallel > 1 and s.keep_vision_in_batches):
+            self._serve(ParallelDecoder(self.model))
+
+    def _serve(self, decoder: ParallelDecoder):
         while True:
             while decoder.has_room():  # new requests join between steps; with none answering, wait for one
                 try:
