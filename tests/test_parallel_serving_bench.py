@@ -75,3 +75,22 @@ def test_config_numbers_from_timestamps():
     s = summarize([a, b, mute], 0.0, 5.0)
     assert s["clients_without_text"] == 1 and s["per_client"][2]["ttft_s"] is None
     assert s["aggregate_decode_tok_s"] == 7.0 and s["ttft_p50_s"] == 1.25 and s["steady_decode_tok_s"] == 2.0
+
+
+BATCHED = ROOT / "build" / "native" / "bin" / "llama-batched-bench"
+
+
+@pytest.mark.skipif(not BATCHED.exists(), reason="needs the native tools (bash scripts/build_native.sh)")
+def test_native_batched_decode_ceiling_is_read_from_llama_batched_bench():
+    from benchmarks.parallel_serving import native_batched
+
+    text, _ = demo_pair("moondream-demo-2024")
+    got = native_batched(BATCHED, text, 2, 512, counts=[1, 2, 4], depth=50, n_gen=16)
+    assert got["returncode"] == 0 and [r["B"] for r in got["rows"]] == [1, 2, 4]
+    for r in got["rows"]:
+        assert (r["prompt"], r["generated"]) == (50, 16)
+        # S_TG is B sequences' tokens over T_TG (which the tool prints to the millisecond)
+        assert r["t_tg_s"] == pytest.approx(r["B"] * 16 / r["s_tg_tok_s"], abs=0.0006)
+    assert got["s_tg_over_b1"]["1"] == 1.0
+    assert got["s_tg_over_b1"]["4"] == pytest.approx(got["rows"][2]["s_tg_tok_s"] / got["rows"][0]["s_tg_tok_s"],
+                                                    abs=1e-3)
