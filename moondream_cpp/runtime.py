@@ -237,11 +237,13 @@ class Moondream:
         """The model input, position by position: token ids, and (image key, row) for each image embedding."""
         return self.prompting.query_items(image.key, image.embeddings.shape[0], question, history)
 
-    def evaluate(self, items: list, images: dict[str, EncodedImage], *, ctx=None, cache=None) -> int:
+    def evaluate(self, items: list, images: dict[str, EncodedImage], *, ctx=None, cache=None, chunk=None,
+                 between=None) -> int:
         """Bring the KV cache to hold `items` (reusing what it can); how many positions were evaluated. ctx, cache:
-        another sequence and its PromptCache (parallel decoding) instead of sequence 0's."""
+        another sequence and its PromptCache (parallel decoding) instead of sequence 0's; chunk, between: see
+        prefill.evaluate."""
         plan = prefill.evaluate(ctx or self.context, cache or self.cache, items, images, self.token_embeddings,
-                                self.prompting.prefix_attention)
+                                self.prompting.prefix_attention, chunk=chunk, between=between)
         self.last_prefix_restored = plan.restored
         return len(items) - plan.keep
 

@@ -51,6 +51,7 @@ class Vision:
         self.keep_resident = keep_resident  # (offset, nbytes) of the text file not to fault back in
         self.image_size, self.n_patches = mmproj_info.image_size, mmproj_info.n_patches
         self.held = False  # kept loaded between images (batch mode) even when on demand
+        self.between_passes = None  # run after each pass of the tower (parallel.py: the answers in flight step)
         self.context: VisionContext | None = None
         self.identity = _identity(mmproj_info.file.path)  # the file validated at load
         # opened now even when on demand: a broken mmproj fails the load, and the first image needs it anyway
@@ -94,13 +95,29 @@ class Vision:
                 if lean:
                     residency.release(self.text_file)
                 self.open()
+            def encode_crop(pixels):
+                rows = self.context.encode(pixels, self.n_patches)
+                if self.between_passes is not None and not lean:  # lean: the text weights are not resident now
+                    self.between_passes()
+                return rows
+
             try:
-                yield lambda pixels: self.context.encode(pixels, self.n_patches)
+                yield encode_crop
             finally:
                 if on_demand:  # the vision tower only lives while it works
                     self.close()
                 if lean:
                     residency.retake(self.text_file, skip=self.keep_resident)
+
+    @contextlib.contextmanager
+    def interleaved(self, between):
+        """While the block runs, `between()` after each pass of the tower (not while the text weights are handed
+        back: on demand with a mapped text model). Encode timings then include it."""
+        old, self.between_passes = self.between_passes, between
+        try:
+            yield
+        finally:
+            self.between_passes = old
 
     @contextlib.contextmanager
     def kept_loaded(self, keep: bool):

@@ -196,3 +196,77 @@ def test_images_back_to_back_keep_the_vision_tower_loaded_unless_low_ram(monkeyp
         texts = asyncio.run(serve_three())
     assert all(texts)
     assert len(loads) == (6 if low_ram else 2)  # once for the three (or once per image)
+
+
+def test_a_prompt_goes_in_by_chunks_while_the_answers_in_flight_go_on(monkeypatch):
+    """With an answer in flight, a new prompt is evaluated a chunk at a time, one step of that answer after each
+    chunk; the answers are still the one-at-a-time answers."""
+    from moondream_cpp import parallel
+    from moondream_cpp.native_handles import TextContext
+
+    monkeypatch.setattr(parallel, "PREFILL_CHUNK", 8)
+    log = []
+    for name in ("decode_rows", "decode_tokens"):
+        real = getattr(TextContext, name)
+        monkeypatch.setattr(TextContext, name, lambda self, x, start, logits=True, seq=0, real=real: (
+            log.append(("prefill", seq, len(x))), real(self, x, start, logits, seq))[1])
+    real_step = TextContext.decode_step
+    monkeypatch.setattr(TextContext, "decode_step", lambda self, entries: (
+        log.append(("step", tuple(e[0] for e in entries))), real_step(self, entries))[1])
+    requests = [Request(IMAGES[0], caption="normal"), Request(IMAGES[1], QUESTIONS[1])]
+    expected = one_at_a_time("moondream-demo-2024", requests)
+    log.clear()
+    with Moondream.load(*demo_pair("moondream-demo-2024"), n_parallel=2) as md:
+        got = md.answer_all(requests)
+        n_prompt = got[1].timings["prompt_tokens"]
+    assert [(a.text, a.tokens) for a in got] == [(b.text, b.tokens) for b in expected]
+    assert log[0] == ("prefill", 0, log[0][2]) and log[0][2] > 8  # the first prompt alone: whole
+    second = [k for k, e in enumerate(log) if e[:2] == ("prefill", 1)]
+    sizes = [log[k][2] for k in second]  # the image prefix, then the question's tokens, in at most 8 each
+    assert sum(sizes) == n_prompt and max(sizes) == 8 and len(sizes) <= n_prompt // 8 + 2
+    for a, b in zip(second, second[1:]):  # exactly one step of the first answer between two chunks
+        assert log[a + 1:b] == [("step", (0,))], log[a:b + 1]
+
+
+def test_a_step_failing_between_chunks_ends_both_answers_and_the_model_answers_after(monkeypatch):
+    from moondream_cpp import parallel
+    from moondream_cpp.errors import DecodeError
+    from moondream_cpp.native_handles import TextContext
+
+    monkeypatch.setattr(parallel, "PREFILL_CHUNK", 8)
+    real_step, steps = TextContext.decode_step, []
+
+    def failing_second_step(self, entries):
+        steps.append(entries)
+        if len(steps) == 2:  # between the second request's chunks
+            raise DecodeError("llama.cpp failed to decode a batch")
+        return real_step(self, entries)
+
+    monkeypatch.setattr(TextContext, "decode_step", failing_second_step)
+    with Moondream.load(*demo_pair("moondream-demo-2024"), n_parallel=2) as md:
+        got = md.answer_all([Request(IMAGES[0], caption="normal"), Request(IMAGES[1], QUESTIONS[0]),
+                             Request(IMAGES[1], QUESTIONS[0])])
+        assert isinstance(got[0], DecodeError) and isinstance(got[1], DecodeError)
+    monkeypatch.undo()
+    alone = one_at_a_time("moondream-demo-2024", [Request(IMAGES[1], QUESTIONS[0])])[0]
+    assert (got[2].text, got[2].tokens) == (alone.text, alone.tokens)  # the third, after: a whole answer
+
+
+def test_the_answers_in_flight_step_after_each_pass_of_the_vision_tower(monkeypatch):
+    """A 2025 image read in several crops: one step of the answer in flight after each pass of the tower."""
+    from moondream_cpp.native_handles import TextContext, VisionContext
+
+    log = []
+    real_encode, real_step = VisionContext.encode, TextContext.decode_step
+    monkeypatch.setattr(VisionContext, "encode", lambda self, px, n: (log.append("pass"), real_encode(self, px, n))[1])
+    monkeypatch.setattr(TextContext, "decode_step", lambda self, entries: (
+        log.append(("step", tuple(e[0] for e in entries))), real_step(self, entries))[1])
+    with Moondream.load(*demo_pair("moondream-demo"), n_parallel=2) as md:
+        big = md.prepare_image(IMAGES[0])  # the demo reads shapes.png in several crops
+        n_passes = md.prepare_image(IMAGES[0]).pixels.local.shape[0] + 1
+        got = md.answer_all([Request(IMAGES[1], caption="normal"), Request(big, QUESTIONS[1])])
+    assert all(not isinstance(a, Exception) for a in got) and n_passes > 2
+    passes = [k for k, e in enumerate(log) if e == "pass"][-n_passes:]  # the second image's
+    assert "step" not in {e[0] for e in log[:passes[0]]}  # the first answer's first step comes after its first pass
+    for k in passes:
+        assert log[k + 1] == ("step", (0,)), log[k:k + 3]

@@ -67,6 +67,9 @@ def test_config_numbers_from_timestamps():
     # both decoding from 2.0 to 3.0: a's chunk at 3.0 and b's at 3.0 fall in the window
     assert s["steady_window_s"] == 1.0 and s["steady_decode_tok_s"] == 2.0
     assert s["chunks_equal_tokens"] is False
+    assert [c["longest_pause_s"] for c in s["per_client"]] == [1.0, 1.0] and s["longest_pause_s"] == 1.0
+    paused = _record(0.0, [1.0, 1.5, 4.5, 5.0], 4)  # a wait of 3 s mid-answer
+    assert summarize([a, paused], 0.0, 5.0)["longest_pause_s"] == 3.0
     # one client that never overlaps another: no steady window
     c = _record(0.0, [5.0, 6.0], 2)
     assert "steady_decode_tok_s" not in summarize([a, c], 0.0, 6.0)

@@ -151,7 +151,8 @@ def summarize(records: list[dict], t0: float, t1: float) -> dict:
     streamed chunks carrying text. decode of a client: (completion tokens - 1) / (last chunk - first chunk), summed
     over clients for the aggregate. steady_decode: the text chunks of every client that arrived while all clients
     were decoding (from the last first-chunk to the first last-chunk) over that window: batched decode with no
-    prefill beside it (absent when no such window exists). A client whose stream carried no text (random weights'
+    prefill beside it (absent when no such window exists). longest_pause: the longest wait between two text chunks of
+    a client (of any client, for the config). A client whose stream carried no text (random weights'
     bytes that never form valid UTF-8) counts with the server's own decode rate and no time to first token."""
     clients = []
     for r in records:
@@ -167,6 +168,8 @@ def summarize(records: list[dict], t0: float, t1: float) -> dict:
             "ttft_s": ttft, "decode_s": decode_s, "completion_tokens": n, "text_chunks": len(r["stamps"]),
             "prompt_tokens": r["usage"].get("prompt_tokens"), "finish_reason": r["finish_reason"],
             "decode_tok_s": rate, **({} if first is not None else {"no_text": True}),
+            # the longest wait between two text chunks once the answer began (another request's image and prefill)
+            "longest_pause_s": round(max((b - a for a, b in zip(r["stamps"], r["stamps"][1:])), default=0.0), 6),
             # the server's own split of the time, where it reports one (both do, in llama.cpp server's names)
             "server_prompt_ms": t.get("prompt_ms"), "server_predicted_ms": t.get("predicted_ms"),
             **({"server_image_encode_ms": t["image_encode_ms"]} if "image_encode_ms" in t else {})})
@@ -177,6 +180,7 @@ def summarize(records: list[dict], t0: float, t1: float) -> dict:
            "total_tok_per_wall_s": round(tokens / (t1 - t0), 3), "wall_s": round(t1 - t0, 6),
            "completion_tokens": tokens, "ttft_p50_s": round(_pct(ttft, 50), 3), "ttft_p95_s": round(_pct(ttft, 95), 3),
            "clients_without_text": sum(not r["stamps"] for r in records),
+           "longest_pause_s": max(c["longest_pause_s"] for c in clients),
            "chunks_equal_tokens": all(c["text_chunks"] == c["completion_tokens"] for c in clients)}
     texts = [r["stamps"] for r in records if r["stamps"]]
     lo, hi = max(s[0] for s in texts), min(s[-1] for s in texts)
