@@ -19,12 +19,9 @@ from typing import Iterable
 from .batch import IMAGE_SUFFIXES, asked_question, collect_images, image_record
 from .errors import ImageError, MoondreamError
 from .options import GenerationOptions
+from .records import is_url
 
 RECORD_FIELDS = ("path", "question", "model", "answer", "finish_reason", "timings", "error")
-
-
-def is_url(source: str) -> bool:
-    return "://" in str(source)
 
 
 def collect_sources(inputs: Iterable[str]) -> list[tuple[str, str]]:

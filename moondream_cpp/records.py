@@ -7,7 +7,7 @@ against a second run on the same file, and read back on resume without ever losi
   process (out of memory, a native crash) leaves its name there: the next run tries it once more, after every other
   image, and if it dies on it again the image is recorded as an error instead of killing every later resume
   (`retry_errors` tries it again on request). A kill from outside costs that image one attempt, never its record.
-- Paths are compared by their real path: one file under two spellings is one image.
+- Paths are compared by their real path: one file under two spellings is one image. URLs are compared as written.
 """
 from __future__ import annotations
 
@@ -24,8 +24,15 @@ DIED_ON = ("the process died twice while working on this image (out of memory or
 ATTEMPTS = 2  # deaths on one image before it is recorded as an error
 
 
+def is_url(source: str | os.PathLike) -> bool:
+    """An fsspec URL (s3://, gs://, file://...), not a local path."""
+    return "://" in str(source)
+
+
 def same_file_key(path: str | os.PathLike) -> str:
-    return os.path.realpath(os.path.expanduser(str(path)))
+    """How records compare images: a local path by its real path (whatever the working directory), a URL as it is
+    (resolving it as a local path would make it depend on the working directory)."""
+    return str(path) if is_url(path) else os.path.realpath(os.path.expanduser(str(path)))
 
 
 @dataclass

@@ -177,3 +177,17 @@ def test_an_image_that_kills_the_process_twice_becomes_an_error_record(demo, pic
     assert len(died) == 1 and "died twice" in died[0]["error"] and rep.errors == 1 and rep.written == 3
     again = run_batch(demo, imgs, out, retry_errors=True)  # on request, it is tried again
     assert again.written == 1 and "answer" in records(out)[-1] and records(out)[-1]["path"] == str(imgs[0])
+
+
+def test_records_compare_local_paths_by_real_path_and_urls_as_written(tmp_path, monkeypatch):
+    from moondream_cpp.records import same_file_key
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.png").write_bytes(b"")
+    (tmp_path / "link.png").symlink_to(tmp_path / "a" / "x.png")
+    monkeypatch.chdir(tmp_path / "a")
+    assert same_file_key("x.png") == same_file_key(tmp_path / "link.png") == str((tmp_path / "a" / "x.png"))
+    url = "s3://bucket//pictures/../x.png"
+    assert same_file_key(url) == url  # never resolved against the working directory
+    monkeypatch.chdir(tmp_path)
+    assert same_file_key(url) == url
