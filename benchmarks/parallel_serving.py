@@ -195,7 +195,8 @@ def main():
                 rows.append(row)
                 print(f"{server} x{n}: aggregate decode {row['aggregate_decode_tok_s']} tok/s, steady "
                       f"{row.get('steady_decode_tok_s')}, ttft p50 {row['ttft_p50_s']} s, p95 {row['ttft_p95_s']} "
-                      f"s, longest pause {row['longest_pause_s']} s, {row['completion_tokens']} tokens in {row['wall_s']} s",
+                      f"s, longest pause {row['longest_pause_s']} s, {row['completion_tokens']} tokens in "
+                      f"{row['wall_s']} s",
                       file=sys.stderr, flush=True)
     prompt_tokens = {r["server"]: sorted({c["prompt_tokens"] for c in r["per_client"]}) for r in rows}
     batched = a.tools / "llama-batched-bench"

@@ -257,3 +257,20 @@ def check_pair(text_path, mmproj_path) -> tuple[TextInfo, MmprojInfo]:
         raise ModelFileError(f"{text.file.path.name}'s context of {text.n_ctx} positions cannot hold the "
                              f"{mm.n_patches} image positions of {mm.file.path.name} and a question")
     return text, mm
+
+
+def find_pair(directory: Path) -> tuple[Path, Path]:
+    """The one text + mmproj pair in a directory, told apart by architecture (validation follows in check_pair)."""
+    by_arch: dict[str, list[Path]] = {spec.ARCH_TEXT: [], spec.ARCH_MMPROJ: []}
+    for p in sorted(directory.glob("*.gguf")):
+        try:
+            arch = read_header(p).values.get("general.architecture")
+        except (HeaderError, OSError):
+            arch = None  # unreadable: not a candidate
+        by_arch.setdefault(arch if isinstance(arch, str) else None, []).append(p)
+    texts, mmprojs = by_arch[spec.ARCH_TEXT], by_arch[spec.ARCH_MMPROJ]
+    if len(texts) != 1 or len(mmprojs) != 1:
+        raise ModelFileError(f"{directory} should hold exactly one text GGUF and one mmproj GGUF; found text: "
+                             f"{[p.name for p in texts]}, mmproj: {[p.name for p in mmprojs]}. Pass --text and "
+                             "--mmproj to choose")
+    return texts[0], mmprojs[0]

@@ -43,7 +43,7 @@ def _mmproj(info: gguf_check.MmprojInfo) -> dict:
 
 def describe(model: str | os.PathLike) -> dict:
     """{'text': {...}, 'mmproj': {...}} for a model name, directory or pair; one of them for a single file."""
-    from .runtime import find_pair  # imports no native code
+    from .gguf_check import find_pair  # imports no native code
     from .store import resolve
 
     first, second = resolve(model)

@@ -4,9 +4,10 @@ its context (Settings.n_parallel; each sequence has its own KV cache of n_ctx po
 A request takes the lowest free sequence between steps: its image is encoded (or found in the image cache), its
 prompt evaluated on its sequence, reusing what that sequence holds, or a copy of another sequence's KV prefix when
 both ask about the same image. With other answers in flight, each pass of the vision tower and each chunk of
-PREFILL_CHUNK prompt positions is followed by one of their steps. Then every step is ONE batch holding the next token of every answering
-sequence, so the weights are read once for all of them; each answer keeps its own sampler, stop rules and
-cancellation, and every answering sequence gets one token per step: a long answer does not starve short ones.
+PREFILL_CHUNK prompt positions is followed by one of their steps, so they keep streaming meanwhile. Then every step is
+ONE batch holding the next token of every answering sequence, so the weights are read once for all of them; each
+answer keeps its own sampler, stop rules and cancellation, and every answering sequence gets one token per step: a
+long answer does not starve short ones.
 detect/point requests run whole between steps (a few dozen one-row decodes). Sequence 0 is the one the
 single-request API uses, with its saved image-prefix states.
 

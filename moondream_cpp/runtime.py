@@ -20,7 +20,7 @@ import numpy as np
 from . import gguf_check, prefill, prompting, residency, skills2025, spec, spec2025
 from .errors import ModelFileError, MoondreamError
 from .generate import Answer, Chunk, Stream, chunks, token_steps
-from .gguf_header import HeaderError, read_header
+from .gguf_check import find_pair
 from .hidden_state import HiddenStateCapture
 from .native import deferred_interrupt
 from .native_handles import TextContext, TextModel
@@ -44,23 +44,6 @@ class AnswerPrompt:
     items: list  # the prompt, position by position (moondream_cpp/prompt.py)
     t_start: float
     t_encoded: float
-
-
-def find_pair(directory: Path) -> tuple[Path, Path]:
-    """The one text + mmproj pair in a directory, told apart by architecture (validation follows in check_pair)."""
-    by_arch: dict[str, list[Path]] = {spec.ARCH_TEXT: [], spec.ARCH_MMPROJ: []}
-    for p in sorted(directory.glob("*.gguf")):
-        try:
-            arch = read_header(p).values.get("general.architecture")
-        except (HeaderError, OSError):
-            arch = None  # unreadable: not a candidate
-        by_arch.setdefault(arch if isinstance(arch, str) else None, []).append(p)
-    texts, mmprojs = by_arch[spec.ARCH_TEXT], by_arch[spec.ARCH_MMPROJ]
-    if len(texts) != 1 or len(mmprojs) != 1:
-        raise ModelFileError(f"{directory} should hold exactly one text GGUF and one mmproj GGUF; found text: "
-                             f"{[p.name for p in texts]}, mmproj: {[p.name for p in mmprojs]}. Pass --text and "
-                             "--mmproj to choose")
-    return texts[0], mmprojs[0]
 
 
 class Moondream:

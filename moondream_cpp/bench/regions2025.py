@@ -34,7 +34,7 @@ def pairs_of(work: Path, model: str | None, text: Path | None, mmproj: Path | No
              log: Callable[[str], None]) -> list[tuple[str, Path, Path]]:
     """(weights note, text, mmproj) of each pair to measure."""
     from ..errors import MoondreamError
-    from ..runtime import find_pair
+    from ..gguf_check import find_pair
     from ..store import resolve
 
     if text or mmproj:
