@@ -259,6 +259,9 @@ def test_every_bad_request_is_a_4xx_and_the_server_survives(tmp_path, parallel):
         neutral = {"n": 1, "response_format": {"type": "text"}, "logprobs": False, "tools": [], "user": "u1"}
         status, a, _ = post(url, "/v1/chat/completions", {**good, **neutral})  # what changes nothing is accepted
         assert status == 200 and a["choices"][0]["message"]["content"] == "red"  # still serving, still right
+        status, _, _ = post(url, "/v1/chat/completions", chat_body(EX / "shapes.png", "why " * 600))
+        assert status == 400  # ends at its start: afterwards the status says nothing is answering
+        assert wait_for(lambda: json.loads(urllib.request.urlopen(url + "/v1/status").read())["busy"] is False, 5)
         assert proc.poll() is None
 
 

@@ -166,6 +166,7 @@ class Engine:
     def _serve(self, decoder: ParallelDecoder):
         while True:
             while decoder.has_room():  # new requests join between steps; with none answering, wait for one
+                self._note(decoder)  # a request can end within its start (an error, a region skill, one token)
                 try:
                     item = self._q.get(block=not decoder.active())
                 except queue.Empty:
@@ -177,11 +178,13 @@ class Engine:
                 ticket.release()
                 if not job.cancelled.is_set():
                     self._start(decoder, job)
-            self.active = len(decoder.active())
-            self.busy = self.active > 0
+            self._note(decoder)
             decoder.step()  # a failure reaches the requests it ends through their on_error
-            self.active = len(decoder.active())
-            self.busy = self.active > 0
+
+    def _note(self, decoder: ParallelDecoder) -> None:
+        """What /v1/status says is answering."""
+        self.active = len(decoder.active())
+        self.busy = self.active > 0
 
     def _start(self, decoder: ParallelDecoder, job: Job) -> None:
         image_timings: dict = {}
