@@ -8,8 +8,8 @@ PREFILL_CHUNK prompt positions is followed by one of their steps, so they keep s
 ONE batch holding the next token of every answering sequence, so the weights are read once for all of them; each
 answer keeps its own sampler, stop rules and cancellation, and every answering sequence gets one token per step: a
 long answer does not starve short ones.
-detect/point requests run whole between steps (a few dozen one-row decodes). Sequence 0 is the one the
-single-request API uses, with its saved image-prefix states.
+detect/point requests run whole between steps (a few dozen one-row decodes), their vision-tower passes interleaved
+with steps too. Sequence 0 is the one the single-request API uses, with its saved image-prefix states.
 
 llama.cpp batches consecutive sequence ids together (its split of a multi-stream batch), so free sequences are
 taken lowest first.
@@ -93,10 +93,11 @@ class ParallelDecoder:
         request or a failed prompt reaches request.on_error; a failed decode also resets every sequence."""
         slot = next(s for s in self.slots if s.request is None)
         try:
-            if request.skill is not None:
-                found = skills2025.run(self.md, request.image, request.question, request.skill,
-                                       request.max_objects, request.options.max_crops, ctx=slot.ctx,
-                                       cache=slot.cache)
+            if request.skill is not None:  # the answers in flight step after each of its vision-tower passes
+                with self.md.vision.interleaved(self._step_or_raise if self.active() else None):
+                    found = skills2025.run(self.md, request.image, request.question, request.skill,
+                                           request.max_objects, request.options.max_crops, ctx=slot.ctx,
+                                           cache=slot.cache)
                 _call(request.on_done, found)
                 return
             self._begin_answer(slot, request)

@@ -252,8 +252,10 @@ def test_a_step_failing_between_chunks_ends_both_answers_and_the_model_answers_a
     assert (got[2].text, got[2].tokens) == (alone.text, alone.tokens)  # the third, after: a whole answer
 
 
-def test_the_answers_in_flight_step_after_each_pass_of_the_vision_tower(monkeypatch):
-    """A 2025 image read in several crops: one step of the answer in flight after each pass of the tower."""
+@pytest.mark.parametrize("skill", [None, "detect"])
+def test_the_answers_in_flight_step_after_each_pass_of_the_vision_tower(monkeypatch, skill):
+    """A 2025 image read in several crops, for a question or for detect: one step of the answer in flight after
+    each pass of the tower."""
     from moondream_cpp.native_handles import TextContext, VisionContext
 
     log = []
@@ -264,7 +266,8 @@ def test_the_answers_in_flight_step_after_each_pass_of_the_vision_tower(monkeypa
     with Moondream.load(*demo_pair("moondream-demo"), n_parallel=2) as md:
         big = md.prepare_image(IMAGES[0])  # the demo reads shapes.png in several crops
         n_passes = md.prepare_image(IMAGES[0]).pixels.local.shape[0] + 1
-        got = md.answer_all([Request(IMAGES[1], caption="normal"), Request(big, QUESTIONS[1])])
+        second = Request(big, "circle", skill="detect") if skill else Request(big, QUESTIONS[1])
+        got = md.answer_all([Request(IMAGES[1], caption="normal"), second])
     assert all(not isinstance(a, Exception) for a in got) and n_passes > 2
     passes = [k for k, e in enumerate(log) if e == "pass"][-n_passes:]  # the second image's
     assert "step" not in {e[0] for e in log[:passes[0]]}  # the first answer's first step comes after its first pass
