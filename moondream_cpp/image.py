@@ -35,6 +35,8 @@ def _open(source) -> tuple[Image.Image, str]:
         if not source:
             raise ImageError("the image data is empty (0 bytes)")
         return Image.open(io.BytesIO(source), formats=FORMATS), "image data"
+    if not isinstance(source, (str, os.PathLike)):
+        raise ImageError(f"an image is a path, bytes, a PIL image or a uint8 array, not {type(source).__name__}")
     path = Path(source)
     if not path.exists():
         raise ImageError(f"{path}: no such image file")

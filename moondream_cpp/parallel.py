@@ -25,7 +25,7 @@ from . import skills2025
 from .errors import DecodeError, MoondreamError
 from .generate import Answer, AnswerText
 from .options import GenerationOptions
-from .prompt import image_prefix_len
+from .prompt import check_question, image_prefix_len
 from .prompt_cache import PromptCache
 
 log = logging.getLogger(__name__)
@@ -93,31 +93,33 @@ class ParallelDecoder:
         request or a failed prompt reaches request.on_error; a failed decode also resets every sequence."""
         slot = next(s for s in self.slots if s.request is None)
         try:
+            opts = _options_of(request)
             if request.skill is not None:  # the answers in flight step after each of its vision-tower passes
                 with self.md.vision.interleaved(self._step_or_raise if self.active() else None):
                     found = skills2025.run(self.md, request.image, request.question, request.skill,
-                                           request.max_objects, request.options.max_crops, ctx=slot.ctx,
-                                           cache=slot.cache)
+                                           request.max_objects, opts.max_crops, ctx=slot.ctx, cache=slot.cache)
                 _call(request.on_done, found)
                 return
-            self._begin_answer(slot, request)
+            self._begin_answer(slot, request, opts)
         except MoondreamError as e:
             slot.request = None
             if isinstance(e, DecodeError):  # llama.cpp emptied every sequence: the answers in flight fail too
                 self._fail_all(e)
             _call(request.on_error, e)  # else the request's own (its image, its prompt's length...)
-        except BaseException as e:  # a bug or an interrupt: what llama.cpp holds is unknown, every answer ends
+        except Exception as e:  # a bug met by this request alone: the other sequences are untouched, its own restarts
             slot.request = None
-            self._fail_all(e)
-            if not isinstance(e, Exception):
-                raise
+            slot.cache.reset()
             log.error("starting an answer failed", exc_info=e)
             _call(request.on_error, e)
+        except BaseException as e:  # an interrupt: where llama.cpp stopped is unknown, every answer ends
+            slot.request = None
+            self._fail_all(e)
+            raise
 
-    def _begin_answer(self, slot: _Slot, request: Request) -> None:
-        md, opts = self.md, request.options
-        if request.caption is None and (not isinstance(request.question, str) or not request.question.strip()):
-            raise MoondreamError("the question is empty; ask something about the image")
+    def _begin_answer(self, slot: _Slot, request: Request, opts: GenerationOptions) -> None:
+        md = self.md
+        if request.caption is None:
+            check_question(request.question, request.history)
         # with answers in flight, each pass of the vision tower and each chunk of the prompt is followed by one of
         # their steps: they go on streaming while the new request is read instead of waiting for all of it
         in_flight = bool(self.active())
@@ -237,6 +239,15 @@ class ParallelDecoder:
                 self.start(_recording(r, results, i))
             self.step()
         return results
+
+
+def _options_of(request: Request) -> GenerationOptions:
+    """The request's generation options (None: the defaults); anything else is the caller's mistake, said clearly."""
+    if request.options is None:
+        return GenerationOptions()
+    if not isinstance(request.options, GenerationOptions):
+        raise MoondreamError(f"a Request's options must be a GenerationOptions, not {type(request.options).__name__}")
+    return request.options
 
 
 def _recording(r: Request, results: list, i: int) -> Request:

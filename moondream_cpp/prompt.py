@@ -10,6 +10,27 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 from . import spec
+from .errors import MoondreamError
+
+
+def check_turns(question, history) -> None:
+    """A question is text and the history (question, answer) pairs of text: a caller's mistake is a clear error
+    before anything is tokenized."""
+    if not isinstance(question, str):
+        raise MoondreamError(f"the question must be text, not {type(question).__name__}")
+    if isinstance(history, (str, bytes)) or not isinstance(history, Sequence):
+        raise MoondreamError("the history must be a list of (question, answer) pairs")
+    for k, turn in enumerate(history):
+        if isinstance(turn, str) or not (isinstance(turn, Sequence) and len(turn) == 2
+                                         and all(isinstance(t, str) for t in turn)):
+            raise MoondreamError(f"history turn {k} must be a (question, answer) pair of text")
+
+
+def check_question(question, history=()) -> None:
+    """check_turns, and a question with something in it."""
+    check_turns(question, history)
+    if not question.strip():
+        raise MoondreamError("the question is empty; ask something about the image")
 
 
 def prompt_items(revision: spec.Revision, image_key: str, n_image_rows: int, question: str,

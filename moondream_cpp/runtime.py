@@ -25,6 +25,7 @@ from .hidden_state import HiddenStateCapture
 from .native import deferred_interrupt
 from .native_handles import TextContext, TextModel
 from .options import GenerationOptions
+from .prompt import check_question, check_turns
 from .prompt_cache import PromptCache
 from .region import RegionHead
 from .sampling import make_sampler
@@ -218,6 +219,7 @@ class Moondream:
     # ------------------------------------------------------------------ prompt and answers
     def prompt_items(self, image: EncodedImage, question: str, history: Sequence[tuple[str, str]] = ()) -> list:
         """The model input, position by position: token ids, and (image key, row) for each image embedding."""
+        check_turns(question, history)
         return self.prompting.query_items(image.key, image.embeddings.shape[0], question, history)
 
     def evaluate(self, items: list, images: dict[str, EncodedImage], *, ctx=None, cache=None, chunk=None,
@@ -246,8 +248,7 @@ class Moondream:
 
         options (or keywords max_tokens, temperature, top_p, seed, stop): see GenerationOptions. should_stop: a
         callable checked before every token; True ends the answer with finish_reason "cancelled"."""
-        if not isinstance(question, str) or not question.strip():
-            raise MoondreamError("the question is empty; ask something about the image")
+        check_question(question, history)
         opts = GenerationOptions.of(options, **option_overrides)
         s = Stream.of_chunks(self.stream_chunks(image, question, history, opts, should_stop))
         return s if stream else s.finish()

@@ -21,6 +21,8 @@ from . import spec2025
 from .errors import ModelFileError, MoondreamError
 from .prompting import _image_prefix
 
+SKILLS = ("detect", "point")  # the region skills, as the API and the server name them
+
 
 @dataclass
 class RegionResult:
@@ -32,6 +34,8 @@ class RegionResult:
 
 def check_request(md, skill: str, obj, max_objects) -> int:
     """The max_objects to use; MoondreamError for a model without the skill or a bad argument."""
+    if skill not in SKILLS:
+        raise MoondreamError(f"the region skills are {' and '.join(SKILLS)}, not {skill!r}")
     if md.family != "2025":
         raise MoondreamError(f"{skill} needs a 2025 moondream2 (this model is revision {md.revision.name}); pull or "
                              "convert a 2025 revision, e.g. moondream2")

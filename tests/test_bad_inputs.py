@@ -126,6 +126,20 @@ def test_non_image_empty_and_missing(md, tmp_path):
     png.write_bytes(png.read_bytes()[:60])
     with pytest.raises(ImageError):
         md.encode_image(png)
+    for wrong in (None, 3.5, ["a.png"]):  # not an image of any kind: said so, no TypeError from deep inside
+        with pytest.raises(ImageError, match=f"not {type(wrong).__name__}"):
+            md.encode_image(wrong)
+    still_works(md)
+
+
+def test_question_and_history_of_the_wrong_shape(md):
+    img = np.full((30, 40, 3), 128, np.uint8)
+    for question, history, words in [(5, (), "question must be text"), ("What?", "ab", "list of"),
+                                     ("What?", [("a", "b", "c")], "turn 0"), ("What?", [("a", "b"), "ab"], "turn 1"),
+                                     ("What?", [("a", None)], "turn 0")]:
+        with pytest.raises(MoondreamError, match=words):
+            md.query(img, question, history=history, max_tokens=2)
+    assert md.query(img, "What?", history=[("a", "b")], max_tokens=2).tokens
     still_works(md)
 
 

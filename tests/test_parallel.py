@@ -273,3 +273,34 @@ def test_the_answers_in_flight_step_after_each_pass_of_the_vision_tower(monkeypa
     assert "step" not in {e[0] for e in log[:passes[0]]}  # the first answer's first step comes after its first pass
     for k in passes:
         assert log[k + 1] == ("step", (0,)), log[k:k + 3]
+
+
+def test_malformed_requests_and_a_bug_fail_alone(monkeypatch):
+    """A caller's mistake in a Request is a clear MoondreamError; even an unexpected exception while one request
+    starts ends that request only. The answer in flight meanwhile is the one-at-a-time answer."""
+    from moondream_cpp.errors import ImageError
+
+    in_flight = Request(IMAGES[0], caption="normal")
+    expected = one_at_a_time("moondream-demo-2024", [in_flight, Request(IMAGES[1], QUESTIONS[0])])
+    img = IMAGES[1]
+    bad = [(Request(None, "q"), ImageError, "not NoneType"),
+           (Request(img, 123), MoondreamError, "must be text"),
+           (Request(img, "q", options={"max_tokens": 3}), MoondreamError, "GenerationOptions"),
+           (Request(img, "circle", skill="count"), MoondreamError, "detect and point"),
+           (Request(img, "q", history="ab"), MoondreamError, "list of (question, answer) pairs"),
+           (Request(img, "q", history=[("a", 1)]), MoondreamError, "turn 0"),
+           (Request(img, "boom"), RuntimeError, "a bug")]
+    with Moondream.load(*demo_pair("moondream-demo-2024"), n_parallel=2) as md:
+        real = md.answer_prompt
+
+        def buggy(image, question, *args):
+            if question == "boom":
+                raise RuntimeError("a bug")
+            return real(image, question, *args)
+
+        monkeypatch.setattr(md, "answer_prompt", buggy)
+        got = md.answer_all([in_flight, *(r for r, _, _ in bad), Request(img, QUESTIONS[0])])
+    assert (got[0].text, got[0].tokens) == (expected[0].text, expected[0].tokens)
+    for result, (_, kind, words) in zip(got[1:], bad):
+        assert type(result) is kind and words in str(result), result
+    assert got[-1].text == expected[1].text  # the sequence the bug hit answers again

@@ -149,7 +149,7 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
     async def status():  # behind the API key like the rest of /v1
         return {**engine.status(), "model": name, "family": model.family, "revision": model.revision.name,
                 "caption_lengths": list(model.caption_lengths), "max_crops": crop_limit,
-                "skills": ["query", "caption", *(("detect", "point") if model.family == "2025" else ())],
+                "skills": ["query", "caption", *(skills2025.SKILLS if model.family == "2025" else ())],
                 "uptime_s": round(time.time() - started, 1)}
 
     @app.get("/v1/models")
