@@ -13,9 +13,9 @@ from . import spec
 from .errors import MoondreamError
 
 
-def check_turns(question, history) -> None:
-    """A question is text and the history (question, answer) pairs of text: a caller's mistake is a clear error
-    before anything is tokenized."""
+def check_question(question, history=()) -> None:
+    """A question is text with something in it, the history (question, answer) pairs of text: a caller's mistake
+    is a clear error before the image is read or anything tokenized."""
     if not isinstance(question, str):
         raise MoondreamError(f"the question must be text, not {type(question).__name__}")
     if isinstance(history, (str, bytes)) or not isinstance(history, Sequence):
@@ -24,11 +24,6 @@ def check_turns(question, history) -> None:
         if isinstance(turn, str) or not (isinstance(turn, Sequence) and len(turn) == 2
                                          and all(isinstance(t, str) for t in turn)):
             raise MoondreamError(f"history turn {k} must be a (question, answer) pair of text")
-
-
-def check_question(question, history=()) -> None:
-    """check_turns, and a question with something in it."""
-    check_turns(question, history)
     if not question.strip():
         raise MoondreamError("the question is empty; ask something about the image")
 

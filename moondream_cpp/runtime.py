@@ -25,11 +25,11 @@ from .hidden_state import HiddenStateCapture
 from .native import deferred_interrupt
 from .native_handles import TextContext, TextModel
 from .options import GenerationOptions
-from .prompt import check_question, check_turns
+from .prompt import check_question
 from .prompt_cache import PromptCache
 from .region import RegionHead
 from .sampling import make_sampler
-from .settings import DEFAULT, KV_TYPES, LOW_RAM, Settings, default_threads
+from .settings import DEFAULT, KV_TYPES, LOW_RAM, Settings, default_threads, kv_cache_bytes
 from .token_embeddings import TokenEmbeddings
 from .vision import EncodedImage, PreparedImage, Vision, pixels_of
 
@@ -136,8 +136,8 @@ class Moondream:
 
     def kv_cache_bytes(self) -> int:
         """The KV cache's size: K and V rows of every layer, for every position of every sequence."""
-        per_value = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}[self.settings.kv_type]
-        return int(self.text_info.n_layer * self.n_ctx * self.context.n_seq * 2 * self.n_embd * per_value)
+        return kv_cache_bytes(self.text_info.n_layer, self.n_embd, self.n_ctx * self.context.n_seq,
+                              self.settings.kv_type)
 
     @property
     def caption_lengths(self) -> tuple[str, ...]:
@@ -219,7 +219,6 @@ class Moondream:
     # ------------------------------------------------------------------ prompt and answers
     def prompt_items(self, image: EncodedImage, question: str, history: Sequence[tuple[str, str]] = ()) -> list:
         """The model input, position by position: token ids, and (image key, row) for each image embedding."""
-        check_turns(question, history)
         return self.prompting.query_items(image.key, image.embeddings.shape[0], question, history)
 
     def evaluate(self, items: list, images: dict[str, EncodedImage], *, ctx=None, cache=None, chunk=None,

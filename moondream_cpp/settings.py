@@ -89,6 +89,14 @@ class Settings:
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
 
 
+def kv_cache_bytes(n_layer: int, n_embd: int, positions: int, kv_type: str) -> int:
+    """K and V of every layer for `positions` KV cells of `kv_type` (f16: 2 bytes a value; q8_0: 34 per 32)."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    block, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType(KV_TYPES[kv_type])]
+    return int(2 * n_layer * n_embd * positions * block_bytes / block)
+
+
 MAX_PARALLEL = 64  # llama.cpp's own limit on sequences (LLAMA_MAX_SEQ) is 256; beyond this memory runs out first
 ALL_LAYERS = 999  # llama.cpp clamps a layer count to the model's (24 + the output layer for moondream)
 

@@ -45,14 +45,10 @@ def memory_bandwidth_gbs(threads: int, gb: float = 2.0, read=np.count_nonzero, d
 
 def decode_bytes(text_gguf: Path, n_ctx_used: int, kv_type: str = "f16") -> int:
     """Bytes one decoded token reads: every weight but the embedding table (one row of it), plus the KV cache."""
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
     from ..gguf_check import check_text
     from ..gguf_header import read_header
-    from ..settings import KV_TYPES
+    from ..settings import kv_cache_bytes
 
     info = check_text(text_gguf)
     weights = sum(t.nbytes for t in read_header(info.file.path).tensors if t.name != "token_embd.weight")
-    block, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType(KV_TYPES[kv_type])]  # f16: (1, 2); q8_0: (32, 34)
-    kv = 2 * info.n_layer * info.n_embd * n_ctx_used * block_bytes / block  # K and V
-    return int(weights + kv)
+    return weights + kv_cache_bytes(info.n_layer, info.n_embd, n_ctx_used, kv_type)

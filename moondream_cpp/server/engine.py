@@ -17,7 +17,6 @@ from ..options import GenerationOptions
 from ..parallel import ParallelDecoder, Request
 from ..runtime import Moondream
 from .errors import ApiError
-from .pixels import encoded
 
 log = logging.getLogger(__name__)
 
@@ -187,10 +186,7 @@ class Engine:
         self.busy = self.active > 0
 
     def _start(self, decoder: ParallelDecoder, job: Job) -> None:
-        image_timings: dict = {}
-
         def done(result):
-            result.timings.update(image_timings)
             if job.skill is not None:
                 self.last = {"skill": job.skill, "objects": len(result.objects)}
             else:
@@ -205,20 +201,9 @@ class Engine:
 
         stop = lambda: job.cancelled.is_set() or self._stopping.is_set()  # noqa: E731
         self.busy = True
-        try:
-            image, more = encoded(self.model, job.image)
-            image_timings.update(more)
-        except Exception as e:  # noqa: BLE001 - the request's failure, told to its client
-            failed(e)
-            return
-        request = Request(image, job.question, job.caption, job.history, job.options, job.skill, job.max_objects,
-                          should_stop=stop, on_piece=lambda piece: job._emit("piece", piece), on_done=done,
-                          on_error=failed)
-        try:
-            decoder.start(request)  # a failure reaches on_error
-        except Exception as e:  # preparing the Request itself failed (a bug): the client hears of it, the log too
-            log.exception("starting a request failed")
-            failed(e)
+        decoder.start(Request(job.image, job.question, job.caption, job.history, job.options, job.skill,
+                              job.max_objects, should_stop=stop, on_piece=lambda piece: job._emit("piece", piece),
+                              on_done=done, on_error=failed))  # any failure of the request reaches on_error
 
     @staticmethod
     def _api_error(job: Job, e: BaseException) -> ApiError:

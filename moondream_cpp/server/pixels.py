@@ -12,9 +12,4 @@ def prepare(model: Moondream, image, max_crops: int | None) -> PreparedImage:
     return model.prepare_image(image, max_crops)
 
 
-def encoded(model: Moondream, prepared: PreparedImage) -> tuple[object, dict]:
-    """(image for the model's query/caption, extra timings): the runtime encodes it and reports its own timings."""
-    return prepared, {}
-
-
-__all__ = ["prepare", "encoded"]
+__all__ = ["prepare"]
